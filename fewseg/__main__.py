@@ -1,0 +1,3 @@
+from fewseg.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,205 @@
+"""The ``fewseg`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fewseg import __version__
+from fewseg.errors import FewSegError
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--min-mask-pixels",
+        type=int,
+        default=0,
+        metavar="N",
+        help="drop (class, image) pairs whose mask has fewer pixels (PFENet: 2048)",
+    )
+
+
+def cmd_list(_: argparse.Namespace) -> int:
+    import fewseg.data  # noqa: F401
+    from fewseg.data.spec import SOURCES
+    from fewseg.learners import LEARNERS
+    from fewseg.models import BACKBONES
+
+    for title, registry in (
+        ("learners", LEARNERS),
+        ("backbones", BACKBONES),
+        ("dataset kinds", SOURCES),
+    ):
+        print(f"{title}:")
+        for entry in registry:
+            print(f"  {entry.name:<14} {entry.description}")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from fewseg.data.spec import open_source
+    from fewseg.engine.report import format_table
+
+    source = open_source(args.spec, args.min_mask_pixels)
+    roles: dict[int, str] = {}
+    if args.fold is not None:
+        split = source.fold_split(args.fold)
+        roles = {c: "train" for c in split.train} | {c: "test" for c in split.test}
+    rows = []
+    for c in source.classes():
+        n = len(source.images_of(c.index))
+        row: list[Any] = [c.index, c.name, n]
+        row += ["yes" if n >= k + 1 else "-" for k in args.shots]
+        if roles:
+            row.append(roles.get(c.index, "-"))
+        rows.append(row)
+    headers = ["index", "class", "images", *(f"{k}-shot" for k in args.shots)]
+    if roles:
+        headers.append(f"fold {args.fold}")
+    print(format_table(headers, rows))
+    usable = {k: sum(r[2] >= k + 1 for r in rows) for k in args.shots}
+    print(
+        f"\n{len(rows)} classes; "
+        + ", ".join(f"{n} can serve {k}-shot episodes" for k, n in usable.items())
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from fewseg.data.spec import open_source
+    from fewseg.engine.evaluate import EvaluationSettings, evaluate
+    from fewseg.engine.report import evaluation_summary, write_report
+    from fewseg.learners import LEARNERS
+
+    source = open_source(args.dataset, args.min_mask_pixels)
+    size = args.size or source.default_size
+    seeds = args.seeds if args.seeds is not None else [args.seed]
+    torch.manual_seed(seeds[0])
+    learner = LEARNERS.get(args.learner)(weights_path=args.weights)
+    settings = EvaluationSettings(
+        fold=args.fold,
+        shots=args.shots,
+        episodes=args.episodes,
+        size=size,
+        workers=args.workers,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    results = evaluate(learner.to(args.device), source, settings, seeds)
+    report = {
+        "fewseg_version": __version__,
+        "settings": {
+            "dataset": args.dataset,
+            "source": source.settings(),
+            "fold": args.fold,
+            "shots": args.shots,
+            "episodes": args.episodes,
+            "seeds": seeds,
+            "image_size": size,
+            "scored_at": f"evaluation resolution {size}x{size}",
+            "learner": learner.settings(),
+            "device": args.device,
+        },
+        **results,
+    }
+    print(evaluation_summary(report))
+    path = write_report(args.out, report)
+    print(f"report: {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fewseg", description="Few-shot semantic segmentation by meta-learning."
+    )
+    parser.add_argument("--version", action="version", version=f"fewseg {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    listing = commands.add_parser("list", help="list learners, backbones and dataset kinds")
+    listing.set_defaults(run=cmd_list)
+
+    datasets = commands.add_parser(
+        "datasets",
+        help="list a dataset's classes with image counts",
+        description="SPEC is kind:ROOT[,key=value...], e.g. coco:PATH, "
+        "masks:PATH,images=test,masks=testannot,classes=classes.txt,ignore=11, synthetic",
+    )
+    datasets.add_argument("spec", metavar="SPEC")
+    datasets.add_argument(
+        "--shots",
+        type=_int_list,
+        default=[1, 5],
+        metavar="K[,K...]",
+        help="mark the classes that can serve K-shot episodes (default 1,5)",
+    )
+    datasets.add_argument("--fold", help="also show each class's role in this fold")
+    _add_data_options(datasets)
+    datasets.set_defaults(run=cmd_datasets)
+
+    ev = commands.add_parser("evaluate", help="evaluate a learner on a fixed episode list")
+    ev.add_argument("--learner", default="baseline")
+    ev.add_argument("--dataset", required=True, metavar="SPEC")
+    ev.add_argument("--fold", default="0", help="0..3, or 'all' for every class (default 0)")
+    ev.add_argument("--shots", type=_positive, default=1, metavar="K")
+    ev.add_argument("--episodes", type=_positive, default=1000, metavar="N")
+    seeds = ev.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=0)
+    seeds.add_argument(
+        "--seeds",
+        type=_int_list,
+        metavar="S[,S...]",
+        help="evaluate one episode list per seed; report mean ± std",
+    )
+    ev.add_argument(
+        "--size",
+        type=_positive,
+        metavar="PX",
+        help="square evaluation size (default: the dataset's, 400 for real data)",
+    )
+    ev.add_argument("--weights", metavar="FILE", help="local backbone weights file (.pth)")
+    ev.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--no-progress", action="store_true")
+    ev.add_argument("--out", required=True, type=Path, metavar="DIR")
+    _add_data_options(ev)
+    ev.set_defaults(run=cmd_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except FewSegError as error:
+        print(f"fewseg: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fewseg: interrupted", file=sys.stderr)
+        return 130

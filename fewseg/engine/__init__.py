@@ -1,0 +1,1 @@
+"""Engine: evaluation (and, later, meta-training) loops and their reports."""

@@ -1,0 +1,132 @@
+"""Evaluation: a learner over a fixed episode list, scored by the HSNet/PFENet protocol."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from fewseg.data.source import FoldSplit, SegmentationSource
+from fewseg.episodes.sampler import EpisodePlan, episode_plan
+from fewseg.episodes.tensors import EpisodeDataset, EpisodeTensors
+from fewseg.learners.base import Learner
+from fewseg.metrics import SegmentationScores
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    fold: str
+    shots: int
+    episodes: int
+    size: int
+    workers: int = 0
+    device: str = "cpu"
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    seed: int
+    miou: float  # percent
+    fbiou: float  # percent
+    per_class: dict[str, float]  # class name → IoU in percent
+    seconds: float
+
+
+def foreground_prediction(logits: torch.Tensor) -> torch.Tensor:
+    """[B,2,H,W] (background, foreground) logits → [B,H,W] bool; ties go to background."""
+    return logits[:, 1] > logits[:, 0]
+
+
+def _first(batch: list[EpisodeTensors]) -> EpisodeTensors:
+    return batch[0]
+
+
+def score_plan(
+    learner: Learner,
+    source: SegmentationSource,
+    plan: EpisodePlan,
+    settings: EvaluationSettings,
+    description: str = "evaluate",
+) -> SegmentationScores:
+    """Adapt to each episode's support set, predict its query, accumulate per-class I/U."""
+    scores = SegmentationScores(plan.classes_used)
+    dataset = EpisodeDataset(source, plan.episodes, settings.size)
+    loader = DataLoader(dataset, batch_size=1, collate_fn=_first, num_workers=settings.workers)
+    device = torch.device(settings.device)
+    learner.eval()
+    bar = tqdm(loader, desc=description, unit="ep", disable=not settings.progress, leave=False)
+    for episode in bar:
+        predict = learner.adapt(episode.support.to(device))
+        logits = predict(episode.query_image[None].to(device))
+        prediction = foreground_prediction(logits)[0]
+        scores.update(
+            episode.class_index,
+            prediction.cpu(),
+            episode.query_mask.bool(),
+            episode.query_ignore,
+        )
+    return scores
+
+
+def evaluate_seed(
+    learner: Learner,
+    source: SegmentationSource,
+    split: FoldSplit,
+    settings: EvaluationSettings,
+    seed: int,
+) -> tuple[SeedResult, EpisodePlan]:
+    plan = episode_plan(source, split.test, settings.shots, settings.episodes, seed)
+    start = time.perf_counter()
+    scores = score_plan(learner, source, plan, settings, description=f"seed {seed}")
+    seconds = time.perf_counter() - start
+    per_class = {source.class_name(c): 100 * iou for c, iou in scores.class_iou().items()}
+    result = SeedResult(seed, 100 * scores.miou(), 100 * scores.fbiou(), per_class, seconds)
+    return result, plan
+
+
+def summarize(results: Sequence[SeedResult]) -> dict[str, Any]:
+    """Mean over seeds (and population std when there are several)."""
+    summary: dict[str, Any] = {
+        "miou": statistics.fmean(r.miou for r in results),
+        "fbiou": statistics.fmean(r.fbiou for r in results),
+    }
+    if len(results) > 1:
+        summary["miou_std"] = statistics.pstdev(r.miou for r in results)
+        summary["fbiou_std"] = statistics.pstdev(r.fbiou for r in results)
+    names = results[0].per_class.keys()
+    summary["per_class"] = {
+        n: statistics.fmean(r.per_class[n] for r in results if n in r.per_class) for n in names
+    }
+    summary["seconds"] = sum(r.seconds for r in results)
+    return summary
+
+
+def evaluate(
+    learner: Learner,
+    source: SegmentationSource,
+    settings: EvaluationSettings,
+    seeds: Sequence[int],
+) -> dict[str, Any]:
+    """Evaluate over one fixed episode list per seed; returns the report's result fields."""
+    split = source.fold_split(settings.fold)
+    runs: list[SeedResult] = []
+    plan: EpisodePlan | None = None
+    for seed in seeds:
+        result, plan = evaluate_seed(learner, source, split, settings, seed)
+        runs.append(result)
+    assert plan is not None
+    return {
+        **summarize(runs),
+        "runs": [r.__dict__ for r in runs],
+        "fold_convention": split.convention,
+        "classes_used": [source.class_name(c) for c in plan.classes_used],
+        "classes_left_out": {source.class_name(c): n for c, n in plan.classes_left_out.items()},
+        "meta_train_classes": [source.class_name(c) for c in split.train],
+    }

@@ -1,0 +1,52 @@
+"""Image/mask preprocessing: joint resize and augmentation, ImageNet normalisation."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from fewseg.data.source import ClassSample
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IGNORE_LABEL = 255
+
+
+def resize_transform(size: int) -> v2.Transform:
+    """Evaluation: squash to size x size (bilinear for the image, nearest for the mask)."""
+    return v2.Resize((size, size), antialias=True)
+
+
+def augment_transform(size: int) -> v2.Transform:
+    """Training: random scale-crop, horizontal flip and colour jitter, applied jointly.
+
+    Randomness comes from torch's global generator, which the trainer seeds.
+    """
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop((size, size), scale=(0.5, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.03),
+        ]
+    )
+
+
+_normalize = v2.Compose(
+    [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+)
+
+
+def sample_to_tensors(
+    sample: ClassSample, transform: v2.Transform
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(image [3,S,S] normalised float, mask [S,S] float in {0,1}, ignore [S,S] bool)."""
+    label = np.where(sample.ignore, IGNORE_LABEL, sample.mask.astype(np.uint8)).astype(np.uint8)
+    image = tv_tensors.Image(torch.from_numpy(np.array(sample.image, copy=True)).permute(2, 0, 1))
+    mask = tv_tensors.Mask(torch.from_numpy(label)[None])
+    image, mask = transform(image, mask)
+    label_map = mask[0].as_subclass(torch.Tensor)
+    ignore = label_map == IGNORE_LABEL
+    foreground = (label_map == 1).float()
+    return _normalize(image).as_subclass(torch.Tensor), foreground, ignore

@@ -1,0 +1,6 @@
+"""Learners: one file per algorithm, all behind :class:`Learner` and :data:`LEARNERS`."""
+
+from fewseg.learners import baseline  # noqa: F401  (registers)
+from fewseg.learners.base import LEARNERS, Learner, Predictor
+
+__all__ = ["LEARNERS", "Learner", "Predictor"]

@@ -1,0 +1,56 @@
+"""``baseline``: training-free prototype matching on frozen ImageNet features."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from fewseg.episodes.tensors import SupportSet
+from fewseg.learners.base import LEARNERS, Learner, Predictor
+from fewseg.learners.prototypes import cosine_logits, shot_prototypes
+from fewseg.models.backbones import BACKBONES, Backbone
+
+COSINE_SCALE = 20.0  # PANet's fixed scale; it only sharpens the logits, not the argmax
+
+
+class PrototypeBaseline(Learner):
+    """Masked-average-pooled background/foreground prototypes of frozen backbone
+    features, averaged over shots; each query pixel takes the class of the more
+    cosine-similar prototype. No parameter is trained.
+    """
+
+    name = "baseline"
+
+    def __init__(self, backbone: Backbone, backbone_name: str) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.backbone_name = backbone_name
+        self.backbone.freeze()
+
+    @torch.no_grad()
+    def adapt(self, support: SupportSet) -> Predictor:
+        prototypes = shot_prototypes(self.backbone(support.images), support.masks, support.ignore)
+
+        @torch.no_grad()
+        def predict(query_images: torch.Tensor) -> torch.Tensor:
+            logits = cosine_logits(self.backbone(query_images), prototypes, COSINE_SCALE)
+            return F.interpolate(logits, query_images.shape[-2:], mode="bilinear")
+
+        return predict
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "learner": self.name,
+            "backbone": self.backbone_name,
+            "backbone_weights": getattr(self.backbone, "weights_source", "unknown"),
+            "feature_stride": self.backbone.stride,
+        }
+
+
+@LEARNERS.register("baseline", "training-free: frozen ImageNet MobileNetV2 prototypes, cosine")
+def build_baseline(
+    backbone: str = "mobilenet_v2", weights_path: str | None = None
+) -> PrototypeBaseline:
+    return PrototypeBaseline(BACKBONES.get(backbone)(weights_path=weights_path), backbone)

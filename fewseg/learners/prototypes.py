@@ -1,0 +1,53 @@
+"""Prototype math shared by the prototype learners (pure functions).
+
+Masked average pooling (PANet, Wang et al. 2019): a class prototype is the mean of the
+feature vectors under the class's mask; the query is labelled by cosine similarity to the
+background and foreground prototypes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def mask_weights(masks: torch.Tensor, ignore: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Per-cell background/foreground fractions at feature resolution: [K, 2, h, w].
+
+    ``masks`` [K,H,W] in {0,1}; ignored pixels count as neither class.
+    """
+    valid = (~ignore).float()
+    foreground = masks.float() * valid
+    background = (1.0 - masks.float()) * valid
+    both = torch.stack([background, foreground], dim=1)
+    return F.adaptive_avg_pool2d(both, size)
+
+
+def masked_average_pool(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted mean feature per shot and class: features [K,C,h,w], weights [K,P,h,w] → [K,P,C].
+
+    A class with no pixels in a shot gives a zero vector there.
+    """
+    total = weights.sum(dim=(-2, -1))
+    pooled = torch.einsum("kchw,kphw->kpc", features, weights)
+    return pooled / total.clamp_min(1e-6).unsqueeze(-1)
+
+
+def shot_prototypes(
+    features: torch.Tensor, masks: torch.Tensor, ignore: torch.Tensor
+) -> torch.Tensor:
+    """Background and foreground prototypes averaged over the shots that contain them: [2, C]."""
+    weights = mask_weights(masks, ignore, features.shape[-2:])
+    per_shot = masked_average_pool(features, weights)
+    present = (weights.sum(dim=(-2, -1)) > 0).float()  # [K, P]
+    counts = present.sum(dim=0).clamp_min(1.0)  # [P]
+    return (per_shot * present.unsqueeze(-1)).sum(dim=0) / counts.unsqueeze(-1)
+
+
+def cosine_logits(
+    features: torch.Tensor, prototypes: torch.Tensor, scale: float | torch.Tensor
+) -> torch.Tensor:
+    """scale · cos(feature, prototype) per pixel: [B,C,h,w] and [P,C] → [B,P,h,w]."""
+    features = F.normalize(features, dim=1)
+    prototypes = F.normalize(prototypes, dim=1)
+    return scale * torch.einsum("bchw,pc->bphw", features, prototypes)

@@ -1,0 +1,73 @@
+"""Few-shot segmentation metrics (HSNet/PFENet protocol).
+
+Per test class, foreground intersection and union are summed over all episodes of that
+class, and IoU_c = I_c / U_c; mIoU is the mean over classes. FB-IoU pools foreground and
+background intersection/union over every episode of the fold. Ignored pixels count in
+neither. The state is two [2, n_classes] tensors, so it all-reduces across processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+BACKGROUND, FOREGROUND = 0, 1
+
+
+def intersection_union(
+    prediction: torch.Tensor, target: torch.Tensor, ignore: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel counts for one prediction: (intersection[bg, fg], union[bg, fg]).
+
+    ``prediction`` and ``target`` are boolean foreground maps of the same shape; pixels
+    where ``ignore`` is True are excluded.
+    """
+    valid = ~ignore
+    pred_fg, true_fg = prediction & valid, target.bool() & valid
+    pred_bg, true_bg = ~prediction & valid, ~target.bool() & valid
+    intersection = torch.stack([(pred_bg & true_bg).sum(), (pred_fg & true_fg).sum()])
+    union = torch.stack([(pred_bg | true_bg).sum(), (pred_fg | true_fg).sum()])
+    return intersection.double(), union.double()
+
+
+class SegmentationScores:
+    """Accumulates per-class intersection/union over episodes."""
+
+    def __init__(self, class_indices: Sequence[int]) -> None:
+        self.class_indices = tuple(class_indices)
+        self._column = {c: i for i, c in enumerate(self.class_indices)}
+        n = len(self.class_indices)
+        self.intersection = torch.zeros(2, n, dtype=torch.float64)
+        self.union = torch.zeros(2, n, dtype=torch.float64)
+        self.episodes = torch.zeros(n, dtype=torch.float64)
+
+    def update(
+        self,
+        class_index: int,
+        prediction: torch.Tensor,
+        target: torch.Tensor,
+        ignore: torch.Tensor,
+    ) -> None:
+        intersection, union = intersection_union(prediction, target, ignore)
+        column = self._column[class_index]
+        self.intersection[:, column] += intersection.cpu()
+        self.union[:, column] += union.cpu()
+        self.episodes[column] += 1
+
+    def class_iou(self) -> dict[int, float]:
+        """Foreground IoU per class that has at least one scored pixel (fraction in [0, 1])."""
+        return {
+            c: (self.intersection[FOREGROUND, i] / self.union[FOREGROUND, i]).item()
+            for c, i in self._column.items()
+            if self.union[FOREGROUND, i] > 0
+        }
+
+    def miou(self) -> float:
+        ious = list(self.class_iou().values())
+        return sum(ious) / len(ious) if ious else float("nan")
+
+    def fbiou(self) -> float:
+        intersection = self.intersection.sum(dim=1)
+        union = self.union.sum(dim=1)
+        return ((intersection / union).mean()).item()

@@ -1,0 +1,129 @@
+"""Feature extractors, registered by name.
+
+A backbone maps normalised images [B,3,H,W] to a feature map [B,C,h,w] and states its
+``out_channels`` and ``stride``. A frozen backbone stays in eval mode whatever mode its
+parent is put in, so BatchNorm running statistics never change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
+
+from fewseg.errors import FewSegError
+from fewseg.registry import Registry
+
+BackboneFactory = Callable[..., "Backbone"]
+BACKBONES: Registry[BackboneFactory] = Registry("backbone")
+
+
+class Backbone(nn.Module):
+    """Base class: ``forward(images) -> features`` plus ``out_channels``, ``stride``, ``frozen``."""
+
+    out_channels: int
+    stride: int
+
+    def __init__(self, frozen: bool) -> None:
+        super().__init__()
+        self.frozen = frozen
+
+    def freeze(self) -> None:
+        self.frozen = True
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> Backbone:
+        return super().train(mode and not self.frozen)
+
+
+def pretrained_weights_file(weights: MobileNet_V2_Weights) -> Path:
+    """Where torchvision's weights API looks for ``weights`` before it would download."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise FewSegError(f"{path}: weights file not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt zip, pickle refused, truncated file …
+        raise FewSegError(f"{path}: cannot load weights ({type(exc).__name__})") from None
+
+
+class MobileNetV2Features(Backbone):
+    """MobileNetV2 feature pyramid taps, upsampled to the first tap and concatenated.
+
+    ``taps`` are indices into torchvision's ``mobilenet_v2().features``; the default
+    (13, 17) joins the stride-16 (96 ch) and stride-32 (320 ch) blocks at stride 16.
+    """
+
+    STRIDES = (2, 2, 4, 4, 8, 8, 8, 16, 16, 16, 16, 16, 16, 16, 32, 32, 32, 32, 32)
+
+    def __init__(
+        self,
+        pretrained: bool = True,
+        weights_path: str | None = None,
+        taps: Sequence[int] = (13, 17),
+        frozen: bool = True,
+    ) -> None:
+        super().__init__(frozen)
+        if (
+            not taps
+            or sorted(taps) != list(taps)
+            or not 0 <= taps[0] <= taps[-1] < len(self.STRIDES)
+        ):
+            raise FewSegError(f"mobilenet_v2 taps must be increasing indices 0..18, got {taps}")
+        network = mobilenet_v2()
+        if weights_path is not None:
+            self._load(network, weights_path)
+        elif pretrained:
+            weights = MobileNet_V2_Weights.IMAGENET1K_V1
+            if not pretrained_weights_file(weights).is_file():
+                raise FewSegError(
+                    f"ImageNet MobileNetV2 weights not found at {pretrained_weights_file(weights)}"
+                    " (run `make install`, or pass a local weights file)"
+                )
+            network.load_state_dict(weights.get_state_dict(progress=False))
+        self.taps = tuple(taps)
+        self.blocks = network.features[: self.taps[-1] + 1]
+        self.out_channels = sum(self.blocks[t].out_channels for t in self.taps)
+        self.stride = self.STRIDES[self.taps[0]]
+        self.weights_source = weights_path or ("imagenet" if pretrained else "random")
+        if frozen:
+            self.freeze()
+
+    @staticmethod
+    def _load(network: nn.Module, weights_path: str) -> None:
+        try:
+            network.load_state_dict(load_state_dict_file(weights_path))
+        except RuntimeError:
+            raise FewSegError(f"{weights_path}: not MobileNetV2 weights") from None
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        outputs = []
+        x = images
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in self.taps:
+                outputs.append(x)
+        size = outputs[0].shape[-2:]
+        resized = [
+            o if o.shape[-2:] == size else F.interpolate(o, size, mode="bilinear") for o in outputs
+        ]
+        return torch.cat(resized, dim=1)
+
+
+@BACKBONES.register(
+    "mobilenet_v2", "MobileNetV2 with ImageNet weights (torchvision), frozen, stride-16 features"
+)
+def build_mobilenet_v2(
+    pretrained: bool = True, weights_path: str | None = None, frozen: bool = True
+) -> Backbone:
+    return MobileNetV2Features(pretrained=pretrained, weights_path=weights_path, frozen=frozen)

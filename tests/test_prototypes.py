@@ -1,0 +1,74 @@
+"""Prototype and cosine math against hand-computed values."""
+
+import math
+
+import pytest
+import torch
+
+from fewseg.episodes.tensors import SupportSet
+from fewseg.learners.baseline import PrototypeBaseline
+from fewseg.learners.prototypes import (
+    cosine_logits,
+    mask_weights,
+    masked_average_pool,
+    shot_prototypes,
+)
+from fewseg.models.backbones import Backbone
+
+
+def test_mask_weights_are_cell_fractions() -> None:
+    masks = torch.tensor([[[1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 1, 1]]]).float()
+    ignore = torch.zeros(1, 4, 4, dtype=torch.bool)
+    ignore[0, 3, 3] = True
+    weights = mask_weights(masks, ignore, (2, 2))
+    assert weights[0, 1].tolist() == [[0.75, 0.0], [0.0, 0.25]]
+    assert weights[0, 0].tolist() == [[0.25, 1.0], [1.0, 0.5]]
+
+
+def test_masked_average_pool_by_hand() -> None:
+    features = torch.tensor([[[[1.0, 3.0], [5.0, 7.0]], [[0.0, 2.0], [0.0, 2.0]]]])
+    weights = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]], [[0.0, 0.5], [0.0, 0.0]]]])
+    pooled = masked_average_pool(features, weights)
+    assert pooled[0, 0].tolist() == [2.0, 1.0]  # mean of the top row
+    assert pooled[0, 1].tolist() == [3.0, 2.0]  # only the (0, 1) cell
+
+
+def test_shot_prototypes_skip_shots_without_the_class() -> None:
+    features = torch.stack([torch.full((1, 2, 2), 4.0), torch.full((1, 2, 2), 8.0)])
+    masks = torch.stack([torch.ones(2, 2), torch.zeros(2, 2)])
+    ignore = torch.zeros(2, 2, 2, dtype=torch.bool)
+    prototypes = shot_prototypes(features, masks, ignore)
+    assert prototypes[1].item() == 4.0  # foreground: only the first shot has it
+    assert prototypes[0].item() == 8.0  # background: only the second shot has it
+
+
+def test_cosine_logits_by_hand() -> None:
+    features = torch.tensor([[[[1.0]], [[1.0]]]])  # one pixel, vector (1, 1)
+    prototypes = torch.tensor([[1.0, 0.0], [2.0, 2.0]])
+    logits = cosine_logits(features, prototypes, 10.0)
+    assert logits.flatten().tolist() == pytest.approx([10 / math.sqrt(2), 10.0])
+
+
+class Identity(Backbone):
+    out_channels, stride = 3, 1
+
+    def __init__(self) -> None:
+        super().__init__(frozen=True)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images
+
+
+def test_baseline_labels_pixels_by_nearest_prototype() -> None:
+    red, blue = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 0.0, 1.0])
+    support_mask = torch.zeros(4, 4)
+    support_mask[:2] = 1
+    support_image = torch.where(support_mask.bool(), red[:, None, None], blue[:, None, None])
+    query_mask = torch.zeros(4, 4, dtype=torch.bool)
+    query_mask[:, 1] = True
+    query_image = torch.where(query_mask, red[:, None, None] * 0.5, blue[:, None, None])
+    learner = PrototypeBaseline(Identity(), "identity")
+    support = SupportSet(support_image[None], support_mask[None], torch.zeros(1, 4, 4).bool())
+    logits = learner.adapt(support)(query_image[None])
+    assert logits.shape == (1, 2, 4, 4)
+    assert torch.equal(logits[0, 1] > logits[0, 0], query_mask)
