@@ -11,6 +11,7 @@ from fewseg.episodes.tensors import SupportSet
 from fewseg.learners.base import LEARNERS, Learner, Predictor
 from fewseg.learners.prototypes import cosine_logits, shot_prototypes
 from fewseg.models.backbones import BACKBONES, Backbone
+from fewseg.models.feature_cache import FeatureCache
 
 COSINE_SCALE = 20.0  # PANet's fixed scale; it only sharpens the logits, not the argmax
 
@@ -28,14 +29,15 @@ class PrototypeBaseline(Learner):
         self.backbone = backbone
         self.backbone_name = backbone_name
         self.backbone.freeze()
+        self.features = FeatureCache(backbone)
 
     @torch.no_grad()
     def adapt(self, support: SupportSet) -> Predictor:
-        prototypes = shot_prototypes(self.backbone(support.images), support.masks, support.ignore)
+        prototypes = shot_prototypes(self.features(support.images), support.masks, support.ignore)
 
         @torch.no_grad()
         def predict(query_images: torch.Tensor) -> torch.Tensor:
-            logits = cosine_logits(self.backbone(query_images), prototypes, COSINE_SCALE)
+            logits = cosine_logits(self.features(query_images), prototypes, COSINE_SCALE)
             return F.interpolate(logits, query_images.shape[-2:], mode="bilinear")
 
         return predict
