@@ -97,12 +97,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from fewseg.engine.evaluate import EvaluationSettings, evaluate
     from fewseg.engine.report import evaluation_summary, write_report
     from fewseg.learners import LEARNERS
+    from fewseg.learners.config import LearnerConfig
 
     source = open_source(args.dataset, args.min_mask_pixels)
     size = args.size or source.default_size
     seeds = args.seeds if args.seeds is not None else [args.seed]
     torch.manual_seed(seeds[0])
-    learner = LEARNERS.get(args.learner)(weights_path=args.weights)
+    learner = LEARNERS.get(args.learner)(LearnerConfig(weights_path=args.weights))
     settings = EvaluationSettings(
         fold=args.fold,
         shots=args.shots,

@@ -7,6 +7,7 @@ import torch
 
 from fewseg.episodes.tensors import SupportSet
 from fewseg.learners.baseline import PrototypeBaseline
+from fewseg.learners.config import LearnerConfig
 from fewseg.learners.prototypes import (
     cosine_logits,
     mask_weights,
@@ -67,7 +68,7 @@ def test_baseline_labels_pixels_by_nearest_prototype() -> None:
     query_mask = torch.zeros(4, 4, dtype=torch.bool)
     query_mask[:, 1] = True
     query_image = torch.where(query_mask, red[:, None, None] * 0.5, blue[:, None, None])
-    learner = PrototypeBaseline(Identity(), "identity")
+    learner = PrototypeBaseline(LearnerConfig(backbone="identity"), Identity())
     support = SupportSet(support_image[None], support_mask[None], torch.zeros(1, 4, 4).bool())
     logits = learner.adapt(support)(query_image[None])
     assert logits.shape == (1, 2, 4, 4)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from fewseg.episodes.tensors import SupportSet
+from fewseg.episodes.tensors import EpisodeTensors, SupportSet
+from fewseg.errors import FewSegError
+from fewseg.learners.config import LearnerConfig
+from fewseg.models.backbones import BACKBONES, Backbone
 from fewseg.registry import Registry
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
@@ -17,18 +20,49 @@ Predictor = Callable[[torch.Tensor], torch.Tensor]
 
 
 class Learner(nn.Module, ABC):
-    """A few-shot segmenter: :meth:`adapt` turns a support set into a :data:`Predictor`."""
+    """A few-shot segmenter.
+
+    (a) :meth:`meta_gradients` takes one meta-training step's worth of episodes and leaves
+    the meta-gradient in ``.grad`` of :meth:`outer_parameters`; the engine then (all-reduces
+    and) applies the optimizer from :meth:`make_optimizer`. (b) :meth:`adapt` turns a
+    support set into a :data:`Predictor` for query images.
+    """
 
     name: ClassVar[str]
+    trainable: ClassVar[bool] = True
+
+    def __init__(self, config: LearnerConfig) -> None:
+        super().__init__()
+        self.config = config
 
     @abstractmethod
     def adapt(self, support: SupportSet) -> Predictor:
         """Adapt to the support set of one episode."""
 
+    def meta_gradients(self, episodes: Sequence[EpisodeTensors]) -> dict[str, float]:
+        """Accumulate the meta-gradient of a meta-batch into ``.grad``; return its metrics."""
+        raise FewSegError(f"learner {self.name!r} is training-free: nothing to train")
+
+    def outer_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.outer_parameters(), lr=self.config.outer_lr)
+
     def settings(self) -> dict[str, Any]:
         """What identifies this learner in a report."""
-        return {"learner": self.name}
+        return {"learner": self.name, **self.config.to_dict()}
 
 
-LearnerFactory = Callable[..., Learner]
+def build_backbone(config: LearnerConfig) -> Backbone:
+    """The configured encoder; a pretrained one is frozen unless ``freeze_backbone`` is off."""
+    factory = BACKBONES.get(config.backbone)
+    return factory(
+        pretrained=config.pretrained,
+        weights_path=config.weights_path,
+        frozen=config.freeze_backbone and config.pretrained,
+    )
+
+
+LearnerFactory = Callable[[LearnerConfig], Learner]
 LEARNERS: Registry[LearnerFactory] = Registry("learner")

@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from fewseg.episodes.tensors import SupportSet
-from fewseg.learners.base import LEARNERS, Learner, Predictor
+from fewseg.learners.base import LEARNERS, Learner, Predictor, build_backbone
+from fewseg.learners.config import LearnerConfig
 from fewseg.learners.prototypes import cosine_logits, shot_prototypes
-from fewseg.models.backbones import BACKBONES, Backbone
+from fewseg.models.backbones import Backbone
 from fewseg.models.feature_cache import FeatureCache
 
 COSINE_SCALE = 20.0  # PANet's fixed scale; it only sharpens the logits, not the argmax
@@ -24,10 +25,11 @@ class PrototypeBaseline(Learner):
 
     name = "baseline"
 
-    def __init__(self, backbone: Backbone, backbone_name: str) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.backbone_name = backbone_name
+    trainable = False
+
+    def __init__(self, config: LearnerConfig, backbone: Backbone | None = None) -> None:
+        super().__init__(config)
+        self.backbone = backbone if backbone is not None else build_backbone(config)
         self.backbone.freeze()
         self.features = FeatureCache(backbone)
 
@@ -45,14 +47,12 @@ class PrototypeBaseline(Learner):
     def settings(self) -> dict[str, Any]:
         return {
             "learner": self.name,
-            "backbone": self.backbone_name,
+            "backbone": self.config.backbone,
             "backbone_weights": getattr(self.backbone, "weights_source", "unknown"),
             "feature_stride": self.backbone.stride,
         }
 
 
-@LEARNERS.register("baseline", "training-free: frozen ImageNet MobileNetV2 prototypes, cosine")
-def build_baseline(
-    backbone: str = "mobilenet_v2", weights_path: str | None = None
-) -> PrototypeBaseline:
-    return PrototypeBaseline(BACKBONES.get(backbone)(weights_path=weights_path), backbone)
+LEARNERS.register("baseline", "training-free: frozen ImageNet MobileNetV2 prototypes, cosine")(
+    PrototypeBaseline
+)

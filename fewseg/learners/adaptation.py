@@ -1,0 +1,105 @@
+"""Shared base of the learners that adapt a segmenter by gradient descent on the support set
+(``maml``, ``fomaml``, ``reptile``, ``finetune``).
+
+The adapted parameters are the decoder head's alone when the encoder is frozen or the
+``head_only`` (ANIL) option is on, and every trainable parameter otherwise. In the
+head-only case the support features are computed once per episode and only the head runs
+inside the inner loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from fewseg.episodes.tensors import SupportSet
+from fewseg.learners.base import Learner, Predictor, build_backbone
+from fewseg.learners.config import LearnerConfig
+from fewseg.learners.inner_loop import LossFunction, Params, adapt_parameters
+from fewseg.learners.losses import foreground_bce
+from fewseg.models.feature_cache import FeatureCache
+from fewseg.models.segmenter import Segmenter, two_class_logits
+
+HEAD_PREFIX = "head."
+
+
+class GradientAdaptedSegmenter(Learner):
+    """A :class:`Segmenter` plus the machinery to adapt some of its parameters functionally."""
+
+    def __init__(self, config: LearnerConfig) -> None:
+        super().__init__(config)
+        self.model = Segmenter(build_backbone(config), config.hidden)
+        self.feature_cache = FeatureCache(self.model.encoder)
+
+    @property
+    def head_only(self) -> bool:
+        return self.config.head_only or self.model.encoder.frozen
+
+    def adapted_names(self) -> list[str]:
+        names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        if self.head_only:
+            names = [n for n in names if n.startswith(HEAD_PREFIX)]
+        return names
+
+    def initial_parameters(self) -> Params:
+        """The current (meta-learned) values of the adapted parameters, still attached."""
+        named = dict(self.model.named_parameters())
+        return {n: named[n] for n in self.adapted_names()}
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Encoder features; a frozen encoder's are cached and carry no gradient."""
+        if self.model.encoder.frozen:
+            return self.feature_cache(images)
+        return self.model.encoder(images)
+
+    def logits(
+        self, params: Mapping[str, torch.Tensor], inputs: torch.Tensor, size: tuple[int, int]
+    ) -> torch.Tensor:
+        """Foreground logits [B,1,H,W] with ``params`` substituted.
+
+        ``inputs`` are encoder features in head-only mode and images otherwise.
+        """
+        if self.head_only:
+            head_params = {n.removeprefix(HEAD_PREFIX): p for n, p in params.items()}
+            logits = functional_call(self.model.head, head_params, (inputs,))
+            return F.interpolate(logits, size, mode="bilinear")
+        return functional_call(self.model, dict(params), (inputs,))
+
+    def inputs(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encode(images) if self.head_only else images
+
+    def support_loss(self, support: SupportSet) -> LossFunction:
+        inputs = self.inputs(support.images)
+        size = support.images.shape[-2:]
+
+        def loss(params: Params) -> torch.Tensor:
+            return foreground_bce(self.logits(params, inputs, size), support.masks, support.ignore)
+
+        return loss
+
+    def inner_learning_rates(self) -> Mapping[str, torch.Tensor | float] | float:
+        return self.config.inner_lr
+
+    def adapt_to(self, support: SupportSet, first_order: bool) -> Params:
+        return adapt_parameters(
+            self.support_loss(support),
+            self.initial_parameters(),
+            self.inner_learning_rates(),
+            self.config.inner_steps,
+            first_order=first_order,
+        )
+
+    def adapt(self, support: SupportSet) -> Predictor:
+        """Test time: ``inner_steps`` SGD steps at ``inner_lr`` on the support loss."""
+        with torch.enable_grad():
+            adapted = {k: v.detach() for k, v in self.adapt_to(support, first_order=True).items()}
+
+        @torch.no_grad()
+        def predict(query_images: torch.Tensor) -> torch.Tensor:
+            size = query_images.shape[-2:]
+            return two_class_logits(self.logits(adapted, self.inputs(query_images), size))
+
+        return predict
