@@ -94,16 +94,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from fewseg.data.spec import open_source
+    from fewseg.engine.checkpoint import read_checkpoint, restore_learner
     from fewseg.engine.evaluate import EvaluationSettings, evaluate
     from fewseg.engine.report import evaluation_summary, write_report
     from fewseg.learners import LEARNERS
     from fewseg.learners.config import LearnerConfig
 
     source = open_source(args.dataset, args.min_mask_pixels)
-    size = args.size or source.default_size
-    seeds = args.seeds if args.seeds is not None else [args.seed]
+    seeds = args.seeds or [0 if args.seed is None else args.seed]
     torch.manual_seed(seeds[0])
-    learner = LEARNERS.get(args.learner)(LearnerConfig(weights_path=args.weights))
+    trained: dict[str, Any] = {}
+    if args.checkpoint is not None:
+        state = read_checkpoint(args.checkpoint)
+        learner = restore_learner(state, args.checkpoint, args.device)
+        trained = {
+            "checkpoint": str(args.checkpoint),
+            "step": state["step"],
+            "train_config": state["train_config"],
+        }
+        size = args.size or state["extra"].get("size") or source.default_size
+    else:
+        learner = LEARNERS.get(args.learner or "baseline")(LearnerConfig(weights_path=args.weights))
+        if learner.trainable:
+            raise FewSegError(f"learner {learner.name!r} must be trained: pass --checkpoint DIR")
+        size = args.size or source.default_size
     settings = EvaluationSettings(
         fold=args.fold,
         shots=args.shots,
@@ -127,12 +141,67 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "scored_at": f"evaluation resolution {size}x{size}",
             "learner": learner.settings(),
             "device": args.device,
+            **({"trained": trained} if trained else {}),
         },
         **results,
     }
     print(evaluation_summary(report))
     path = write_report(args.out, report)
     print(f"report: {path}")
+    return 0
+
+
+OPTION_TYPES = {"size": int, "weights_path": str}
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig / LearnerConfig field; absent flags stay None."""
+    from dataclasses import fields
+
+    from fewseg.engine.config import TrainConfig
+    from fewseg.learners.config import LearnerConfig
+
+    for group_name, config in (("training", TrainConfig), ("learner", LearnerConfig)):
+        group = parser.add_argument_group(f"{group_name} options (also settable in --config)")
+        defaults = config()
+        for field in fields(config):
+            flag = "--" + field.name.replace("_", "-")
+            default = getattr(defaults, field.name)
+            kind = OPTION_TYPES.get(field.name, type(default))
+            if kind is bool:
+                group.add_argument(
+                    flag,
+                    action=argparse.BooleanOptionalAction,
+                    default=None,
+                    help=f"default {default}",
+                )
+            else:
+                group.add_argument(flag, type=kind, default=None, help=f"default {default}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import json
+
+    from fewseg.engine.config import LEARNER_FIELDS, TRAIN_FIELDS, read_yaml, resolve_config
+    from fewseg.engine.train import train
+
+    file_values = read_yaml(args.config) if args.config else {}
+    flags = {k: v for k, v in vars(args).items() if k in TRAIN_FIELDS | LEARNER_FIELDS}
+    config, learner_config = resolve_config(file_values, flags, str(args.config or "flags"))
+    summary = train(
+        config, learner_config, args.out, resume=args.resume, progress=not args.no_progress
+    )
+    last = summary.get("train", {})
+    print(
+        f"trained {config.learner} to step {summary['steps']} in {summary['seconds']:.1f} s; "
+        + ", ".join(f"{k} {v:.4f}" for k, v in last.items())
+    )
+    if summary["validation"]:
+        print(
+            "validation mIoU: "
+            + json.dumps({k: round(v, 2) for k, v in summary["validation"].items()})
+        )
+    print(f"checkpoint: {args.out / 'checkpoint.pt'}")
     return 0
 
 
@@ -164,14 +233,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(datasets)
     datasets.set_defaults(run=cmd_datasets)
 
+    tr = commands.add_parser(
+        "train",
+        help="meta-train a learner on a fold's meta-train classes",
+        description="Options come from defaults, then --config FILE.yaml, then flags.",
+    )
+    tr.add_argument("--config", type=Path, metavar="FILE.yaml")
+    tr.add_argument("--out", required=True, type=Path, metavar="DIR")
+    tr.add_argument("--resume", action="store_true", help="continue DIR's checkpoint to --steps")
+    tr.add_argument("--no-progress", action="store_true")
+    _add_config_flags(tr)
+    tr.set_defaults(run=cmd_train)
+
     ev = commands.add_parser("evaluate", help="evaluate a learner on a fixed episode list")
-    ev.add_argument("--learner", default="baseline")
+    source_of_learner = ev.add_mutually_exclusive_group()
+    source_of_learner.add_argument("--learner", help="a training-free learner (default baseline)")
+    source_of_learner.add_argument(
+        "--checkpoint",
+        type=Path,
+        metavar="DIR",
+        help="a trained learner: a `fewseg train` run directory",
+    )
     ev.add_argument("--dataset", required=True, metavar="SPEC")
     ev.add_argument("--fold", default="0", help="0..3, or 'all' for every class (default 0)")
     ev.add_argument("--shots", type=_positive, default=1, metavar="K")
     ev.add_argument("--episodes", type=_positive, default=1000, metavar="N")
     seeds = ev.add_mutually_exclusive_group()
-    seeds.add_argument("--seed", type=int, default=0)
+    seeds.add_argument("--seed", type=int, default=None, help="episode-list seed (default 0)")
     seeds.add_argument(
         "--seeds",
         type=_int_list,

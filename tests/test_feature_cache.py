@@ -1,5 +1,6 @@
 """The feature cache returns exactly what the backbone computes, once per distinct image."""
 
+import pytest
 import torch
 
 from fewseg.models.backbones import Backbone
@@ -49,10 +50,7 @@ def test_least_recently_used_entries_are_evicted() -> None:
     assert backbone.calls == calls + 1
 
 
-def test_trainable_backbone_is_not_cached() -> None:
-    backbone = CountingBackbone(frozen=False)
-    cache = FeatureCache(backbone)
-    image = torch.randn(1, 3, 8, 8)
-    cache(image)
-    cache(image)
-    assert backbone.calls == 2
+def test_trainable_backbone_is_refused() -> None:
+    cache = FeatureCache(CountingBackbone(frozen=False))
+    with pytest.raises(ValueError, match="frozen"):
+        cache(torch.randn(1, 3, 8, 8))

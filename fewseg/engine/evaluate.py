@@ -100,7 +100,7 @@ def summarize(results: Sequence[SeedResult]) -> dict[str, Any]:
     if len(results) > 1:
         summary["miou_std"] = statistics.pstdev(r.miou for r in results)
         summary["fbiou_std"] = statistics.pstdev(r.fbiou for r in results)
-    names = results[0].per_class.keys()
+    names = sorted({name for r in results for name in r.per_class})
     summary["per_class"] = {
         n: statistics.fmean(r.per_class[n] for r in results if n in r.per_class) for n in names
     }

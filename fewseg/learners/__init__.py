@@ -1,6 +1,12 @@
 """Learners: one file per algorithm, all behind :class:`Learner` and :data:`LEARNERS`."""
 
-from fewseg.learners import baseline  # noqa: F401  (registers)
+from fewseg.learners import (
+    baseline,  # noqa: F401  (registers)
+    finetune,  # noqa: F401  (registers)
+    maml,  # noqa: F401  (registers)
+    protonet,  # noqa: F401  (registers)
+    reptile,  # noqa: F401  (registers)
+)
 from fewseg.learners.base import LEARNERS, Learner, Predictor
 
 __all__ = ["LEARNERS", "Learner", "Predictor"]

@@ -20,7 +20,7 @@ from fewseg.learners.base import Learner, Predictor, build_backbone
 from fewseg.learners.config import LearnerConfig
 from fewseg.learners.inner_loop import LossFunction, Params, adapt_parameters
 from fewseg.learners.losses import foreground_bce
-from fewseg.models.feature_cache import FeatureCache
+from fewseg.models.feature_cache import FeatureCache, encode
 from fewseg.models.segmenter import Segmenter, two_class_logits
 
 HEAD_PREFIX = "head."
@@ -50,10 +50,7 @@ class GradientAdaptedSegmenter(Learner):
         return {n: named[n] for n in self.adapted_names()}
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Encoder features; a frozen encoder's are cached and carry no gradient."""
-        if self.model.encoder.frozen:
-            return self.feature_cache(images)
-        return self.model.encoder(images)
+        return encode(self.model.encoder, self.feature_cache, images, self.training)
 
     def logits(
         self, params: Mapping[str, torch.Tensor], inputs: torch.Tensor, size: tuple[int, int]

@@ -31,7 +31,7 @@ class PrototypeBaseline(Learner):
         super().__init__(config)
         self.backbone = backbone if backbone is not None else build_backbone(config)
         self.backbone.freeze()
-        self.features = FeatureCache(backbone)
+        self.features = FeatureCache(self.backbone)
 
     @torch.no_grad()
     def adapt(self, support: SupportSet) -> Predictor:

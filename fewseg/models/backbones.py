@@ -39,7 +39,13 @@ class Backbone(nn.Module):
         self.eval()
 
     def train(self, mode: bool = True) -> Backbone:
-        return super().train(mode and not self.frozen)
+        """A frozen backbone stays in eval mode; a trainable one keeps its BatchNorm layers in
+        eval mode (running statistics are never updated, in inner loops or elsewhere)."""
+        super().train(mode and not self.frozen)
+        for module in self.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+        return self
 
 
 def pretrained_weights_file(weights: MobileNet_V2_Weights) -> Path:

@@ -13,22 +13,23 @@ import hashlib
 from collections import OrderedDict
 
 import torch
-from torch import nn
 
 from fewseg.models.backbones import Backbone
 
 
 def image_key(image: torch.Tensor) -> bytes:
     data = image.detach().contiguous().cpu().numpy().tobytes()
-    shape = ",".join(map(str, image.shape)).encode()
+    shape = f"{tuple(image.shape)}|{image.dtype}|{image.device}".encode()
     return hashlib.blake2b(data, digest_size=20, person=b"fewseg-img").digest() + shape
 
 
-class FeatureCache(nn.Module):
-    """Wraps a frozen backbone; memoises per-image features, least recently used out first."""
+class FeatureCache:
+    """Wraps a frozen backbone; memoises per-image features, least recently used out first.
+
+    Not a module: the backbone stays registered (and checkpointed) only where it lives.
+    """
 
     def __init__(self, backbone: Backbone, max_bytes: int = 1 << 30) -> None:
-        super().__init__()
         self.backbone = backbone
         self.max_bytes = max_bytes
         self._entries: OrderedDict[bytes, torch.Tensor] = OrderedDict()
@@ -56,8 +57,24 @@ class FeatureCache(nn.Module):
             self._bytes -= evicted.numel() * evicted.element_size()
         return features
 
-    @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if not self.backbone.frozen:
-            return self.backbone(images)
-        return torch.stack([self._lookup(image) for image in images])
+            raise ValueError("FeatureCache needs a frozen backbone: features would go stale")
+        with torch.no_grad():
+            return torch.stack([self._lookup(image) for image in images])
+
+
+def encode(
+    encoder: Backbone, cache: FeatureCache, images: torch.Tensor, training: bool
+) -> torch.Tensor:
+    """Encoder features for a learner.
+
+    A trainable encoder runs with gradients. A frozen one runs without; outside training its
+    features come through ``cache`` (in training, augmentation makes every image new).
+    """
+    if not encoder.frozen:
+        return encoder(images)
+    if training:
+        with torch.no_grad():
+            return encoder(images)
+    return cache(images)

@@ -1,0 +1,266 @@
+"""Meta-training: episodes from the fold's meta-train classes, checkpoints, exact resume.
+
+Everything random in step t — which episodes, which augmentation — is drawn from
+generators seeded by (seed, t), so a run resumed from step t continues exactly as the
+uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from fewseg.data.source import SegmentationSource
+from fewseg.data.spec import open_source
+from fewseg.engine.checkpoint import (
+    checkpoint_path,
+    load_learner_state,
+    read_checkpoint,
+    save_checkpoint,
+)
+from fewseg.engine.config import TrainConfig, write_yaml
+from fewseg.engine.evaluate import EvaluationSettings, score_plan
+from fewseg.episodes.sampler import draw_episode, episode_plan, usable_classes
+from fewseg.episodes.tensors import EpisodeTensors, load_episode
+from fewseg.episodes.transforms import augment_transform, resize_transform
+from fewseg.errors import FewSegError
+from fewseg.learners.base import LEARNERS, Learner
+from fewseg.learners.config import LearnerConfig
+
+
+class TrainingDiverged(FewSegError):
+    """A non-finite loss: the run stops, the last good checkpoint stays as it was."""
+
+
+@dataclass(frozen=True)
+class ClassPlan:
+    """Which of the fold's meta-train classes train and which validate."""
+
+    train: tuple[int, ...]
+    validation: tuple[int, ...]
+
+
+def hold_out_classes(classes: Sequence[int], fraction: float) -> ClassPlan:
+    """Every n-th meta-train class (n ≈ 1/fraction) is held out for validation."""
+    if fraction <= 0 or len(classes) < 2:
+        return ClassPlan(tuple(classes), ())
+    every = max(2, round(1 / fraction))
+    validation = tuple(c for i, c in enumerate(classes) if i % every == every - 1)
+    return ClassPlan(tuple(c for c in classes if c not in set(validation)), validation)
+
+
+def step_seed(seed: int, step: int, rank: int = 0) -> list[int]:
+    return [seed, rank, step]
+
+
+def training_batch(
+    source: SegmentationSource,
+    classes: Sequence[int],
+    config: TrainConfig,
+    size: int,
+    step: int,
+    rank: int = 0,
+) -> list[EpisodeTensors]:
+    """The meta-batch of step ``step``: a pure function of (seed, rank, step)."""
+    rng = np.random.default_rng(step_seed(config.seed, step, rank))
+    episodes = [draw_episode(source, classes, config.shots, rng) for _ in range(config.meta_batch)]
+    transform = augment_transform(size) if config.augment else resize_transform(size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(rng.integers(2**62)))
+        return [load_episode(source, e, transform) for e in episodes]
+
+
+def move_episode(episode: EpisodeTensors, device: torch.device) -> EpisodeTensors:
+    if device.type == "cpu":
+        return episode
+    return EpisodeTensors(
+        episode.class_index,
+        episode.support.to(device),
+        episode.query_image.to(device),
+        episode.query_mask.to(device),
+        episode.query_ignore.to(device),
+    )
+
+
+class MetricsLog:
+    """``metrics.jsonl`` (one record per logged step) plus TensorBoard scalars."""
+
+    def __init__(self, run_dir: Path, resume_step: int) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.path = run_dir / "metrics.jsonl"
+        kept = []
+        if self.path.is_file():
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line and json.loads(line)["step"] <= resume_step
+            ]
+        self.path.write_text("".join(f"{line}\n" for line in kept))
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step + 1)
+
+    def write(self, step: int, values: dict[str, float]) -> None:
+        with self.path.open("a") as handle:
+            handle.write(json.dumps({"step": step, **values}) + "\n")
+        for name, value in values.items():
+            self.writer.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def validate(
+    learner: Learner,
+    source: SegmentationSource,
+    classes: Sequence[int],
+    config: TrainConfig,
+    size: int,
+) -> float:
+    """mIoU (percent) on a fixed episode list of the held-out meta-train classes."""
+    plan = episode_plan(source, classes, config.shots, config.val_episodes, config.seed)
+    settings = EvaluationSettings(
+        fold=config.fold,
+        shots=config.shots,
+        episodes=config.val_episodes,
+        size=size,
+        device=config.device,
+        progress=False,
+    )
+    scores = score_plan(learner, source, plan, settings)
+    return 100 * scores.miou()
+
+
+def train(
+    config: TrainConfig,
+    learner_config: LearnerConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Meta-train a learner; returns a summary (steps, seconds, last losses, validation)."""
+    run_dir = Path(run_dir)
+    source = open_source(config.dataset, config.min_mask_pixels)
+    size = config.size or source.default_size
+    split = source.fold_split(config.fold)
+    usable, _ = usable_classes(source, split.train, config.shots)
+    if not usable:
+        raise FewSegError(f"fold {config.fold}: no meta-train class has {config.shots + 1} images")
+    classes = hold_out_classes(usable, config.val_fraction)
+
+    learner = LEARNERS.get(config.learner)(learner_config)
+    if not learner.trainable:
+        raise FewSegError(f"learner {config.learner!r} is training-free: use `fewseg evaluate`")
+    device = torch.device(config.device)
+    learner.to(device)
+    optimizer = learner.make_optimizer()
+    start, elapsed = 0, 0.0
+    existing = checkpoint_path(run_dir)
+    if resume:
+        state = read_checkpoint(run_dir)
+        check_resumable(state, config, learner_config, existing)
+        load_learner_state(learner, state, existing)
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        start, elapsed = state["step"], state["extra"].get("seconds", 0.0)
+    elif existing.exists():
+        raise FewSegError(f"{existing} exists: pass --resume to continue it, or another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_yaml(run_dir / "config.yaml", config, learner_config)
+    log = MetricsLog(run_dir, start)
+
+    summary: dict[str, Any] = {"start_step": start, "validation": {}}
+    bar = tqdm(
+        range(start, config.steps),
+        initial=start,
+        total=config.steps,
+        desc=f"train {config.learner}",
+        unit="step",
+        disable=not progress,
+    )
+    window: list[dict[str, float]] = []
+    began = time.perf_counter()
+    try:
+        for step in bar:
+            episodes = training_batch(source, classes.train, config, size, step)
+            episodes = [move_episode(e, device) for e in episodes]
+            learner.train()
+            optimizer.zero_grad(set_to_none=True)
+            metrics = learner.meta_gradients(episodes)
+            if not all(math.isfinite(v) for v in metrics.values()):
+                raise TrainingDiverged(
+                    f"non-finite loss at step {step + 1} ({metrics}); the last good checkpoint "
+                    f"is {existing} (step {last_saved_step(run_dir)})"
+                )
+            optimizer.step()
+            done = step + 1
+            window.append(metrics)
+            seconds = elapsed + time.perf_counter() - began
+            bar.set_postfix(
+                loss=f"{metrics['loss']:.3f}",
+                eps=f"{config.meta_batch * (done - start) / max(seconds - elapsed, 1e-9):.1f}",
+            )
+            if done % config.log_every == 0 or done == config.steps:
+                means = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+                log.write(
+                    done, {**{f"train/{k}": v for k, v in means.items()}, "time/seconds": seconds}
+                )
+                summary["train"] = means
+                window = []
+            if (
+                config.val_every
+                and classes.validation
+                and (done % config.val_every == 0 or done == config.steps)
+            ):
+                miou = validate(learner, source, classes.validation, config, size)
+                log.write(done, {"val/miou": miou})
+                summary["validation"][done] = miou
+            if done % config.checkpoint_every == 0 or done == config.steps:
+                save_checkpoint(
+                    run_dir, done, config, learner, optimizer, {"seconds": seconds, "size": size}
+                )
+    finally:
+        log.close()
+        bar.close()
+    summary.update(
+        steps=config.steps,
+        seconds=elapsed + time.perf_counter() - began,
+        train_classes=[source.class_name(c) for c in classes.train],
+        validation_classes=[source.class_name(c) for c in classes.validation],
+    )
+    return summary
+
+
+def last_saved_step(run_dir: Path) -> int | str:
+    try:
+        return read_checkpoint(run_dir)["step"]
+    except FewSegError:
+        return "none"
+
+
+RESUME_MAY_CHANGE = {"steps", "device", "val_every", "checkpoint_every", "log_every"}
+
+
+def check_resumable(
+    state: dict[str, Any], config: TrainConfig, learner_config: LearnerConfig, path: Path
+) -> None:
+    """A resumed run must be the same run: only its length and bookkeeping may change."""
+    saved = state["train_config"]
+    current = asdict(config)
+    changed = sorted(
+        k for k in current if k not in RESUME_MAY_CHANGE and saved.get(k) != current[k]
+    )
+    if state["learner_config"] != learner_config.to_dict():
+        changed.append("learner options")
+    if changed:
+        raise FewSegError(f"{path}: cannot resume with different {', '.join(changed)}")
+    if state["step"] >= config.steps:
+        raise FewSegError(f"{path}: already at step {state['step']} >= --steps {config.steps}")

@@ -1,0 +1,54 @@
+"""``finetune``: ordinary training on the meta-train classes, then fine-tuning on the support
+set — the transfer-learning control that meta-learning has to beat.
+
+Without an episodic objective, pre-training plus fine-tuning is a strong few-shot
+baseline: Chen et al., "A Closer Look at Few-shot Classification", ICLR 2019; Tian et al.,
+"Rethinking Few-Shot Image Classification", ECCV 2020.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from fewseg.episodes.tensors import EpisodeTensors
+from fewseg.errors import FewSegError
+from fewseg.learners.adaptation import GradientAdaptedSegmenter
+from fewseg.learners.base import LEARNERS
+from fewseg.learners.losses import foreground_bce
+from fewseg.learners.reptile import labelled_images
+
+
+class FineTune(GradientAdaptedSegmenter):
+    """Train: foreground BCE of the plain segmenter on every labelled image of the episodes
+    (supports and queries, each with its episode's class mask), averaged over all valid
+    pixels of the batch; every trainable parameter learns, with the base Adam(``outer_lr``).
+
+    Test: the base :meth:`adapt` — ``inner_steps`` plain SGD steps at ``inner_lr`` on the
+    support loss, the same number of steps and learning rate as MAML's inner loop, on the
+    same adapted parameters (the head alone under ``head_only`` or a frozen encoder).
+    """
+
+    name = "finetune"
+
+    def meta_gradients(self, episodes: Sequence[EpisodeTensors]) -> dict[str, float]:
+        if not episodes:
+            raise FewSegError("finetune: empty meta-batch")
+        device = next(self.model.head.parameters()).device
+        examples = [labelled_images(e) for e in episodes]
+        images = torch.cat([e.images for e in examples]).to(device)
+        masks = torch.cat([e.masks for e in examples]).to(device)
+        ignore = torch.cat([e.ignore for e in examples]).to(device)
+        logits = F.interpolate(
+            self.model.head(self.encode(images)), images.shape[-2:], mode="bilinear"
+        )
+        loss = foreground_bce(logits, masks, ignore)
+        loss.backward()
+        return {"loss": loss.item()}
+
+
+LEARNERS.register(
+    "finetune", "control: plain segmentation training, then SGD fine-tuning on the support set"
+)(FineTune)

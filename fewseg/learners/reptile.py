@@ -1,0 +1,145 @@
+"""``reptile``: first-order meta-learning by moving towards task-adapted weights.
+
+Nichol, Achiam & Schulman, "On First-Order Meta-Learning Algorithms", arXiv:1803.02999
+(2018). For each task of a meta-batch the inner optimizer (SGD or Adam) takes
+``inner_steps`` steps from the current weights θ on all of the task's labelled images,
+giving θ'_i; the outer step is θ ← θ + ε (mean_i θ'_i − θ).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from fewseg.episodes.tensors import EpisodeTensors, SupportSet
+from fewseg.errors import FewSegError
+from fewseg.learners.adaptation import GradientAdaptedSegmenter
+from fewseg.learners.base import LEARNERS, Predictor
+from fewseg.learners.config import LearnerConfig
+from fewseg.learners.inner_loop import LossFunction, Params
+from fewseg.learners.losses import foreground_bce
+from fewseg.models.segmenter import two_class_logits
+
+INNER_OPTIMIZERS = ("sgd", "adam")
+
+
+def labelled_images(episode: EpisodeTensors) -> SupportSet:
+    """All labelled images of an episode, support shots first and the query last."""
+    support = episode.support
+    return SupportSet(
+        torch.cat([support.images, episode.query_image[None]]),
+        torch.cat([support.masks, episode.query_mask[None]]),
+        torch.cat([support.ignore, episode.query_ignore[None]]),
+    )
+
+
+class Reptile(GradientAdaptedSegmenter):
+    """Reptile on the adapted parameters (the head alone under ``head_only``/frozen encoder).
+
+    ``meta_gradients`` leaves ``θ − mean_i θ'_i`` in ``.grad`` — an average over tasks, so
+    averaging it over processes averages over the global meta-batch — and
+    :meth:`make_optimizer` is plain SGD with learning rate ε, whose step is exactly the
+    Reptile update. Parameters that are not adapted receive no update.
+    """
+
+    name = "reptile"
+
+    def __init__(self, config: LearnerConfig) -> None:
+        if config.reptile_optimizer not in INNER_OPTIMIZERS:
+            raise FewSegError(
+                f"reptile_optimizer must be one of {', '.join(INNER_OPTIMIZERS)}, "
+                f"got {config.reptile_optimizer!r}"
+            )
+        super().__init__(config)
+
+    def outer_parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.initial_parameters().values())
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.outer_parameters(), lr=self.config.reptile_epsilon)
+
+    def task_loss(self, examples: SupportSet) -> LossFunction:
+        """Mean foreground BCE of ``examples`` as a function of the adapted parameters."""
+        with torch.no_grad():  # the encoder is not adapted in head-only mode: constant features
+            inputs = self.inputs(examples.images)
+        size = examples.images.shape[-2:]
+        masks, ignore = examples.masks, examples.ignore
+
+        def loss(params: Params) -> torch.Tensor:
+            return foreground_bce(self.logits(params, inputs, size), masks, ignore)
+
+        return loss
+
+    def inner_optimize(self, loss: LossFunction, start: Params) -> tuple[Params, torch.Tensor]:
+        """``inner_steps`` steps of the inner optimizer (fresh state) on detached copies of
+        ``start``; returns the adapted parameters and the loss at ``start``."""
+        params = {n: p.detach().clone().requires_grad_(True) for n, p in start.items()}
+        leaves = list(params.values())
+        lr = self.config.inner_lr
+        optimizer = (
+            torch.optim.Adam(leaves, lr=lr)
+            if self.config.reptile_optimizer == "adam"
+            else torch.optim.SGD(leaves, lr=lr)
+        )
+        initial_loss: torch.Tensor | None = None
+        with torch.enable_grad():
+            for _ in range(self.config.inner_steps):
+                value = loss(params)
+                for leaf, g in zip(leaves, torch.autograd.grad(value, leaves), strict=True):
+                    leaf.grad = g
+                optimizer.step()
+                if initial_loss is None:
+                    initial_loss = value.detach()
+        if initial_loss is None:
+            with torch.no_grad():
+                initial_loss = loss(params)
+        return {n: p.detach() for n, p in params.items()}, initial_loss
+
+    def meta_gradients(self, episodes: Sequence[EpisodeTensors]) -> dict[str, float]:
+        """Add ``θ − mean_i θ'_i`` to ``.grad`` of the adapted parameters (the engine zeroes
+        them first). Metrics: each task's loss on all its images before (``loss``) and after
+        (``adapted_loss``) the inner loop, averaged over the tasks."""
+        if not episodes:
+            raise FewSegError("reptile: empty meta-batch")
+        theta = {n: p.detach() for n, p in self.initial_parameters().items()}
+        displacement = {n: torch.zeros_like(p) for n, p in theta.items()}  # Σ_i (θ − θ'_i)
+        device = next(iter(theta.values())).device
+        losses, adapted_losses = [], []
+        for episode in episodes:
+            loss = self.task_loss(labelled_images(episode).to(device))
+            adapted, initial_loss = self.inner_optimize(loss, theta)
+            with torch.no_grad():
+                adapted_losses.append(loss(adapted))
+            losses.append(initial_loss)
+            for n, total in displacement.items():
+                total += theta[n] - adapted[n]
+        for n, p in self.initial_parameters().items():
+            gradient = displacement[n] / len(episodes)
+            if p.grad is None:
+                p.grad = gradient
+            else:
+                p.grad += gradient
+        return {
+            "loss": torch.stack(losses).mean().item(),
+            "adapted_loss": torch.stack(adapted_losses).mean().item(),
+        }
+
+    def adapt(self, support: SupportSet) -> Predictor:
+        """Test time: the training inner optimizer, ``inner_steps`` steps on the support set
+        (SGD through the shared functional loop; Adam with fresh state)."""
+        if self.config.reptile_optimizer == "sgd":
+            return super().adapt(support)
+        adapted, _ = self.inner_optimize(self.task_loss(support), self.initial_parameters())
+
+        @torch.no_grad()
+        def predict(query_images: torch.Tensor) -> torch.Tensor:
+            size = query_images.shape[-2:]
+            return two_class_logits(self.logits(adapted, self.inputs(query_images), size))
+
+        return predict
+
+
+LEARNERS.register(
+    "reptile", "Reptile (Nichol et al. 2018): move towards SGD/Adam-adapted weights, first order"
+)(Reptile)

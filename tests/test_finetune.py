@@ -1,0 +1,136 @@
+"""The fine-tuning control: plain BCE training gradients and SGD test-time adaptation."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from fewseg.data.spec import open_source
+from fewseg.episodes.sampler import draw_episode
+from fewseg.episodes.tensors import EpisodeTensors, SupportSet, load_episode
+from fewseg.episodes.transforms import resize_transform
+from fewseg.learners import LEARNERS
+from fewseg.learners.config import LearnerConfig
+from fewseg.learners.finetune import FineTune
+from fewseg.learners.losses import foreground_bce
+from fewseg.models.segmenter import two_class_logits
+
+SIZE = 24
+
+
+def make_episode(seed: int, shots: int = 1) -> EpisodeTensors:
+    """A rectangle of foreground per image, brighter than the noise around it."""
+    g = torch.Generator().manual_seed(seed)
+    n = shots + 1
+    masks = torch.zeros(n, SIZE, SIZE)
+    for i in range(n):
+        top, left = torch.randint(0, SIZE - 10, (2,), generator=g).tolist()
+        masks[i, top : top + 10, left : left + 7] = 1.0
+    images = torch.randn(n, 3, SIZE, SIZE, generator=g) + 2.0 * masks[:, None]
+    ignore = torch.zeros(n, SIZE, SIZE, dtype=torch.bool)
+    ignore[:, :, -2:] = True
+    support = SupportSet(images[:shots], masks[:shots], ignore[:shots])
+    return EpisodeTensors(0, support, images[shots], masks[shots], ignore[shots])
+
+
+def config(**overrides: object) -> LearnerConfig:
+    values: dict[str, object] = {"backbone": "convnet", "hidden": 8, "inner_steps": 4}
+    return LearnerConfig(**{**values, **overrides})  # type: ignore[arg-type]
+
+
+def all_images(episodes: list[EpisodeTensors]) -> SupportSet:
+    """Every image of the episodes (hand-stacked, query after the shots of its episode)."""
+    images, masks, ignore = [], [], []
+    for e in episodes:
+        images += [*e.support.images, e.query_image]
+        masks += [*e.support.masks, e.query_mask]
+        ignore += [*e.support.ignore, e.query_ignore]
+    return SupportSet(torch.stack(images), torch.stack(masks), torch.stack(ignore))
+
+
+@pytest.mark.parametrize("frozen_encoder", [False, True])
+def test_gradient_is_that_of_the_mean_bce_over_all_images(frozen_encoder: bool) -> None:
+    torch.manual_seed(0)
+    learner = FineTune(config())
+    if frozen_encoder:
+        learner.model.encoder.freeze()
+    episodes = [make_episode(1, shots=2), make_episode(2, shots=2)]
+    batch = all_images(episodes)
+    model = copy.deepcopy(learner.model)
+    loss = foreground_bce(model(batch.images), batch.masks, batch.ignore)
+    loss.backward()
+
+    learner.zero_grad(set_to_none=True)
+    metrics = learner.meta_gradients(episodes)
+
+    assert metrics["loss"] == pytest.approx(loss.item(), abs=1e-6)
+    for p, reference in zip(learner.model.parameters(), model.parameters(), strict=True):
+        if frozen_encoder and reference.grad is None:
+            assert p.grad is None
+            continue
+        assert p.grad is not None
+        torch.testing.assert_close(p.grad, reference.grad, rtol=0, atol=1e-6)
+    assert any(p.grad is not None for p in learner.model.head.parameters())
+
+
+@pytest.mark.parametrize("head_only", [False, True])
+def test_adapt_is_inner_steps_sgd_steps_at_inner_lr(head_only: bool) -> None:
+    torch.manual_seed(0)
+    cfg = config(head_only=head_only, inner_lr=0.1, inner_steps=4)
+    learner = FineTune(cfg)
+    episode = make_episode(3, shots=2)
+    support = episode.support
+    initial = {n: p.detach().clone() for n, p in learner.model.named_parameters()}
+    reference = copy.deepcopy(learner.model)
+    optimizer = torch.optim.SGD(
+        (reference.head if head_only else reference).parameters(), lr=cfg.inner_lr
+    )
+    for _ in range(cfg.inner_steps):
+        optimizer.zero_grad()
+        foreground_bce(reference(support.images), support.masks, support.ignore).backward()
+        optimizer.step()
+
+    predict = learner.adapt(support)
+    adapted = learner.adapt_to(support, first_order=True)
+
+    expected = dict(reference.named_parameters())
+    assert set(adapted) == {n for n in expected if n.startswith("head.") or not head_only}
+    for name, value in adapted.items():
+        torch.testing.assert_close(value.detach(), expected[name].detach(), rtol=0, atol=1e-6)
+    query = episode.query_image[None]
+    with torch.no_grad():
+        torch.testing.assert_close(
+            predict(query), two_class_logits(reference(query)), rtol=0, atol=1e-5
+        )
+    for name, p in learner.model.named_parameters():
+        assert torch.equal(p.detach(), initial[name])
+
+
+def test_a_few_adam_steps_reduce_the_loss_of_a_fixed_synthetic_batch() -> None:
+    torch.manual_seed(0)
+    source = open_source("synthetic:images=4")
+    classes = source.fold_split("0").train
+    rng = np.random.default_rng(0)
+    transform = resize_transform(48)
+    episodes = [
+        load_episode(source, draw_episode(source, classes, 1, rng), transform) for _ in range(4)
+    ]
+    learner = FineTune(config(outer_lr=1e-2))
+    optimizer = learner.make_optimizer()
+    assert isinstance(optimizer, torch.optim.Adam)
+    losses = []
+    for _ in range(6):
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(learner.meta_gradients(episodes)["loss"])
+        optimizer.step()
+    batch = all_images(episodes)
+    with torch.no_grad():
+        final = foreground_bce(learner.model(batch.images), batch.masks, batch.ignore).item()
+    assert final < losses[0] - 0.05
+
+
+def test_registered() -> None:
+    assert LEARNERS.get("finetune") is FineTune
