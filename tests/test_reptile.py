@@ -13,7 +13,7 @@ from fewseg.errors import FewSegError
 from fewseg.learners import LEARNERS
 from fewseg.learners.config import LearnerConfig
 from fewseg.learners.losses import foreground_bce
-from fewseg.learners.reptile import Reptile, labelled_images
+from fewseg.learners.reptile import Reptile
 from fewseg.models.segmenter import two_class_logits
 
 SIZE = 16
@@ -65,7 +65,7 @@ def test_outer_step_moves_towards_the_mean_adapted_weights(optimizer: str, inner
     cfg = config(reptile_optimizer=optimizer, inner_lr=inner_lr, reptile_epsilon=0.3)
     learner = Reptile(cfg)
     episodes = [make_episode(1), make_episode(2)]
-    tasks = [labelled_images(e) for e in episodes]
+    tasks = [e.labelled_images() for e in episodes]
     theta = {n: p.detach().clone() for n, p in learner.model.named_parameters()}
     adapted = [manual_adapt(learner.model, t, cfg) for t in tasks]
     adapted_params = [dict(a.named_parameters()) for a in adapted]
@@ -95,7 +95,7 @@ def test_one_sgd_step_meta_gradient_is_inner_lr_times_the_task_gradient() -> Non
     torch.manual_seed(0)
     learner = Reptile(config(inner_steps=1, inner_lr=0.1))
     episode = make_episode(3, shots=2)
-    task = labelled_images(episode)
+    task = episode.labelled_images()
     model = copy.deepcopy(learner.model)
     loss = foreground_bce(model(task.images), task.masks, task.ignore)
     grads = torch.autograd.grad(loss, list(model.parameters()))
@@ -137,7 +137,7 @@ def test_head_only_outer_step_leaves_the_encoder_untouched() -> None:
     adapted = [
         dict(
             manual_adapt(
-                learner.model, labelled_images(e), cfg, head_only=True
+                learner.model, e.labelled_images(), cfg, head_only=True
             ).head.named_parameters()
         )
         for e in episodes

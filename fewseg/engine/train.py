@@ -79,18 +79,6 @@ def training_batch(
         return [load_episode(source, e, transform) for e in episodes]
 
 
-def move_episode(episode: EpisodeTensors, device: torch.device) -> EpisodeTensors:
-    if device.type == "cpu":
-        return episode
-    return EpisodeTensors(
-        episode.class_index,
-        episode.support.to(device),
-        episode.query_image.to(device),
-        episode.query_mask.to(device),
-        episode.query_ignore.to(device),
-    )
-
-
 class MetricsLog:
     """``metrics.jsonl`` (one record per logged step) plus TensorBoard scalars."""
 
@@ -191,7 +179,7 @@ def train(
     try:
         for step in bar:
             episodes = training_batch(source, classes.train, config, size, step)
-            episodes = [move_episode(e, device) for e in episodes]
+            episodes = [e.to(device) for e in episodes]
             learner.train()
             optimizer.zero_grad(set_to_none=True)
             metrics = learner.meta_gradients(episodes)

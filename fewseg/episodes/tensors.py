@@ -39,6 +39,23 @@ class EpisodeTensors:
     query_mask: torch.Tensor
     query_ignore: torch.Tensor
 
+    def to(self, device: torch.device | str) -> EpisodeTensors:
+        return EpisodeTensors(
+            self.class_index,
+            self.support.to(device),
+            self.query_image.to(device),
+            self.query_mask.to(device),
+            self.query_ignore.to(device),
+        )
+
+    def labelled_images(self) -> SupportSet:
+        """All labelled images of the episode, support shots first and the query last."""
+        return SupportSet(
+            torch.cat([self.support.images, self.query_image[None]]),
+            torch.cat([self.support.masks, self.query_mask[None]]),
+            torch.cat([self.support.ignore, self.query_ignore[None]]),
+        )
+
 
 def load_episode(
     source: SegmentationSource, episode: Episode, transform: v2.Transform

@@ -18,7 +18,6 @@ from fewseg.errors import FewSegError
 from fewseg.learners.adaptation import GradientAdaptedSegmenter
 from fewseg.learners.base import LEARNERS
 from fewseg.learners.losses import foreground_bce
-from fewseg.learners.reptile import labelled_images
 
 
 class FineTune(GradientAdaptedSegmenter):
@@ -37,7 +36,7 @@ class FineTune(GradientAdaptedSegmenter):
         if not episodes:
             raise FewSegError("finetune: empty meta-batch")
         device = next(self.model.head.parameters()).device
-        examples = [labelled_images(e) for e in episodes]
+        examples = [e.labelled_images() for e in episodes]
         images = torch.cat([e.images for e in examples]).to(device)
         masks = torch.cat([e.masks for e in examples]).to(device)
         ignore = torch.cat([e.ignore for e in examples]).to(device)

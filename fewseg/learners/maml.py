@@ -29,16 +29,6 @@ def learning_rate_key(name: str) -> str:
     return name.replace(".", "__")
 
 
-def episode_to(task: EpisodeTensors, device: torch.device) -> EpisodeTensors:
-    return EpisodeTensors(
-        task.class_index,
-        task.support.to(device),
-        task.query_image.to(device),
-        task.query_mask.to(device),
-        task.query_ignore.to(device),
-    )
-
-
 class MAML(GradientAdaptedSegmenter):
     """MAML (Finn et al. 2017): ``inner_steps`` SGD steps on the support loss, outer loss
     on the query, differentiated through the inner loop (second order unless
@@ -75,7 +65,7 @@ class MAML(GradientAdaptedSegmenter):
         device = next(self.model.head.parameters()).device
         outer_losses, support_losses = [], []
         for task in episodes:
-            task = episode_to(task, device)
+            task = task.to(device)
             with torch.no_grad():
                 support_losses.append(self.support_loss(task.support)(self.initial_parameters()))
             adapted = self.adapt_to(task.support, first_order=self.config.first_order)

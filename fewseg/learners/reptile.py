@@ -24,16 +24,6 @@ from fewseg.models.segmenter import two_class_logits
 INNER_OPTIMIZERS = ("sgd", "adam")
 
 
-def labelled_images(episode: EpisodeTensors) -> SupportSet:
-    """All labelled images of an episode, support shots first and the query last."""
-    support = episode.support
-    return SupportSet(
-        torch.cat([support.images, episode.query_image[None]]),
-        torch.cat([support.masks, episode.query_mask[None]]),
-        torch.cat([support.ignore, episode.query_ignore[None]]),
-    )
-
-
 class Reptile(GradientAdaptedSegmenter):
     """Reptile on the adapted parameters (the head alone under ``head_only``/frozen encoder).
 
@@ -107,7 +97,7 @@ class Reptile(GradientAdaptedSegmenter):
         device = next(iter(theta.values())).device
         losses, adapted_losses = [], []
         for episode in episodes:
-            loss = self.task_loss(labelled_images(episode).to(device))
+            loss = self.task_loss(episode.labelled_images().to(device))
             adapted, initial_loss = self.inner_optimize(loss, theta)
             with torch.no_grad():
                 adapted_losses.append(loss(adapted))
