@@ -39,10 +39,7 @@ lint: install
 	$(BIN)/ruff format --check fewseg tests
 
 demo: install
-	$(BIN)/fewseg evaluate --learner baseline --dataset synthetic --fold 0 --shots 1 \
-		--episodes 300 --seed 0 --out $(DEMO_OUT)/baseline-1shot
-	$(BIN)/fewseg evaluate --learner baseline --dataset synthetic --fold 0 --shots 5 \
-		--episodes 300 --seed 0 --out $(DEMO_OUT)/baseline-5shot
+	$(BIN)/fewseg demo --config configs/demo.yaml --out $(DEMO_OUT)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

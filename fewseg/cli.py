@@ -95,7 +95,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from fewseg.data.spec import open_source
     from fewseg.engine.checkpoint import read_checkpoint, restore_learner
-    from fewseg.engine.evaluate import EvaluationSettings, evaluate
+    from fewseg.engine.evaluate import EvaluationSettings, evaluation_report
     from fewseg.engine.report import evaluation_summary, write_report
     from fewseg.learners import LEARNERS
     from fewseg.learners.config import LearnerConfig
@@ -127,24 +127,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress,
     )
-    results = evaluate(learner.to(args.device), source, settings, seeds)
-    report = {
-        "fewseg_version": __version__,
-        "settings": {
-            "dataset": args.dataset,
-            "source": source.settings(),
-            "fold": args.fold,
-            "shots": args.shots,
-            "episodes": args.episodes,
-            "seeds": seeds,
-            "image_size": size,
-            "scored_at": f"evaluation resolution {size}x{size}",
-            "learner": learner.settings(),
-            "device": args.device,
-            **({"trained": trained} if trained else {}),
-        },
-        **results,
-    }
+    report = evaluation_report(learner, source, args.dataset, settings, seeds, trained or None)
     print(evaluation_summary(report))
     path = write_report(args.out, report)
     print(f"report: {path}")
@@ -205,6 +188,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from fewseg.experiments.demo import read_plan, run_demo
+
+    run_demo(read_plan(args.config), args.out, progress=not args.no_progress)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fewseg", description="Few-shot semantic segmentation by meta-learning."
@@ -244,6 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-progress", action="store_true")
     _add_config_flags(tr)
     tr.set_defaults(run=cmd_train)
+
+    demo = commands.add_parser(
+        "demo", help="meta-train every learner, evaluate all on unseen classes, write a report"
+    )
+    demo.add_argument("--config", type=Path, default=Path("configs/demo.yaml"), metavar="FILE.yaml")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR")
+    demo.add_argument("--no-progress", action="store_true")
+    demo.set_defaults(run=cmd_demo)
 
     ev = commands.add_parser("evaluate", help="evaluate a learner on a fixed episode list")
     source_of_learner = ev.add_mutually_exclusive_group()

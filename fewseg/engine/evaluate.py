@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from fewseg import __version__
 from fewseg.data.source import FoldSplit, SegmentationSource
 from fewseg.episodes.sampler import EpisodePlan, episode_plan
 from fewseg.episodes.tensors import EpisodeDataset, EpisodeTensors
@@ -114,7 +115,11 @@ def evaluate(
     settings: EvaluationSettings,
     seeds: Sequence[int],
 ) -> dict[str, Any]:
-    """Evaluate over one fixed episode list per seed; returns the report's result fields."""
+    """Evaluate over one fixed episode list per seed; returns the report's result fields.
+
+    ``classes_without_episodes`` names usable test classes that no episode drew (possible
+    with few episodes): mIoU averages only the classes that were scored.
+    """
     split = source.fold_split(settings.fold)
     runs: list[SeedResult] = []
     plan: EpisodePlan | None = None
@@ -128,5 +133,39 @@ def evaluate(
         "fold_convention": split.convention,
         "classes_used": [source.class_name(c) for c in plan.classes_used],
         "classes_left_out": {source.class_name(c): n for c, n in plan.classes_left_out.items()},
+        "classes_without_episodes": sorted(
+            source.class_name(c)
+            for c in plan.classes_used
+            if all(source.class_name(c) not in r.per_class for r in runs)
+        ),
         "meta_train_classes": [source.class_name(c) for c in split.train],
+    }
+
+
+def evaluation_report(
+    learner: Learner,
+    source: SegmentationSource,
+    dataset: str,
+    settings: EvaluationSettings,
+    seeds: Sequence[int],
+    trained: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Evaluate and assemble the full ``report.json`` content (settings + results)."""
+    results = evaluate(learner.to(settings.device), source, settings, seeds)
+    return {
+        "fewseg_version": __version__,
+        "settings": {
+            "dataset": dataset,
+            "source": source.settings(),
+            "fold": settings.fold,
+            "shots": settings.shots,
+            "episodes": settings.episodes,
+            "seeds": list(seeds),
+            "image_size": settings.size,
+            "scored_at": f"evaluation resolution {settings.size}x{settings.size}",
+            "learner": learner.settings(),
+            "device": settings.device,
+            **({"trained": trained} if trained else {}),
+        },
+        **results,
     }

@@ -144,6 +144,7 @@ def train(
         raise FewSegError(f"fold {config.fold}: no meta-train class has {config.shots + 1} images")
     classes = hold_out_classes(usable, config.val_fraction)
 
+    torch.manual_seed(config.seed)  # the initial weights are part of the run
     learner = LEARNERS.get(config.learner)(learner_config)
     if not learner.trainable:
         raise FewSegError(f"learner {config.learner!r} is training-free: use `fewseg evaluate`")
@@ -212,6 +213,11 @@ def train(
                 log.write(done, {"val/miou": miou})
                 summary["validation"][done] = miou
             if done % config.checkpoint_every == 0 or done == config.steps:
+                if not all(bool(p.isfinite().all()) for p in learner.parameters()):
+                    raise TrainingDiverged(
+                        f"non-finite parameters at step {done}; the last good checkpoint "
+                        f"is {existing} (step {last_saved_step(run_dir)})"
+                    )
                 save_checkpoint(
                     run_dir, done, config, learner, optimizer, {"seconds": seconds, "size": size}
                 )

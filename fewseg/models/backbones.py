@@ -133,3 +133,15 @@ def build_mobilenet_v2(
     pretrained: bool = True, weights_path: str | None = None, frozen: bool = True
 ) -> Backbone:
     return MobileNetV2Features(pretrained=pretrained, weights_path=weights_path, frozen=frozen)
+
+
+@BACKBONES.register(
+    "mobilenet_v2_s8",
+    "MobileNetV2 with ImageNet weights, frozen, stride-8 features (blocks 6 + 13) for small images",
+)
+def build_mobilenet_v2_s8(
+    pretrained: bool = True, weights_path: str | None = None, frozen: bool = True
+) -> Backbone:
+    return MobileNetV2Features(
+        pretrained=pretrained, weights_path=weights_path, taps=(6, 13), frozen=frozen
+    )

@@ -1,0 +1,1 @@
+"""Experiments that combine training, evaluation and reporting (the demo)."""

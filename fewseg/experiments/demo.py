@@ -1,0 +1,205 @@
+"""The demo: meta-train every learner on one dataset, evaluate all on unseen classes,
+print one table and write a report directory (markdown, learning curves, overlays)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fewseg.data.source import SegmentationSource
+from fewseg.data.spec import open_source
+from fewseg.engine.checkpoint import read_checkpoint, restore_learner
+from fewseg.engine.config import read_yaml, resolve_config
+from fewseg.engine.evaluate import EvaluationSettings, evaluation_report, foreground_prediction
+from fewseg.engine.figures import episode_row, plot_episode_grid, plot_learning_curves
+from fewseg.engine.report import format_table, write_report
+from fewseg.engine.train import train
+from fewseg.episodes.sampler import episode_plan
+from fewseg.episodes.tensors import load_episode
+from fewseg.episodes.transforms import resize_transform
+from fewseg.errors import FewSegError
+from fewseg.fileio import atomic_write, write_json
+from fewseg.learners.base import LEARNERS, Learner
+from fewseg.learners.config import LearnerConfig
+
+
+@dataclass
+class DemoPlan:
+    dataset: str
+    fold: str
+    train: dict[str, Any]
+    learners: dict[str, dict[str, Any]]
+    shots: list[int]
+    episodes: int
+    seed: int
+    overlay_episodes: int = 4
+    source_file: str = "demo.yaml"
+
+
+@dataclass
+class LearnerResult:
+    name: str
+    train_seconds: float | None
+    reports: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+def read_plan(path: str | Path) -> DemoPlan:
+    values = read_yaml(path)
+    try:
+        evaluation = values["evaluate"]
+        return DemoPlan(
+            dataset=str(values["dataset"]),
+            fold=str(values.get("fold", "0")),
+            train=dict(values.get("train") or {}),
+            learners={k: dict(v or {}) for k, v in values["learners"].items()},
+            shots=[int(k) for k in evaluation["shots"]],
+            episodes=int(evaluation["episodes"]),
+            seed=int(evaluation.get("seed", 0)),
+            overlay_episodes=int(evaluation.get("overlay_episodes", 4)),
+            source_file=str(path),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise FewSegError(f"{path}: not a demo plan ({exc})") from None
+
+
+def train_learner(plan: DemoPlan, name: str, out: Path, progress: bool) -> tuple[Learner, float]:
+    values = {
+        **plan.train,
+        **plan.learners[name],
+        "learner": name,
+        "dataset": plan.dataset,
+        "fold": plan.fold,
+    }
+    config, learner_config = resolve_config(values, {}, f"{plan.source_file} ({name})")
+    run_dir = out / "train" / name
+    summary = train(config, learner_config, run_dir, resume=False, progress=progress)
+    return restore_learner(read_checkpoint(run_dir), run_dir), summary["seconds"]
+
+
+def overlay_grid(
+    learner: Learner,
+    source: SegmentationSource,
+    plan: DemoPlan,
+    shots: int,
+    size: int,
+    out_png: Path,
+) -> Path:
+    """Support / query / prediction for the first episodes of the evaluation list."""
+    split = source.fold_split(plan.fold)
+    episodes = episode_plan(source, split.test, shots, plan.overlay_episodes, plan.seed)
+    rows = []
+    learner.eval()
+    for episode in episodes.episodes:
+        tensors = load_episode(source, episode, resize_transform(size))
+        logits = learner.adapt(tensors.support)(tensors.query_image[None])
+        title = f"{source.class_name(episode.class_index)}"
+        rows.append(episode_row(title, tensors, foreground_prediction(logits)[0]))
+    return plot_episode_grid(rows, out_png)
+
+
+def run_demo(plan: DemoPlan, out: str | Path, progress: bool = True) -> list[LearnerResult]:
+    out = Path(out)
+    source = open_source(plan.dataset)
+    size = int(plan.train.get("size") or source.default_size)
+    results: list[LearnerResult] = []
+    for name in plan.learners:
+        torch.manual_seed(plan.seed)
+        factory = LEARNERS.get(name)
+        if factory(LearnerConfig(**_learner_options(plan, name))).trainable:
+            learner, seconds = train_learner(plan, name, out, progress)
+        else:
+            learner, seconds = factory(LearnerConfig(**_learner_options(plan, name))), None
+        result = LearnerResult(name, seconds)
+        for shots in plan.shots:
+            settings = EvaluationSettings(plan.fold, shots, plan.episodes, size, progress=progress)
+            report = evaluation_report(learner, source, plan.dataset, settings, [plan.seed])
+            write_report(out / "eval" / f"{name}-{shots}shot", report)
+            result.reports[shots] = report
+        overlay_grid(
+            learner, source, plan, plan.shots[0], size, out / "figures" / f"overlays-{name}.png"
+        )
+        results.append(result)
+        print(
+            f"{name}: "
+            + ", ".join(f"{k}-shot mIoU {r['miou']:.1f}" for k, r in result.reports.items()),
+            flush=True,
+        )
+    trained = {r.name: out / "train" / r.name for r in results if r.train_seconds is not None}
+    if trained:
+        plot_learning_curves(trained, out / "figures" / "learning-curves.png")
+    write_demo_report(plan, results, out)
+    return results
+
+
+def _learner_options(plan: DemoPlan, name: str) -> dict[str, Any]:
+    from dataclasses import fields
+
+    known = {f.name for f in fields(LearnerConfig)}
+    merged = {**plan.train, **plan.learners[name]}
+    return {k: v for k, v in merged.items() if k in known}
+
+
+def results_table(plan: DemoPlan, results: list[LearnerResult]) -> str:
+    headers = ["learner"]
+    for k in plan.shots:
+        headers += [f"{k}-shot mIoU", f"{k}-shot FB-IoU"]
+    headers.append("train s")
+    rows = []
+    for r in results:
+        row: list[Any] = [r.name]
+        for k in plan.shots:
+            row += [r.reports[k]["miou"], r.reports[k]["fbiou"]]
+        row.append(f"{r.train_seconds:.0f}" if r.train_seconds is not None else "-")
+        rows.append(row)
+    return format_table(headers, rows)
+
+
+def write_demo_report(plan: DemoPlan, results: list[LearnerResult], out: Path) -> None:
+    table = results_table(plan, results)
+    first = results[0].reports[plan.shots[0]]
+    lines = [
+        "# fewseg demo",
+        "",
+        f"Dataset `{plan.dataset}`, fold {plan.fold} ({first['fold_convention']}): meta-trained on "
+        f"{len(first['meta_train_classes'])} classes, evaluated on {len(first['classes_used'])} "
+        f"classes never seen in training: {', '.join(first['classes_used'])}.",
+        f"Evaluation: {plan.episodes} episodes per setting, seed {plan.seed}, "
+        f"{first['settings']['image_size']}x{first['settings']['image_size']} px; "
+        "mIoU and FB-IoU in percent (HSNet/PFENet protocol).",
+        "",
+        "```",
+        table,
+        "```",
+        "",
+        "Training settings: " + ", ".join(f"{k}={v}" for k, v in plan.train.items()),
+        "",
+        *(f"- `{name}`: {opts or 'defaults'}" for name, opts in plan.learners.items()),
+        "",
+        "## Learning curves",
+        "",
+        "![learning curves](figures/learning-curves.png)",
+        "",
+        "## Episodes (support / query ground truth / prediction)",
+        "",
+        *(f"### {r.name}\n\n![{r.name}](figures/overlays-{r.name}.png)\n" for r in results),
+    ]
+    text = "\n".join(lines) + "\n"
+    atomic_write(out / "README.md", lambda handle: handle.write(text.encode()))
+    write_json(
+        out / "results.json",
+        {
+            r.name: {
+                "train_seconds": r.train_seconds,
+                **{
+                    f"{k}shot": {"miou": v["miou"], "fbiou": v["fbiou"]}
+                    for k, v in r.reports.items()
+                },
+            }
+            for r in results
+        },
+    )
+    print(table)
+    print(f"report: {out / 'README.md'}")

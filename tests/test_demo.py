@@ -1,0 +1,68 @@
+"""The demo pipeline end to end on a tiny plan (the real plan is configs/demo.yaml)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from fewseg.errors import FewSegError
+from fewseg.experiments.demo import read_plan, run_demo
+
+PLAN = """
+dataset: "synthetic:images=8,size=64"
+fold: "0"
+train: {shots: 1, steps: 2, meta_batch: 2, backbone: convnet, hidden: 8, inner_steps: 1,
+        val_every: 2, val_episodes: 2, checkpoint_every: 2}
+learners:
+  fomaml: {}
+  protonet: {}
+  baseline: {backbone: mobilenet_v2}
+evaluate: {shots: [1, 2], episodes: 4, seed: 0, overlay_episodes: 2}
+"""
+
+
+def test_demo_writes_table_report_curves_and_overlays(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    torch.set_num_threads(1)
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(PLAN)
+    results = run_demo(read_plan(plan_file), tmp_path / "out", progress=False)
+    out = capsys.readouterr().out
+    assert [r.name for r in results] == ["fomaml", "protonet", "baseline"]
+    header = next(line for line in out.splitlines() if line.startswith("learner"))
+    assert header.split() == [
+        "learner", "1-shot", "mIoU", "1-shot", "FB-IoU", "2-shot", "mIoU", "2-shot", "FB-IoU",
+        "train", "s",
+    ]  # fmt: skip
+    summary = json.loads((tmp_path / "out/results.json").read_text())
+    assert summary["baseline"]["train_seconds"] is None
+    assert summary["fomaml"]["train_seconds"] > 0
+    for name, result in zip(["fomaml", "protonet", "baseline"], results, strict=True):
+        report = json.loads((tmp_path / f"out/eval/{name}-2shot/report.json").read_text())
+        assert summary[name]["2shot"]["miou"] == report["miou"] == result.reports[2]["miou"]
+    markdown = (tmp_path / "out/README.md").read_text()
+    assert "figures/learning-curves.png" in markdown and "overlays-protonet.png" in markdown
+    for png in ["learning-curves", "overlays-fomaml", "overlays-protonet", "overlays-baseline"]:
+        with Image.open(tmp_path / f"out/figures/{png}.png") as image:
+            assert image.width > 100 and image.height > 100
+
+
+def test_bad_plan_is_a_one_line_error(tmp_path: Path) -> None:
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text("dataset: synthetic\nlearners: {maml: {}}\n")
+    with pytest.raises(FewSegError, match="not a demo plan"):
+        read_plan(plan_file)
+
+
+def test_shipped_demo_plan_trains_every_learner() -> None:
+    plan = read_plan(Path(__file__).resolve().parents[1] / "configs/demo.yaml")
+    assert list(plan.learners) == ["maml", "fomaml", "reptile", "protonet", "finetune", "baseline"]
+    assert plan.shots == [1, 5]
+    gradient_based = ["maml", "fomaml", "reptile", "finetune"]
+    assert len({plan.learners[name]["inner_steps"] for name in gradient_based}) == 1
+    assert len({plan.learners[name]["inner_lr"] for name in gradient_based}) == 1
