@@ -35,8 +35,8 @@ test: install
 	$(BIN)/pytest -q
 
 lint: install
-	$(BIN)/ruff check fewseg tests
-	$(BIN)/ruff format --check fewseg tests
+	$(BIN)/ruff check fewseg tests benchmarks
+	$(BIN)/ruff format --check fewseg tests benchmarks
 
 demo: install
 	$(BIN)/fewseg demo --config configs/demo.yaml --out $(DEMO_OUT)
