@@ -226,3 +226,10 @@ def test_save_checkpoint_writes_atomically(tmp_path: Path, monkeypatch: pytest.M
         save_checkpoint(tmp_path, 2, config, learner, learner.make_optimizer())
     assert (tmp_path / "checkpoint.pt").read_bytes() == good
     assert not list(tmp_path.glob(".checkpoint.pt.*"))
+
+
+def test_shipped_training_config_resolves() -> None:
+    path = Path(__file__).resolve().parents[1] / "configs/maml-coco.yaml"
+    config, learner_config = resolve_config(read_yaml(path), {"steps": 10}, str(path))
+    assert (config.learner, config.fold, config.steps, config.size) == ("maml", "0", 10, 400)
+    assert learner_config.backbone == "mobilenet_v2" and learner_config.inner_lr == 0.5
