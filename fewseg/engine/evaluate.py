@@ -29,6 +29,7 @@ class EvaluationSettings:
     workers: int = 0
     device: str = "cpu"
     progress: bool = True
+    min_class_images: int = 0  # e.g. 6: the same classes for 1- and 5-shot evaluation
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,9 @@ def evaluate_seed(
     settings: EvaluationSettings,
     seed: int,
 ) -> tuple[SeedResult, EpisodePlan]:
-    plan = episode_plan(source, split.test, settings.shots, settings.episodes, seed)
+    plan = episode_plan(
+        source, split.test, settings.shots, settings.episodes, seed, settings.min_class_images
+    )
     start = time.perf_counter()
     scores = score_plan(learner, source, plan, settings, description=f"seed {seed}")
     seconds = time.perf_counter() - start

@@ -266,6 +266,32 @@ def _bool_mask(mask: torch.Tensor) -> np.ndarray:
     return (mask.detach().cpu() > 0.5).numpy() if mask.dtype != torch.bool else mask.cpu().numpy()
 
 
+def plot_score_bars(
+    scores: dict[str, dict[str, tuple[float, float]]], title: str, out_png: Path
+) -> Path:
+    """Grouped bars: ``scores[group][learner] = (mean, std)`` in percent, std as error bars."""
+    groups = list(scores)
+    learners = list(dict.fromkeys(name for g in groups for name in scores[g]))
+    fig = Figure(
+        figsize=(2.2 + 1.6 * len(groups) * max(1, len(learners)) / 3, 4.5),
+        dpi=DPI,
+        layout="constrained",
+    )
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(learners))
+    for i, name in enumerate(learners):
+        xs = [g + (i - (len(learners) - 1) / 2) * width for g in range(len(groups))]
+        means = [scores[group].get(name, (0.0, 0.0))[0] for group in groups]
+        stds = [scores[group].get(name, (0.0, 0.0))[1] for group in groups]
+        ax.bar(xs, means, width, yerr=stds, capsize=3, label=name, color=f"C{i % 10}")
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylabel("mIoU (%)")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncols=min(3, len(learners)))
+    return _save(fig, out_png)
+
+
 def _save(fig: Figure, out_png: Path) -> Path:
     canvas = FigureCanvasAgg(fig)
     atomic_write(out_png, lambda handle: canvas.print_png(handle))
@@ -281,5 +307,6 @@ __all__ = [
     "overlay",
     "plot_episode_grid",
     "plot_learning_curves",
+    "plot_score_bars",
     "read_metrics",
 ]

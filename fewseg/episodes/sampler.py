@@ -30,16 +30,17 @@ class EpisodePlan:
 
 
 def usable_classes(
-    source: SegmentationSource, classes: Sequence[int], shots: int
+    source: SegmentationSource, classes: Sequence[int], shots: int, min_images: int = 0
 ) -> tuple[tuple[int, ...], dict[int, int]]:
-    """Split ``classes`` into those with ≥ shots+1 images and those left out (with counts)."""
+    """Split ``classes`` into those with ≥ max(shots+1, min_images) images and those left
+    out (with their image counts). ``min_images`` keeps one class set across shot counts."""
     if shots < 1:
         raise FewSegError(f"shots must be >= 1, got {shots}")
     used: list[int] = []
     left_out: dict[int, int] = {}
     for c in classes:
         n = len(source.images_of(c))
-        if n >= shots + 1:
+        if n >= max(shots + 1, min_images):
             used.append(c)
         else:
             left_out[c] = n
@@ -62,6 +63,7 @@ def episode_plan(
     shots: int,
     episodes: int,
     seed: int,
+    min_images: int = 0,
 ) -> EpisodePlan:
     """The episode list for (source, fold's test classes, shots, episodes, seed).
 
@@ -70,11 +72,11 @@ def episode_plan(
     """
     if episodes < 1:
         raise FewSegError(f"episodes must be >= 1, got {episodes}")
-    used, left_out = usable_classes(source, test_classes, shots)
+    used, left_out = usable_classes(source, test_classes, shots, min_images)
     if not used:
         names = ", ".join(f"{source.class_name(c)} ({n})" for c, n in left_out.items())
         raise FewSegError(
-            f"no class has the {shots + 1} images a {shots}-shot episode needs "
+            f"no class has the {max(shots + 1, min_images)} images a {shots}-shot episode needs "
             f"(images per class: {names or 'no classes'})"
         )
     rng = np.random.default_rng(seed)

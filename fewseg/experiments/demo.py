@@ -108,10 +108,10 @@ def run_demo(plan: DemoPlan, out: str | Path, progress: bool = True) -> list[Lea
     for name in plan.learners:
         torch.manual_seed(plan.seed)
         factory = LEARNERS.get(name)
-        if factory(LearnerConfig(**_learner_options(plan, name))).trainable:
+        if factory(LearnerConfig(**learner_options(plan, name))).trainable:
             learner, seconds = train_learner(plan, name, out, progress)
         else:
-            learner, seconds = factory(LearnerConfig(**_learner_options(plan, name))), None
+            learner, seconds = factory(LearnerConfig(**learner_options(plan, name))), None
         result = LearnerResult(name, seconds)
         for shots in plan.shots:
             settings = EvaluationSettings(plan.fold, shots, plan.episodes, size, progress=progress)
@@ -134,7 +134,7 @@ def run_demo(plan: DemoPlan, out: str | Path, progress: bool = True) -> list[Lea
     return results
 
 
-def _learner_options(plan: DemoPlan, name: str) -> dict[str, Any]:
+def learner_options(plan: DemoPlan, name: str) -> dict[str, Any]:
     from dataclasses import fields
 
     known = {f.name for f in fields(LearnerConfig)}

@@ -50,7 +50,7 @@ class GradientAdaptedSegmenter(Learner):
         return {n: named[n] for n in self.adapted_names()}
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return encode(self.model.encoder, self.feature_cache, images, self.training)
+        return encode(self.model.encoder, self.feature_cache, images)
 
     def logits(
         self, params: Mapping[str, torch.Tensor], inputs: torch.Tensor, size: tuple[int, int]

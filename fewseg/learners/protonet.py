@@ -62,7 +62,7 @@ class ProtoNet(Learner):
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Neck features [B,hidden,h,w] (see :func:`fewseg.models.feature_cache.encode`)."""
-        features = encode(self.encoder, self.feature_cache, images, self.training)
+        features = encode(self.encoder, self.feature_cache, images)
         return self.neck(features)
 
     def logits(

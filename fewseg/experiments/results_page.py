@@ -1,0 +1,175 @@
+"""``results.md`` / ``results.json`` of the benchmark: tables, bar charts, targets, anchors."""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fewseg.engine.figures import plot_score_bars
+from fewseg.engine.report import format_table
+from fewseg.experiments.benchmark import BenchPlan
+from fewseg.fileio import atomic_write, write_json
+
+GRADIENT_META_LEARNERS = ("maml", "fomaml", "reptile")
+PUBLISHED = [
+    ("PANet (ICCV'19)", "VGG16", "20.9 / 29.7 (consecutive split)"),
+    ("HSNet (ICCV'21)", "ResNet50", "39.2 / 46.9"),
+    ("HDMNet (CVPR'23)", "ResNet50", "50.0 / 56.0"),
+]
+
+
+def dataset_table(plan: BenchPlan, results: dict[str, Any], dataset: str) -> str:
+    folds = plan.folds
+    headers = ["learner", "shots", *(f"fold {f}" for f in folds), "mean", "seeds mean ± std"]
+    rows = []
+    for name, by_dataset in results.items():
+        for shots in plan.shots:
+            entry = by_dataset[dataset][f"{shots}shot"]
+            rows.append([
+                name, shots, *(entry["per_fold"][f]["miou"] for f in folds), entry["mean"],
+                f"{entry['seeds_mean']:.1f} ± {entry['std']:.1f}",
+            ])  # fmt: skip
+    return format_table(headers, rows)
+
+
+def target_lines(plan: BenchPlan, results: dict[str, Any], dataset: str) -> list[str]:
+    lines = []
+    for shots, goal in ((1, 25.0), (5, 30.0)):
+        key = f"{shots}shot"
+        if shots not in plan.shots:
+            continue
+        best = max(results, key=lambda n: results[n][dataset][key]["mean"])
+        value = results[best][dataset][key]["mean"]
+        verdict = "met" if value >= goal else "MISSED"
+        lines.append(f"- best {shots}-shot mean mIoU ≥ {goal:.0f}: {verdict} ({best}: {value:.1f})")
+    if "finetune" in results:
+        for shots in plan.shots:
+            key = f"{shots}shot"
+            control = results["finetune"][dataset][key]["mean"]
+            for name in GRADIENT_META_LEARNERS:
+                if name in results:
+                    value = results[name][dataset][key]["mean"]
+                    verdict = "beats" if value > control else "DOES NOT beat"
+                    lines.append(
+                        f"- {name} {verdict} finetune at {shots}-shot "
+                        f"({value:.1f} vs {control:.1f})"
+                    )
+    return lines
+
+
+def write_results(plan: BenchPlan, outcome: dict[str, Any], docs: Path, command: str) -> Path:
+    results = outcome["results"]
+    datasets = list(next(iter(results.values())))
+    figures = docs / "figures"
+    for dataset in datasets:
+        scores = {
+            f"{shots}-shot": {
+                name: (r[dataset][f"{shots}shot"]["seeds_mean"], r[dataset][f"{shots}shot"]["std"])
+                for name, r in results.items()
+            }
+            for shots in plan.shots
+        }
+        plot_score_bars(
+            scores,
+            f"{dataset}: mIoU, mean of folds, mean ± std over seeds",
+            figures / f"results-{dataset}.png",
+        )
+    first = datasets[0]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Produced by `{command}` on {time.strftime('%Y-%m-%d')} "
+        f"({platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__})"
+        + (
+            " — **quick run: fewer steps, folds, episodes and seeds than the full benchmark**"
+            if plan.settings.get("quick")
+            else ""
+        )
+        + ".",
+        "",
+        "## Settings",
+        "",
+        f"- Training: {plan.dataset}, folds {', '.join(plan.folds)} (COCO-20i interleaved), "
+        f"meta-train classes only; " + ", ".join(f"{k}={v}" for k, v in plan.train.items()),
+        *(f"- `{name}`: {opts or 'defaults'}" for name, opts in plan.learners.items()),
+        f"- Evaluation: {plan.episodes} episodes per seed, seeds {plan.seeds}; classes with "
+        f"fewer than {plan.min_class_images} images left out for every shot count (so 1- and "
+        "5-shot use the same classes); scored at the evaluation resolution; mIoU in percent.",
+        "- `fold i` and `mean` columns: seed "
+        f"{plan.seeds[0]}. `seeds mean ± std`: the fold-mean mIoU of each seed, then mean and "
+        "population std over seeds.",
+        "- Cross-domain: the models trained on each coco-mini fold, evaluated on every class of "
+        "the other dataset (fold `all`); the fold columns name the training fold.",
+        "- Feature reuse: the backbone is frozen, so its features are computed once per "
+        "distinct image (content-keyed cache). Training runs without augmentation "
+        "(`augment: false`) so that the cache serves training too; with augmentation every "
+        "image is new and each step pays full backbone passes.",
+        "",
+    ]
+    for dataset in datasets:
+        left_out = next(iter(next(iter(results.values()))[dataset].values()))["per_fold"]
+        lines += [
+            f"## {dataset}",
+            "",
+            "```",
+            dataset_table(plan, results, dataset),
+            "```",
+            "",
+            f"![{dataset}](figures/results-{dataset}.png)",
+            "",
+            "Classes left out (fold: class (images)): "
+            + "; ".join(
+                f"{fold}: "
+                + (", ".join(f"{c} ({n})" for c, n in e["classes_left_out"].items()) or "none")
+                for fold, e in left_out.items()
+            ),
+            "",
+        ]
+    lines += ["## Targets", "", *target_lines(plan, results, first), ""]
+    seconds = outcome["train_seconds"]
+    lines += [
+        "## Training time (s per fold)",
+        "",
+        "```",
+        format_table(
+            ["learner", *(f"fold {f}" for f in plan.folds)],
+            [
+                [n, *(f"{t[f]:.0f}" if t[f] is not None else "-" for f in plan.folds)]
+                for n, t in seconds.items()
+            ],
+        ),
+        "```",
+        "",
+        "## Published anchors (COCO-20i, mean of 4 folds; ../shared/docs/protocol.md)",
+        "",
+        "| method | backbone | 1 / 5-shot mIoU |",
+        "|---|---|---|",
+        *(f"| {m} | {b} | {v} |" for m, b, v in PUBLISHED),
+        "",
+        "They are trained on all of COCO (~80k images) with larger backbones; coco-mini has "
+        "285 images, so they give context, not a like-for-like comparison.",
+        "",
+    ]
+    text = "\n".join(lines)
+    atomic_write(docs / "results.md", lambda handle: handle.write(text.encode()))
+    write_json(
+        docs / "results.json",
+        {
+            "settings": {"command": command, **{k: v for k, v in plan.settings.items()}},
+            "results": {
+                name: {
+                    dataset: {
+                        shots: {k: v for k, v in entry.items()} for shots, entry in by_shots.items()
+                    }
+                    for dataset, by_shots in by_dataset.items()
+                }
+                for name, by_dataset in results.items()
+            },
+            "train_seconds": seconds,
+        },
+    )
+    return docs / "results.md"

@@ -1,0 +1,74 @@
+"""The benchmark pipeline on a tiny plan, and its fold/seed statistics by hand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from fewseg.experiments.benchmark import read_bench_plan, run_benchmark, summarize_folds
+from fewseg.experiments.results_page import write_results
+
+PLAN = """
+dataset: "synthetic:images=8,size=64"
+folds: ["0", "1"]
+cross_domain: {other: "synthetic:seed=1,images=8,size=64"}
+train: {shots: 1, steps: 2, meta_batch: 2, backbone: convnet, hidden: 8, inner_steps: 1,
+        val_every: 0, checkpoint_every: 2}
+learners:
+  protonet: {}
+  finetune: {}
+evaluate: {shots: [1, 2], episodes: 4, seeds: [0, 1], min_class_images: 3}
+quick: {folds: ["1"], episodes: 2, seeds: [3], steps: 1}
+"""
+
+
+def test_summary_is_fold_mean_per_seed_then_statistics_over_seeds() -> None:
+    per_fold = {
+        "0": {"miou": 10.0, "fbiou": 50.0, "seed_miou": [10.0, 20.0]},
+        "1": {"miou": 30.0, "fbiou": 70.0, "seed_miou": [30.0, 60.0]},
+    }
+    summary = summarize_folds(per_fold)
+    assert summary["mean"] == 20.0  # first seed, mean of folds
+    assert summary["fbiou_mean"] == 60.0
+    assert summary["seeds_mean"] == 30.0  # fold means per seed: 20, 40
+    assert summary["std"] == pytest.approx(10.0)
+
+
+def test_quick_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "bench.yaml"
+    path.write_text(PLAN)
+    plan = read_bench_plan(path, quick=True)
+    assert (plan.folds, plan.episodes, plan.seeds, plan.train["steps"]) == (["1"], 2, [3], 1)
+    full = read_bench_plan(path)
+    assert (full.folds, full.episodes, full.seeds, full.train["steps"]) == (
+        ["0", "1"],
+        4,
+        [0, 1],
+        2,
+    )
+
+
+def test_tiny_benchmark_writes_results(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    path = tmp_path / "bench.yaml"
+    path.write_text(PLAN)
+    plan = read_bench_plan(path)
+    outcome = run_benchmark(plan, tmp_path / "runs", progress=False)
+    page = write_results(plan, outcome, tmp_path / "docs", "fewseg bench --config bench.yaml")
+    data = json.loads((tmp_path / "docs/results.json").read_text())
+    assert set(data["results"]) == {"protonet", "finetune"}
+    entry = data["results"]["protonet"]["synthetic:images=8,size=64"]["2shot"]
+    assert set(entry["per_fold"]) == {"0", "1"}
+    assert entry["mean"] == pytest.approx(
+        (entry["per_fold"]["0"]["miou"] + entry["per_fold"]["1"]["miou"]) / 2
+    )
+    report = json.loads((tmp_path / "runs/fold1/eval/protonet-other-1shot/report.json").read_text())
+    assert report["settings"]["fold"] == "all"
+    other = data["results"]["protonet"]["other"]["1shot"]["per_fold"]["1"]
+    assert other["miou"] == report["runs"][0]["miou"]
+    text = page.read_text()
+    assert "## other" in text and "Published anchors" in text and "## Targets" in text
+    assert (tmp_path / "docs/figures/results-other.png").stat().st_size > 1000
