@@ -91,9 +91,17 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from fewseg.engine import distributed
+
+    with distributed.session(args.backend, args.dist_timeout, args.device):
+        return _evaluate(args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from fewseg.data.spec import open_source
+    from fewseg.engine import distributed
     from fewseg.engine.checkpoint import read_checkpoint, restore_learner
     from fewseg.engine.evaluate import EvaluationSettings, evaluation_report
     from fewseg.engine.report import evaluation_summary, write_report
@@ -105,8 +113,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     torch.manual_seed(seeds[0])
     trained: dict[str, Any] = {}
     if args.checkpoint is not None:
-        state = read_checkpoint(args.checkpoint)
-        learner = restore_learner(state, args.checkpoint, args.device)
+        state = distributed.from_main(lambda: read_checkpoint(args.checkpoint))
+        learner = restore_learner(state, args.checkpoint, distributed.local_device(args.device))
         trained = {
             "checkpoint": str(args.checkpoint),
             "step": state["step"],
@@ -128,9 +136,47 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     report = evaluation_report(learner, source, args.dataset, settings, seeds, trained or None)
-    print(evaluation_summary(report))
-    path = write_report(args.out, report)
-    print(f"report: {path}")
+    if distributed.is_main():
+        print(evaluation_summary(report))
+        print(f"report: {write_report(args.out, report)}")
+    return 0
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    import torch
+
+    from fewseg.data.user_images import query_paths, read_support_pair, support_pairs_in
+    from fewseg.engine.checkpoint import read_checkpoint, restore_learner
+    from fewseg.engine.segment import DEFAULT_SIZE, SegmentSettings, prepare_inputs, segment
+    from fewseg.learners import LEARNERS
+    from fewseg.learners.config import LearnerConfig
+
+    state = read_checkpoint(args.checkpoint) if args.checkpoint is not None else None
+    name = args.learner or "baseline"
+    if state is None and getattr(LEARNERS.get(name), "trainable", True):
+        raise FewSegError(f"learner {name!r} must be trained: pass --checkpoint DIR")
+    if args.support_dir is not None:
+        paths = support_pairs_in(args.support_dir)
+    elif len(args.support) % 2:
+        raise FewSegError(f"--support takes IMAGE MASK pairs, got {len(args.support)} paths")
+    else:
+        paths = list(zip(args.support[::2], args.support[1::2], strict=True))
+    pairs = [read_support_pair(image, mask) for image, mask in paths]
+    size = args.size or (state and state["extra"].get("size")) or DEFAULT_SIZE
+    inputs = prepare_inputs(pairs, query_paths(args.query), size)
+    torch.manual_seed(args.seed)
+    if state is not None:
+        learner = restore_learner(state, args.checkpoint, args.device)
+        trained = {"checkpoint": str(args.checkpoint), "step": state["step"]}
+    else:
+        learner = LEARNERS.get(name)(LearnerConfig(weights_path=args.weights))
+        trained = None
+    settings = SegmentSettings(args.batch_size, args.device, not args.no_progress)
+    summary = segment(learner, inputs, args.out, settings, trained)
+    print(
+        f"segmented {len(summary['queries'])} image(s) with {learner.name} from "
+        f"{len(pairs)} support example(s) at {size}x{size}: {args.out}"
+    )
     return 0
 
 
@@ -165,15 +211,19 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     import json
 
+    from fewseg.engine import distributed
     from fewseg.engine.config import LEARNER_FIELDS, TRAIN_FIELDS, read_yaml, resolve_config
     from fewseg.engine.train import train
 
     file_values = read_yaml(args.config) if args.config else {}
     flags = {k: v for k, v in vars(args).items() if k in TRAIN_FIELDS | LEARNER_FIELDS}
     config, learner_config = resolve_config(file_values, flags, str(args.config or "flags"))
-    summary = train(
-        config, learner_config, args.out, resume=args.resume, progress=not args.no_progress
-    )
+    with distributed.session(config.backend, config.dist_timeout, config.device):
+        summary = train(
+            config, learner_config, args.out, resume=args.resume, progress=not args.no_progress
+        )
+        if not distributed.is_main():
+            return 0
     last = summary.get("train", {})
     print(
         f"trained {config.learner} to step {summary['steps']} in {summary['seconds']:.1f} s; "
@@ -305,10 +355,66 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--weights", metavar="FILE", help="local backbone weights file (.pth)")
     ev.add_argument("--workers", type=int, default=0, help="data-loading processes")
     ev.add_argument("--device", default="cpu")
+    ev.add_argument(
+        "--backend",
+        choices=("auto", "gloo", "nccl"),
+        default="auto",
+        help="torchrun runs: process-group backend (auto: nccl on CUDA, else gloo)",
+    )
+    ev.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="torchrun runs: seconds a rank waits for the others before failing (default 600)",
+    )
     ev.add_argument("--no-progress", action="store_true")
     ev.add_argument("--out", required=True, type=Path, metavar="DIR")
     _add_data_options(ev)
     ev.set_defaults(run=cmd_evaluate)
+
+    seg = commands.add_parser(
+        "segment",
+        help="segment your own images from a few labelled examples",
+        description="Masks: values 0/1 or 0/255 (foreground = 1 or 255), or 0/1 with "
+        "255 = ignore. Writes OUT/masks/STEM.png, OUT/overlays/STEM.jpg, OUT/summary.json.",
+    )
+    learner_of_seg = seg.add_mutually_exclusive_group()
+    learner_of_seg.add_argument("--learner", help="a training-free learner (default baseline)")
+    learner_of_seg.add_argument(
+        "--checkpoint", type=Path, metavar="DIR", help="a `fewseg train` run directory"
+    )
+    support = seg.add_mutually_exclusive_group(required=True)
+    support.add_argument(
+        "--support", nargs="+", action="extend", metavar="IMG MASK", help="support pairs"
+    )
+    support.add_argument(
+        "--support-dir",
+        type=Path,
+        metavar="DIR",
+        help="images/ + masks/ subfolders, or <stem>.jpg beside <stem>.png masks",
+    )
+    seg.add_argument(
+        "--query",
+        nargs="+",
+        action="extend",
+        required=True,
+        metavar="PATH",
+        help="query images or folders of them",
+    )
+    seg.add_argument("--out", required=True, type=Path, metavar="DIR")
+    seg.add_argument(
+        "--size",
+        type=_positive,
+        metavar="PX",
+        help="square inference size (default: the checkpoint's training size, else 400)",
+    )
+    seg.add_argument("--batch-size", type=_positive, default=8, metavar="N")
+    seg.add_argument("--weights", metavar="FILE", help="local backbone weights file (.pth)")
+    seg.add_argument("--seed", type=int, default=0)
+    seg.add_argument("--device", default="cpu")
+    seg.add_argument("--no-progress", action="store_true")
+    seg.set_defaults(run=cmd_segment)
     return parser
 
 
@@ -319,6 +425,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FewSegError as error:
         print(f"fewseg: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("fewseg: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        print(f"fewseg: interrupted{f': {interrupt}' if str(interrupt) else ''}", file=sys.stderr)
         return 130

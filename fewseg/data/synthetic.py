@@ -148,6 +148,7 @@ class SyntheticSource(SegmentationSource):
         if not 64 <= size <= 1024:
             raise FewSegError(f"synthetic: size must be in 64..1024, got {size}")
         self.seed, self.images_per_class, self.size = seed, images_per_class, size
+        self.default_size = size  # evaluate and train at the rendered size by default
         self.n_images = images_per_class * len(CLASS_NAMES)
         self._classes = tuple(SegClass(i, name) for i, name in enumerate(CLASS_NAMES))
         self._render = lru_cache(maxsize=256)(self._render_uncached)

@@ -46,7 +46,17 @@ def save_checkpoint(
     }
     path = checkpoint_path(run_dir)
     atomic_write(path, lambda handle: torch.save(state, handle))
+    remove_stale_temp_files(path)
     return path
+
+
+def remove_stale_temp_files(path: Path) -> None:
+    """Delete temp files that a process killed while writing ``path`` left beside it.
+
+    They are never read (a checkpoint is only ever loaded from its final name).
+    """
+    for temp in path.parent.glob(f".{path.name}.*.tmp"):
+        temp.unlink(missing_ok=True)
 
 
 def read_checkpoint(run_dir: str | Path) -> dict[str, Any]:

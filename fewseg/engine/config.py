@@ -32,6 +32,8 @@ class TrainConfig:
     checkpoint_every: int = 50
     log_every: int = 10
     device: str = "cpu"
+    backend: str = "auto"  # torchrun runs: auto (nccl on CUDA, else gloo), gloo or nccl
+    dist_timeout: float = 600.0  # seconds a collective waits for the other ranks
 
 
 TRAIN_FIELDS = {f.name for f in fields(TrainConfig)}
@@ -97,6 +99,10 @@ def check_train_config(config: TrainConfig) -> None:
         raise FewSegError(f"option val_fraction must be in [0, 1), got {config.val_fraction}")
     if config.val_every < 0:
         raise FewSegError(f"option val_every must be >= 0, got {config.val_every}")
+    if config.backend not in ("auto", "gloo", "nccl"):
+        raise FewSegError(f"option backend must be auto, gloo or nccl, got {config.backend!r}")
+    if not config.dist_timeout > 0:
+        raise FewSegError(f"option dist_timeout must be > 0, got {config.dist_timeout}")
 
 
 def write_yaml(path: Path, train: TrainConfig, learner: LearnerConfig) -> None:

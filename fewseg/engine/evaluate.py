@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from fewseg import __version__
 from fewseg.data.source import FoldSplit, SegmentationSource
+from fewseg.engine import distributed
 from fewseg.episodes.sampler import EpisodePlan, episode_plan
 from fewseg.episodes.tensors import EpisodeDataset, EpisodeTensors
 from fewseg.learners.base import Learner
@@ -57,13 +58,18 @@ def score_plan(
     settings: EvaluationSettings,
     description: str = "evaluate",
 ) -> SegmentationScores:
-    """Adapt to each episode's support set, predict its query, accumulate per-class I/U."""
+    """Adapt to each episode's support set, predict its query, accumulate per-class I/U.
+
+    In a torchrun run each rank scores every world_size-th episode and the sums are
+    all-reduced: every rank returns the single-process scores exactly.
+    """
     scores = SegmentationScores(plan.classes_used)
-    dataset = EpisodeDataset(source, plan.episodes, settings.size)
+    dataset = EpisodeDataset(source, tuple(distributed.shard(plan.episodes)), settings.size)
     loader = DataLoader(dataset, batch_size=1, collate_fn=_first, num_workers=settings.workers)
-    device = torch.device(settings.device)
+    device = torch.device(distributed.local_device(settings.device))
     learner.eval()
-    bar = tqdm(loader, desc=description, unit="ep", disable=not settings.progress, leave=False)
+    quiet = not settings.progress or not distributed.is_main()
+    bar = tqdm(loader, desc=description, unit="ep", disable=quiet, leave=False)
     for episode in bar:
         predict = learner.adapt(episode.support.to(device))
         logits = predict(episode.query_image[None].to(device))
@@ -74,7 +80,7 @@ def score_plan(
             episode.query_mask.bool(),
             episode.query_ignore,
         )
-    return scores
+    return distributed.all_reduce_scores(scores)
 
 
 def evaluate_seed(
@@ -154,7 +160,8 @@ def evaluation_report(
     trained: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate and assemble the full ``report.json`` content (settings + results)."""
-    results = evaluate(learner.to(settings.device), source, settings, seeds)
+    device = distributed.local_device(settings.device)
+    results = evaluate(learner.to(device), source, settings, seeds)
     return {
         "fewseg_version": __version__,
         "settings": {

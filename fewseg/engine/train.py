@@ -1,8 +1,8 @@
 """Meta-training: episodes from the fold's meta-train classes, checkpoints, exact resume.
 
-Everything random in step t — which episodes, which augmentation — is drawn from
-generators seeded by (seed, t), so a run resumed from step t continues exactly as the
-uninterrupted run would.
+Everything random in task i of step t — which episode, which augmentation — is drawn from
+a generator seeded by (seed, t, i), so a run resumed from step t continues exactly as the
+uninterrupted run would, on any number of processes (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from fewseg.data.source import SegmentationSource
 from fewseg.data.spec import open_source
+from fewseg.engine import distributed
 from fewseg.engine.checkpoint import (
     checkpoint_path,
     load_learner_state,
@@ -29,6 +30,7 @@ from fewseg.engine.checkpoint import (
 )
 from fewseg.engine.config import TrainConfig, write_yaml
 from fewseg.engine.evaluate import EvaluationSettings, score_plan
+from fewseg.engine.interrupt import StopRequest, TrainingInterrupted
 from fewseg.episodes.sampler import draw_episode, episode_plan, usable_classes
 from fewseg.episodes.tensors import EpisodeTensors, load_episode
 from fewseg.episodes.transforms import augment_transform, resize_transform
@@ -58,8 +60,19 @@ def hold_out_classes(classes: Sequence[int], fraction: float) -> ClassPlan:
     return ClassPlan(tuple(c for c in classes if c not in set(validation)), validation)
 
 
-def step_seed(seed: int, step: int, rank: int = 0) -> list[int]:
-    return [seed, rank, step]
+def task_seed(seed: int, step: int, task: int) -> list[int]:
+    return [seed, step, task]
+
+
+def tasks_of_rank(meta_batch: int, rank: int, world_size: int) -> range:
+    """Rank r of W takes tasks [r·B/W, (r+1)·B/W) of the global meta-batch of B tasks."""
+    if meta_batch % world_size:
+        raise FewSegError(
+            f"meta_batch {meta_batch} does not split evenly across {world_size} processes: "
+            f"use a multiple of {world_size}"
+        )
+    share = meta_batch // world_size
+    return range(rank * share, (rank + 1) * share)
 
 
 def training_batch(
@@ -69,41 +82,60 @@ def training_batch(
     size: int,
     step: int,
     rank: int = 0,
+    world_size: int = 1,
 ) -> list[EpisodeTensors]:
-    """The meta-batch of step ``step``: a pure function of (seed, rank, step)."""
-    rng = np.random.default_rng(step_seed(config.seed, step, rank))
-    episodes = [draw_episode(source, classes, config.shots, rng) for _ in range(config.meta_batch)]
+    """This rank's tasks of step ``step``; task i is a pure function of (seed, step, i), so
+    the global meta-batch is the same whatever the number of processes."""
     transform = augment_transform(size) if config.augment else resize_transform(size)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(rng.integers(2**62)))
-        return [load_episode(source, e, transform) for e in episodes]
+    batch = []
+    for task in tasks_of_rank(config.meta_batch, rank, world_size):
+        rng = np.random.default_rng(task_seed(config.seed, step, task))
+        episode = draw_episode(source, classes, config.shots, rng)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(rng.integers(2**62)))
+            batch.append(load_episode(source, episode, transform))
+    return batch
+
+
+def _logged_step(line: str) -> float:
+    """The step of a metrics line; a line torn by a crash mid-write is dropped on resume."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
 
 
 class MetricsLog:
     """``metrics.jsonl`` (one record per logged step) plus TensorBoard scalars."""
 
-    def __init__(self, run_dir: Path, resume_step: int) -> None:
+    def __init__(self, run_dir: Path, resume_step: int, enabled: bool = True) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
+        self.enabled = enabled  # off on every rank but 0
+        if not enabled:
+            return
         self.path = run_dir / "metrics.jsonl"
         kept = []
         if self.path.is_file():
             kept = [
                 line
                 for line in self.path.read_text().splitlines()
-                if line and json.loads(line)["step"] <= resume_step
+                if line and _logged_step(line) <= resume_step
             ]
         self.path.write_text("".join(f"{line}\n" for line in kept))
         self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step + 1)
 
     def write(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
         with self.path.open("a") as handle:
             handle.write(json.dumps({"step": step, **values}) + "\n")
         for name, value in values.items():
             self.writer.add_scalar(name, value, step)
 
     def close(self) -> None:
-        self.writer.close()
+        if self.enabled:
+            self.writer.close()
 
 
 def validate(
@@ -120,7 +152,7 @@ def validate(
         shots=config.shots,
         episodes=config.val_episodes,
         size=size,
-        device=config.device,
+        device=distributed.local_device(config.device),
         progress=False,
     )
     scores = score_plan(learner, source, plan, settings)
@@ -143,28 +175,33 @@ def train(
     if not usable:
         raise FewSegError(f"fold {config.fold}: no meta-train class has {config.shots + 1} images")
     classes = hold_out_classes(usable, config.val_fraction)
+    rank, world = distributed.rank(), distributed.world_size()
+    tasks_of_rank(config.meta_batch, rank, world)  # a meta-batch that does not split fails now
 
     torch.manual_seed(config.seed)  # the initial weights are part of the run
     learner = LEARNERS.get(config.learner)(learner_config)
     if not learner.trainable:
         raise FewSegError(f"learner {config.learner!r} is training-free: use `fewseg evaluate`")
-    device = torch.device(config.device)
+    device = torch.device(distributed.local_device(config.device))
     learner.to(device)
     optimizer = learner.make_optimizer()
     start, elapsed = 0, 0.0
     existing = checkpoint_path(run_dir)
     if resume:
-        state = read_checkpoint(run_dir)
+        state = distributed.from_main(lambda: read_checkpoint(run_dir))  # rank 0's disk
         check_resumable(state, config, learner_config, existing)
         load_learner_state(learner, state, existing)
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"]["torch"])
         start, elapsed = state["step"], state["extra"].get("seconds", 0.0)
-    elif existing.exists():
+    elif distributed.from_main(existing.exists):
         raise FewSegError(f"{existing} exists: pass --resume to continue it, or another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_yaml(run_dir / "config.yaml", config, learner_config)
-    log = MetricsLog(run_dir, start)
+    distributed.broadcast_module(learner)
+    main = distributed.is_main()  # only rank 0 writes files
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_yaml(run_dir / "config.yaml", config, learner_config)
+    log = MetricsLog(run_dir, start, enabled=main)
 
     summary: dict[str, Any] = {"start_step": start, "validation": {}}
     bar = tqdm(
@@ -173,17 +210,19 @@ def train(
         total=config.steps,
         desc=f"train {config.learner}",
         unit="step",
-        disable=not progress,
+        disable=not progress or not main,
     )
     window: list[dict[str, float]] = []
     began = time.perf_counter()
+    stop = StopRequest().install()  # Ctrl-C: save at the end of the step, then stop
     try:
         for step in bar:
-            episodes = training_batch(source, classes.train, config, size, step)
+            episodes = training_batch(source, classes.train, config, size, step, rank, world)
             episodes = [e.to(device) for e in episodes]
             learner.train()
             optimizer.zero_grad(set_to_none=True)
             metrics = learner.meta_gradients(episodes)
+            metrics = distributed.average_meta_gradients(learner.outer_parameters(), metrics)
             if not all(math.isfinite(v) for v in metrics.values()):
                 raise TrainingDiverged(
                     f"non-finite loss at step {step + 1} ({metrics}); the last good checkpoint "
@@ -212,16 +251,22 @@ def train(
                 miou = validate(learner, source, classes.validation, config, size)
                 log.write(done, {"val/miou": miou})
                 summary["validation"][done] = miou
-            if done % config.checkpoint_every == 0 or done == config.steps:
+            stopping = stop.agreed()
+            if done % config.checkpoint_every == 0 or done == config.steps or stopping:
                 if not all(bool(p.isfinite().all()) for p in learner.parameters()):
                     raise TrainingDiverged(
                         f"non-finite parameters at step {done}; the last good checkpoint "
                         f"is {existing} (step {last_saved_step(run_dir)})"
                     )
-                save_checkpoint(
-                    run_dir, done, config, learner, optimizer, {"seconds": seconds, "size": size}
+                if main:
+                    extra = {"seconds": seconds, "size": size}
+                    save_checkpoint(run_dir, done, config, learner, optimizer, extra)
+            if stopping and done < config.steps:
+                raise TrainingInterrupted(
+                    f"checkpoint of step {done} saved to {existing}; continue with --resume"
                 )
     finally:
+        stop.restore()
         log.close()
         bar.close()
     summary.update(
@@ -241,6 +286,7 @@ def last_saved_step(run_dir: Path) -> int | str:
 
 
 RESUME_MAY_CHANGE = {"steps", "device", "val_every", "checkpoint_every", "log_every"}
+RESUME_MAY_CHANGE |= {"backend", "dist_timeout"}  # a run resumes on any world size
 
 
 def check_resumable(
