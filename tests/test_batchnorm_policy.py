@@ -1,0 +1,42 @@
+"""No learner ever updates a BatchNorm running statistic: in training, inner loops or adaptation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fewseg.data.spec import open_source
+from fewseg.engine.config import TrainConfig
+from fewseg.engine.train import training_batch
+from fewseg.learners import LEARNERS
+from fewseg.learners.config import LearnerConfig
+
+
+TRAINABLE = ["maml", "fomaml", "reptile", "protonet", "finetune"]
+CASES = [(name, freeze) for name in TRAINABLE for freeze in (True, False)] + [("baseline", True)]
+
+
+@pytest.mark.parametrize(("name", "freeze"), CASES)
+def test_running_statistics_never_change(name: str, freeze: bool) -> None:
+    torch.set_num_threads(1)
+    config = LearnerConfig(
+        backbone="mobilenet_v2_s8", freeze_backbone=freeze, inner_steps=1, hidden=8
+    )
+    learner = LEARNERS.get(name)(config)
+    before = {k: v.clone() for k, v in learner.state_dict().items() if "running" in k}
+    assert before, "the MobileNetV2 backbone has BatchNorm buffers"
+    source = open_source("synthetic:images=8,size=64")
+    episodes = training_batch(
+        source, source.fold_split("0").train, TrainConfig(meta_batch=2), 64, 0
+    )
+    learner.train()
+    if learner.trainable:
+        learner.meta_gradients(episodes)
+    learner.eval()
+    learner.adapt(episodes[0].support)(episodes[0].query_image[None])
+    after = learner.state_dict()
+    for key, value in before.items():
+        assert torch.equal(value, after[key]), key
+    batchnorms = [m for m in learner.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    learner.train()
+    assert batchnorms and not any(m.training for m in batchnorms)
