@@ -11,7 +11,6 @@ from fewseg.engine.train import training_batch
 from fewseg.learners import LEARNERS
 from fewseg.learners.config import LearnerConfig
 
-
 TRAINABLE = ["maml", "fomaml", "reptile", "protonet", "finetune"]
 CASES = [(name, freeze) for name in TRAINABLE for freeze in (True, False)] + [("baseline", True)]
 
