@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +22,6 @@ from PIL import Image
 from fewseg.cli import main
 from fewseg.engine.config import resolve_config
 from fewseg.engine.train import train
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def assert_one_line_error(
@@ -213,8 +205,6 @@ def test_unknown_option(
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     run_dir = tmp_path_factory.mktemp("trained") / "run"
     config, learner_config = resolve_config(
         {
@@ -230,7 +220,6 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         {},
     )
     train(config, learner_config, run_dir, progress=False)
-    torch.set_num_threads(threads)
     return run_dir
 
 

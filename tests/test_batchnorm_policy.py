@@ -17,7 +17,6 @@ CASES = [(name, freeze) for name in TRAINABLE for freeze in (True, False)] + [("
 
 @pytest.mark.parametrize(("name", "freeze"), CASES)
 def test_running_statistics_never_change(name: str, freeze: bool) -> None:
-    torch.set_num_threads(1)
     config = LearnerConfig(
         backbone="mobilenet_v2_s8", freeze_backbone=freeze, inner_steps=1, hidden=8
     )

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from fewseg.experiments.benchmark import read_bench_plan, run_benchmark, summarize_folds
 from fewseg.experiments.results_page import write_results
@@ -52,7 +51,6 @@ def test_quick_overrides(tmp_path: Path) -> None:
 
 
 def test_tiny_benchmark_writes_results(tmp_path: Path) -> None:
-    torch.set_num_threads(1)
     path = tmp_path / "bench.yaml"
     path.write_text(PLAN)
     plan = read_bench_plan(path)

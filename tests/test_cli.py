@@ -8,13 +8,11 @@ import json
 import statistics
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from fewseg.cli import main
 from fewseg.data.synthetic import CLASS_NAMES
@@ -26,16 +24,6 @@ needs_coco_mini = pytest.mark.skipif(not COCO_MINI.is_dir(), reason=f"{COCO_MINI
 # synthetic: 48 classes, generic interleaved folds: fold 0 tests classes 0, 4, ..., 44
 FOLD0_TEST = [CLASS_NAMES[i] for i in range(0, 48, 4)]
 FOLD0_TRAIN = [n for i, n in enumerate(CLASS_NAMES) if i % 4 != 0]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """The evaluations here are tiny: one intra-op thread is as fast on a quiet machine and
-    avoids torch's thread pool spinning (10-20x slower) when other processes share the CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

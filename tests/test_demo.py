@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 from fewseg.errors import FewSegError
@@ -28,7 +27,6 @@ evaluate: {shots: [1, 2], episodes: 4, seed: 0, overlay_episodes: 2}
 def test_demo_writes_table_report_curves_and_overlays(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    torch.set_num_threads(1)
     plan_file = tmp_path / "plan.yaml"
     plan_file.write_text(PLAN)
     results = run_demo(read_plan(plan_file), tmp_path / "out", progress=False)

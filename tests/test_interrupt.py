@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -38,14 +38,6 @@ TINY = {
     "size": 64,
 }
 FOREVER = 100_000  # steps: the subprocess runs until it is stopped
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def start_training(run_dir: Path, checkpoint_every: int, resume: bool = False) -> subprocess.Popen:

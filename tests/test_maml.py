@@ -35,15 +35,6 @@ ENTRIES = [
 LearningRates = Callable[[str], torch.Tensor | float]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: intra-op threads only contend (100x slower on a busy box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_task(seed: int, size: int = SIZE, shots: int = 1) -> EpisodeTensors:
     g = torch.Generator().manual_seed(seed)
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")

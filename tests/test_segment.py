@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,14 +24,6 @@ from fewseg.learners.base import Learner, Predictor
 from fewseg.learners.config import LearnerConfig
 
 SIZE = "64"
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run_segment(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
