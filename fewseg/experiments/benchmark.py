@@ -9,15 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from fewseg.data.spec import open_source
 from fewseg.engine.evaluate import EvaluationSettings, evaluation_report
 from fewseg.engine.report import write_report
 from fewseg.errors import FewSegError
-from fewseg.experiments.demo import DemoPlan, learner_options, train_learner
-from fewseg.learners.base import LEARNERS
-from fewseg.learners.config import LearnerConfig
+from fewseg.experiments.demo import DemoPlan, prepare_learner
 
 
 @dataclass
@@ -120,13 +116,7 @@ def run_benchmark(plan: BenchPlan, out: str | Path, progress: bool = True) -> di
     for fold in plan.folds:
         fold_plan = plan.fold_plan(fold)
         for name in plan.learners:
-            torch.manual_seed(plan.seeds[0])
-            factory = LEARNERS.get(name)
-            options = LearnerConfig(**learner_options(fold_plan, name))
-            if factory(options).trainable:
-                learner, seconds = train_learner(fold_plan, name, out / f"fold{fold}", progress)
-            else:
-                learner, seconds = factory(options), None
+            learner, seconds = prepare_learner(fold_plan, name, out / f"fold{fold}", progress)
             timings[name][fold] = seconds
             for dataset, source in sources.items():
                 eval_fold = fold if dataset == next(iter(datasets)) else "all"

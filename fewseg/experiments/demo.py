@@ -79,6 +79,18 @@ def train_learner(plan: DemoPlan, name: str, out: Path, progress: bool) -> tuple
     return restore_learner(read_checkpoint(run_dir), run_dir), summary["seconds"]
 
 
+def prepare_learner(
+    plan: DemoPlan, name: str, out: Path, progress: bool
+) -> tuple[Learner, float | None]:
+    """A training-free learner as built, or a trainable one meta-trained into ``out/train``
+    (with its training seconds)."""
+    torch.manual_seed(plan.seed)
+    learner = LEARNERS.get(name)(LearnerConfig(**learner_options(plan, name)))
+    if not learner.trainable:
+        return learner, None
+    return train_learner(plan, name, out, progress)
+
+
 def overlay_grid(
     learner: Learner,
     source: SegmentationSource,
@@ -106,12 +118,7 @@ def run_demo(plan: DemoPlan, out: str | Path, progress: bool = True) -> list[Lea
     size = int(plan.train.get("size") or source.default_size)
     results: list[LearnerResult] = []
     for name in plan.learners:
-        torch.manual_seed(plan.seed)
-        factory = LEARNERS.get(name)
-        if factory(LearnerConfig(**learner_options(plan, name))).trainable:
-            learner, seconds = train_learner(plan, name, out, progress)
-        else:
-            learner, seconds = factory(LearnerConfig(**learner_options(plan, name))), None
+        learner, seconds = prepare_learner(plan, name, out, progress)
         result = LearnerResult(name, seconds)
         for shots in plan.shots:
             settings = EvaluationSettings(plan.fold, shots, plan.episodes, size, progress=progress)

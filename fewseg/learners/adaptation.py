@@ -81,8 +81,12 @@ class GradientAdaptedSegmenter(Learner):
         return self.config.inner_lr
 
     def adapt_to(self, support: SupportSet, first_order: bool) -> Params:
+        return self.adapt_with(self.support_loss(support), first_order)
+
+    def adapt_with(self, loss: LossFunction, first_order: bool) -> Params:
+        """The adapted parameters after ``inner_steps`` SGD steps on ``loss``."""
         return adapt_parameters(
-            self.support_loss(support),
+            loss,
             self.initial_parameters(),
             self.inner_learning_rates(),
             self.config.inner_steps,

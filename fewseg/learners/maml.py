@@ -66,9 +66,10 @@ class MAML(GradientAdaptedSegmenter):
         outer_losses, support_losses = [], []
         for task in episodes:
             task = task.to(device)
+            support_loss = self.support_loss(task.support)  # encodes the support once
             with torch.no_grad():
-                support_losses.append(self.support_loss(task.support)(self.initial_parameters()))
-            adapted = self.adapt_to(task.support, first_order=self.config.first_order)
+                support_losses.append(support_loss(self.initial_parameters()))
+            adapted = self.adapt_with(support_loss, first_order=self.config.first_order)
             query = task.query_image[None]
             logits = self.logits(adapted, self.inputs(query), query.shape[-2:])
             loss = foreground_bce(logits, task.query_mask[None], task.query_ignore[None])
