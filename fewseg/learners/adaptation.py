@@ -95,8 +95,10 @@ class GradientAdaptedSegmenter(Learner):
 
     def adapt(self, support: SupportSet) -> Predictor:
         """Test time: ``inner_steps`` SGD steps at ``inner_lr`` on the support loss."""
+        with torch.no_grad():  # support features need no graph at test time
+            loss = self.support_loss(support)
         with torch.enable_grad():
-            adapted = {k: v.detach() for k, v in self.adapt_to(support, first_order=True).items()}
+            adapted = {k: v.detach() for k, v in self.adapt_with(loss, first_order=True).items()}
 
         @torch.no_grad()
         def predict(query_images: torch.Tensor) -> torch.Tensor:
