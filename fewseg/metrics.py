@@ -23,11 +23,15 @@ def intersection_union(
     ``prediction`` and ``target`` are boolean foreground maps of the same shape; pixels
     where ``ignore`` is True are excluded.
     """
-    valid = ~ignore
-    pred_fg, true_fg = prediction & valid, target.bool() & valid
-    pred_bg, true_bg = ~prediction & valid, ~target.bool() & valid
-    intersection = torch.stack([(pred_bg & true_bg).sum(), (pred_fg & true_fg).sum()])
-    union = torch.stack([(pred_bg | true_bg).sum(), (pred_fg | true_fg).sum()])
+    # one pass: code = 2·prediction + target for valid pixels, 4 for ignored ones
+    code = prediction.to(torch.uint8) * 2 + target.bool().to(torch.uint8)
+    code.masked_fill_(ignore, 4)
+    n = torch.bincount(code.flatten(), minlength=5)
+    both_bg, target_only, prediction_only, both_fg = n[0], n[1], n[2], n[3]
+    intersection = torch.stack([both_bg, both_fg])
+    union = torch.stack(
+        [both_bg + target_only + prediction_only, both_fg + target_only + prediction_only]
+    )
     return intersection.double(), union.double()
 
 

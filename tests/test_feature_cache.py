@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fewseg.models.backbones import Backbone
-from fewseg.models.feature_cache import FeatureCache
+from fewseg.models.feature_cache import FeatureCache, image_key
 
 
 class CountingBackbone(Backbone):
@@ -36,7 +36,7 @@ def test_hits_equal_fresh_computation() -> None:
 
 def test_least_recently_used_entries_are_evicted() -> None:
     backbone = CountingBackbone()
-    one_entry = 4 * 4 * 4 * 4  # 4 channels x 4 x 4 float32
+    one_entry = (4 * 4 * 4 + 3 * 8 * 8) * 4  # features 4x4x4 + the image's copy, float32
     cache = FeatureCache(backbone, max_bytes=2 * one_entry)
     a, b, c = torch.randn(3, 1, 3, 8, 8)
     cache(a)
@@ -48,6 +48,38 @@ def test_least_recently_used_entries_are_evicted() -> None:
     assert backbone.calls == calls
     cache(b)
     assert backbone.calls == calls + 1
+
+
+def test_images_that_share_the_sampled_values_do_not_share_features() -> None:
+    torch.manual_seed(0)
+    backbone = CountingBackbone()
+    cache = FeatureCache(backbone)
+    a = torch.randn(1, 3, 64, 64)
+    b = a.clone()
+    b.view(-1)[1] += 1.0  # the key samples every 3rd value of 3x64x64: index 1 is unseen
+    assert image_key(a[0]) == image_key(b[0])
+    features_a, features_b = cache(a), cache(b)
+    with torch.no_grad():
+        assert torch.equal(features_b, backbone.conv(b))
+        assert torch.equal(features_a, backbone.conv(a))
+    assert not torch.equal(features_a, features_b)
+    assert torch.equal(cache(b), features_b)  # the newer of the two is kept
+    assert cache.misses == 2 and cache.hits == 1
+
+
+def test_an_image_that_owns_its_memory_is_kept_by_reference_until_changed() -> None:
+    torch.manual_seed(0)
+    backbone = CountingBackbone()
+    cache = FeatureCache(backbone)
+    image = torch.randn(3, 8, 8)
+    first = cache(image[None])
+    entry = next(iter(cache._entries.values()))
+    assert entry.image.data_ptr() == image.data_ptr() and entry.nbytes == first.nbytes  # no copy
+    assert torch.equal(cache(image[None]), first) and cache.hits == 1
+    image.mul_(2)  # in place: the version changes, the features are recomputed
+    with torch.no_grad():
+        assert torch.equal(cache(image[None]), backbone.conv(image[None]))
+    assert cache.misses == 2
 
 
 def test_trainable_backbone_is_refused() -> None:

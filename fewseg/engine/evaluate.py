@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,10 +17,13 @@ from tqdm import tqdm
 from fewseg import __version__
 from fewseg.data.source import FoldSplit, SegmentationSource
 from fewseg.engine import distributed
+from fewseg.episodes.prefetch import prefetched
 from fewseg.episodes.sampler import EpisodePlan, episode_plan
 from fewseg.episodes.tensors import EpisodeDataset, EpisodeTensors
 from fewseg.learners.base import Learner
 from fewseg.metrics import SegmentationScores
+
+SCORING_BACKLOG = 8  # predictions waiting to be scored (bounds memory)
 
 
 @dataclass(frozen=True)
@@ -65,22 +70,33 @@ def score_plan(
     """
     scores = SegmentationScores(plan.classes_used)
     dataset = EpisodeDataset(source, tuple(distributed.shard(plan.episodes)), settings.size)
-    loader = DataLoader(dataset, batch_size=1, collate_fn=_first, num_workers=settings.workers)
+    loader: Iterable[EpisodeTensors] = (
+        DataLoader(dataset, batch_size=1, collate_fn=_first, num_workers=settings.workers)
+        if settings.workers > 0
+        else prefetched(dataset)
+    )
     device = torch.device(distributed.local_device(settings.device))
     learner.eval()
     quiet = not settings.progress or not distributed.is_main()
-    bar = tqdm(loader, desc=description, unit="ep", disable=quiet, leave=False)
-    for episode in bar:
-        predict = learner.adapt(episode.support.to(device))
-        logits = predict(episode.query_image[None].to(device))
-        prediction = foreground_prediction(logits)[0]
-        scores.update(
-            episode.class_index,
-            prediction.cpu(),
-            episode.query_mask.bool(),
-            episode.query_ignore,
-        )
+    bar = tqdm(loader, desc=description, unit="ep", total=len(dataset), disable=quiet, leave=False)
+    # Scoring runs on a second thread, one episode behind adaptation; the counts are
+    # integers, so the sums do not depend on timing.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fewseg-score") as scorer:
+        pending: deque[Future[None]] = deque()
+        for episode in bar:
+            predict = learner.adapt(episode.support.to(device))
+            logits = predict(episode.query_image[None].to(device))
+            pending.append(scorer.submit(_score, scores, episode, logits))
+            if len(pending) > SCORING_BACKLOG:
+                pending.popleft().result()
+        for future in pending:
+            future.result()
     return distributed.all_reduce_scores(scores)
+
+
+def _score(scores: SegmentationScores, episode: EpisodeTensors, logits: torch.Tensor) -> None:
+    prediction = foreground_prediction(logits)[0].cpu()
+    scores.update(episode.class_index, prediction, episode.query_mask.bool(), episode.query_ignore)
 
 
 def evaluate_seed(

@@ -32,8 +32,8 @@ from fewseg.engine.config import TrainConfig, write_yaml
 from fewseg.engine.evaluate import EvaluationSettings, score_plan
 from fewseg.engine.interrupt import StopRequest, TrainingInterrupted
 from fewseg.episodes.sampler import draw_episode, episode_plan, usable_classes
-from fewseg.episodes.tensors import EpisodeTensors, load_episode
-from fewseg.episodes.transforms import augment_transform, resize_transform
+from fewseg.episodes.tensors import EpisodeTensors, load_episode, load_resized_episode
+from fewseg.episodes.transforms import augment_transform
 from fewseg.errors import FewSegError
 from fewseg.learners.base import LEARNERS, Learner
 from fewseg.learners.config import LearnerConfig
@@ -86,14 +86,16 @@ def training_batch(
 ) -> list[EpisodeTensors]:
     """This rank's tasks of step ``step``; task i is a pure function of (seed, step, i), so
     the global meta-batch is the same whatever the number of processes."""
-    transform = augment_transform(size) if config.augment else resize_transform(size)
     batch = []
     for task in tasks_of_rank(config.meta_batch, rank, world_size):
         rng = np.random.default_rng(task_seed(config.seed, step, task))
         episode = draw_episode(source, classes, config.shots, rng)
+        if not config.augment:
+            batch.append(load_resized_episode(source, episode, size))
+            continue
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(rng.integers(2**62)))
-            batch.append(load_episode(source, episode, transform))
+            batch.append(load_episode(source, episode, augment_transform(size)))
     return batch
 
 

@@ -9,8 +9,9 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from fewseg.data.source import SegmentationSource
+from fewseg.episodes.sample_cache import resized_samples
 from fewseg.episodes.sampler import Episode
-from fewseg.episodes.transforms import resize_transform, sample_to_tensors
+from fewseg.episodes.transforms import sample_to_tensors
 
 
 @dataclass
@@ -71,6 +72,22 @@ def load_episode(
     return EpisodeTensors(c, support, query_image, query_mask, query_ignore)
 
 
+def load_resized_episode(source: SegmentationSource, episode: Episode, size: int) -> EpisodeTensors:
+    """The episode as :func:`load_episode` with :func:`resize_transform` gives it; each
+    (image, class, size) is decoded and resized once per process (see sample_cache)."""
+    samples = resized_samples(source)
+    c = episode.class_index
+    images, masks, ignores = zip(*(samples.load(i, c, size) for i in episode.support), strict=True)
+    query_image, query_mask, query_ignore = samples.load(episode.query, c, size)
+    support = SupportSet(_batch(images), _batch(masks), _batch(ignores))
+    return EpisodeTensors(c, support, query_image, query_mask, query_ignore)
+
+
+def _batch(tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Stack; a single tensor becomes a view (1-shot support sets are not copied)."""
+    return tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)
+
+
 class EpisodeDataset(Dataset[EpisodeTensors]):
     """A fixed episode list as a map-style dataset (one item = one episode)."""
 
@@ -79,10 +96,10 @@ class EpisodeDataset(Dataset[EpisodeTensors]):
     ) -> None:
         self.source = source
         self.episodes = episodes
-        self.transform = resize_transform(size)
+        self.size = size
 
     def __len__(self) -> int:
         return len(self.episodes)
 
     def __getitem__(self, index: int) -> EpisodeTensors:
-        return load_episode(self.source, self.episodes[index], self.transform)
+        return load_resized_episode(self.source, self.episodes[index], self.size)

@@ -18,8 +18,7 @@ from fewseg.engine.figures import episode_row, plot_episode_grid, plot_learning_
 from fewseg.engine.report import format_table, write_report
 from fewseg.engine.train import train
 from fewseg.episodes.sampler import episode_plan
-from fewseg.episodes.tensors import load_episode
-from fewseg.episodes.transforms import resize_transform
+from fewseg.episodes.tensors import load_resized_episode
 from fewseg.errors import FewSegError
 from fewseg.fileio import atomic_write, write_json
 from fewseg.learners.base import LEARNERS, Learner
@@ -105,7 +104,7 @@ def overlay_grid(
     rows = []
     learner.eval()
     for episode in episodes.episodes:
-        tensors = load_episode(source, episode, resize_transform(size))
+        tensors = load_resized_episode(source, episode, size)
         logits = learner.adapt(tensors.support)(tensors.query_image[None])
         title = f"{source.class_name(episode.class_index)}"
         rows.append(episode_row(title, tensors, foreground_prediction(logits)[0]))

@@ -17,10 +17,8 @@ def mask_weights(masks: torch.Tensor, ignore: torch.Tensor, size: tuple[int, int
     ``masks`` [K,H,W] in {0,1}; ignored pixels count as neither class.
     """
     valid = (~ignore).float()
-    foreground = masks.float() * valid
-    background = (1.0 - masks.float()) * valid
-    both = torch.stack([background, foreground], dim=1)
-    return F.adaptive_avg_pool2d(both, size)
+    pooled = F.adaptive_avg_pool2d(torch.stack([valid, masks.float() * valid], dim=1), size)
+    return torch.stack([pooled[:, 0] - pooled[:, 1], pooled[:, 1]], dim=1)  # bg = valid − fg
 
 
 def masked_average_pool(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -98,7 +98,8 @@ class MobileNetV2Features(Backbone):
                 )
             network.load_state_dict(weights.get_state_dict(progress=False))
         self.taps = tuple(taps)
-        self.blocks = network.features[: self.taps[-1] + 1]
+        # channels-last convolutions are about 1.5x faster on CPU (docs/performance.md)
+        self.blocks = network.features[: self.taps[-1] + 1].to(memory_format=torch.channels_last)
         self.out_channels = sum(self.blocks[t].out_channels for t in self.taps)
         self.stride = self.STRIDES[self.taps[0]]
         self.weights_source = weights_path or ("imagenet" if pretrained else "random")
@@ -114,7 +115,7 @@ class MobileNetV2Features(Backbone):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         outputs = []
-        x = images
+        x = images.contiguous(memory_format=torch.channels_last)
         for i, block in enumerate(self.blocks):
             x = block(x)
             if i in self.taps:
@@ -123,7 +124,7 @@ class MobileNetV2Features(Backbone):
         resized = [
             o if o.shape[-2:] == size else F.interpolate(o, size, mode="bilinear") for o in outputs
         ]
-        return torch.cat(resized, dim=1)
+        return torch.cat(resized, dim=1).contiguous()
 
 
 @BACKBONES.register(

@@ -1,0 +1,87 @@
+"""`fewseg evaluate` against its floor: one backbone pass per distinct image of the list.
+
+    .venv/bin/python benchmarks/evaluate_floor.py                # coco-mini, 1000 1-shot
+    .venv/bin/python benchmarks/evaluate_floor.py --learners baseline,protonet,maml
+
+The floor is measured in the same process and thread setting: every distinct image of the
+episode list, preprocessed beforehand, passed once through the frozen backbone (batch of
+one, as the feature cache passes them). The evaluation is timed from cold: a freshly
+opened source (nothing decoded yet) and a fresh learner (empty feature cache), so it pays
+for decoding, resizing, the backbone, adaptation and scoring. The floor is taken before
+and after each evaluation and averaged, which absorbs slow drifts of a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from fewseg.data.spec import open_source
+from fewseg.engine.evaluate import EvaluationSettings, evaluate
+from fewseg.episodes.sample_cache import resized_samples
+from fewseg.episodes.sampler import episode_plan
+from fewseg.learners import LEARNERS
+from fewseg.learners.config import LearnerConfig
+from fewseg.models.backbones import BACKBONES
+
+
+def floor_seconds(images: list[torch.Tensor], backbone: torch.nn.Module) -> float:
+    start = time.perf_counter()
+    with torch.no_grad():
+        for image in images:
+            backbone(image[None])
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="coco:../shared/data/coco-mini")
+    parser.add_argument("--fold", default="0")
+    parser.add_argument("--shots", type=int, default=1)
+    parser.add_argument("--episodes", type=int, default=1000)
+    parser.add_argument("--size", type=int, default=400)
+    parser.add_argument("--backbone", default="mobilenet_v2")
+    parser.add_argument("--learners", default="baseline,protonet")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    source = open_source(args.dataset)
+    plan = episode_plan(source, source.fold_split(args.fold).test, args.shots, args.episodes, 0)
+    distinct = sorted({(i, e.class_index) for e in plan.episodes for i in (e.query, *e.support)})
+    samples = resized_samples(source)
+    by_image = {i: samples.load(i, c, args.size)[0] for i, c in distinct}
+    images = list(by_image.values())
+    backbone = BACKBONES.get(args.backbone)(pretrained=True, frozen=True).eval()
+    floor_seconds(images[:2], backbone)  # warm-up
+    print(
+        f"{args.dataset} fold {args.fold}, {args.episodes} {args.shots}-shot episodes, "
+        f"{len(images)} distinct images at {args.size}x{args.size}, {args.backbone}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
+    settings = EvaluationSettings(
+        fold=args.fold, shots=args.shots, episodes=args.episodes, size=args.size, progress=False
+    )
+    for name in args.learners.split(","):
+        before = floor_seconds(images, backbone)
+        torch.manual_seed(0)
+        learner = LEARNERS.get(name)(LearnerConfig(backbone=args.backbone))
+        fresh_source = open_source(args.dataset)
+        start = time.perf_counter()
+        result = evaluate(learner, fresh_source, settings, [0])
+        seconds = time.perf_counter() - start
+        after = floor_seconds(images, backbone)
+        floor = statistics.fmean([before, after])
+        print(
+            f"{name:9s} evaluate {seconds:6.1f} s  floor {floor:6.1f} s "
+            f"({before:.1f} / {after:.1f})  ratio evaluate/floor = {seconds / floor:.2f}  "
+            f"(mIoU {result['miou']:.2f})",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

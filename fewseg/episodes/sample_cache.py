@@ -1,0 +1,93 @@
+"""Reuse of decoded, resized samples across episodes.
+
+Without augmentation a sample's tensors depend only on (image, class, size), and over an
+evaluation (or an un-augmented training run) each image appears in many episodes. Decoding
+and resizing it once per process saves most of an episode's loading time. Images are kept
+per image (shared by every class of that image) and masks per (image, class); both
+stores drop their least recently used entries beyond a byte budget.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import OrderedDict
+from collections.abc import Hashable
+
+import torch
+
+from fewseg.data.source import SegmentationSource
+from fewseg.episodes.transforms import resize_transform, sample_to_tensors
+
+DEFAULT_BUDGET_BYTES = 3 << 30
+
+
+class ByteBudgetLRU:
+    """A mapping that evicts least recently used tensors beyond ``max_bytes``."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: Hashable) -> torch.Tensor | None:
+        value = self._entries.get(key)
+        if value is not None:
+            self._entries.move_to_end(key)
+        return value
+
+    def put(self, key: Hashable, value: torch.Tensor) -> None:
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._bytes -= old.nbytes
+        self._entries[key] = value
+        self._bytes += value.nbytes
+        while self._bytes > self.max_bytes and len(self._entries) > 1:
+            _, evicted = self._entries.popitem(last=False)
+            self._bytes -= evicted.nbytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class ResizedSamples:
+    """``load(image_id, class_index, size)`` → (image, foreground, ignore), as
+    :func:`sample_to_tensors` with :func:`resize_transform` gives them, memoised."""
+
+    def __init__(self, source: SegmentationSource, max_bytes: int = DEFAULT_BUDGET_BYTES) -> None:
+        self.source = source
+        self._images = ByteBudgetLRU(max_bytes * 2 // 3)
+        self._masks = ByteBudgetLRU(max_bytes // 3)
+        self.hits = 0
+        self.misses = 0
+
+    def load(
+        self, image_id: str, class_index: int, size: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The same tensor objects on every hit: callers must not modify them in place."""
+        image = self._images.get((image_id, size))
+        masks = self._masks.get((image_id, class_index, size))
+        if image is None or masks is None:
+            self.misses += 1
+            sample = self.source.load(image_id, class_index)
+            fresh, foreground, ignore = sample_to_tensors(sample, resize_transform(size))
+            if image is None:  # else keep the tensor others already hold: one object per image
+                image = fresh.contiguous()
+                self._images.put((image_id, size), image)
+            masks = torch.stack([foreground, ignore.float()])
+            self._masks.put((image_id, class_index, size), masks)
+        else:
+            self.hits += 1
+        return image, masks[0], masks[1].bool()
+
+
+_PER_SOURCE: weakref.WeakKeyDictionary[SegmentationSource, ResizedSamples] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def resized_samples(source: SegmentationSource) -> ResizedSamples:
+    """The process-wide memo of ``source``'s resized samples (created on first use)."""
+    samples = _PER_SOURCE.get(source)
+    if samples is None:
+        samples = _PER_SOURCE[source] = ResizedSamples(source)
+    return samples

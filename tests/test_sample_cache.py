@@ -1,0 +1,99 @@
+"""Resized samples are decoded once per (image, class, size) and equal a fresh load."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fewseg.data.source import ClassSample
+from fewseg.data.synthetic import SyntheticSource
+from fewseg.episodes import Episode, load_episode
+from fewseg.episodes.sample_cache import ByteBudgetLRU, ResizedSamples, resized_samples
+from fewseg.episodes.tensors import load_resized_episode
+from fewseg.episodes.transforms import resize_transform
+
+
+class CountingSource(SyntheticSource):
+    """The synthetic source, with one ignored pixel per sample and a count of loads."""
+
+    def __init__(self) -> None:
+        super().__init__(seed=3, images_per_class=2, size=64)
+        self.loads = 0
+
+    def load(self, image_id: str, class_index: int) -> ClassSample:
+        self.loads += 1
+        sample = super().load(image_id, class_index)
+        ignore = np.zeros_like(sample.mask)
+        ignore[0, 0] = True
+        return ClassSample(sample.image, sample.mask & ~ignore, ignore)
+
+
+def two_class_image(source: CountingSource) -> tuple[str, int, int]:
+    for a in range(len(source.classes())):
+        for b in range(a + 1, len(source.classes())):
+            shared = set(source.images_of(a)) & set(source.images_of(b))
+            if shared:
+                return min(shared), a, b
+    raise AssertionError("no image with two classes")
+
+
+def assert_same_episode(cached, fresh) -> None:
+    assert cached.class_index == fresh.class_index
+    for a, b in (
+        (cached.support.images, fresh.support.images),
+        (cached.support.masks, fresh.support.masks),
+        (cached.support.ignore, fresh.support.ignore),
+        (cached.query_image, fresh.query_image),
+        (cached.query_mask, fresh.query_mask),
+        (cached.query_ignore, fresh.query_ignore),
+    ):
+        assert a.dtype == b.dtype
+        assert torch.equal(a, b)
+
+
+def test_cached_episode_equals_a_fresh_load_and_decodes_each_pair_once() -> None:
+    source = CountingSource()
+    c = 0
+    ids = source.images_of(c)[:3]
+    episode = Episode(class_index=c, query=ids[0], support=(ids[1], ids[2]))
+    fresh = load_episode(source, episode, resize_transform(16))
+    loads = source.loads
+    first = load_resized_episode(source, episode, 16)
+    assert source.loads == loads + 3
+    again = load_resized_episode(source, Episode(c, ids[1], (ids[0], ids[2])), 16)
+    assert source.loads == loads + 3  # every (image, class, size) was already prepared
+    assert_same_episode(first, fresh)
+    assert torch.equal(again.query_image, fresh.support.images[0])
+    assert first.query_ignore[0, 0] and first.query_ignore.sum() == 1
+    load_resized_episode(source, episode, 20)  # another size is another sample
+    assert source.loads == loads + 6
+
+
+def test_classes_of_one_image_have_their_own_masks() -> None:
+    source = CountingSource()
+    image_id, a, b = two_class_image(source)
+    samples = ResizedSamples(source)
+    image_a, mask_a, _ = samples.load(image_id, a, 16)
+    image_b, mask_b, _ = samples.load(image_id, b, 16)
+    assert image_a is image_b  # one tensor per image, whichever class asked first
+    assert not torch.equal(mask_a, mask_b)
+    _, mask_b_fresh, _ = samples.load(image_id, b, 16)
+    assert torch.equal(mask_b, mask_b_fresh)
+    assert (samples.hits, samples.misses) == (1, 2)
+
+
+def test_the_memo_is_one_per_source() -> None:
+    one, other = CountingSource(), CountingSource()
+    assert resized_samples(one) is resized_samples(one)
+    assert resized_samples(one) is not resized_samples(other)
+
+
+def test_least_recently_used_tensors_go_beyond_the_budget() -> None:
+    lru = ByteBudgetLRU(max_bytes=2 * 16)
+    a, b, c = (torch.zeros(4) for _ in range(3))  # 16 bytes each
+    lru.put("a", a)
+    lru.put("b", b)
+    assert lru.get("a") is a  # a is now the most recent
+    lru.put("c", c)
+    assert lru.get("b") is None and lru.get("a") is a and lru.get("c") is c
+    assert len(lru) == 2
