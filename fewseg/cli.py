@@ -180,7 +180,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
-OPTION_TYPES = {"size": int, "weights_path": str}
+OPTION_TYPES = {"size": int, "max_shots": int, "weights_path": str}
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:

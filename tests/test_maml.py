@@ -26,7 +26,7 @@ ENTRIES = [
     ("model.encoder.blocks.0.0.weight", (0, 0, 1, 1)),
     ("model.encoder.blocks.2.1.weight", (5,)),
     ("model.encoder.blocks.3.0.bias", (7,)),
-    ("model.head.layers.0.weight", (1, 2, 1, 1)),
+    ("model.head.layers.0.weight", (1, 2, 0, 0)),
     ("model.head.layers.4.bias", (3,)),
     ("model.head.layers.6.weight", (0, 5, 0, 0)),
     ("model.head.layers.6.bias", (0,)),
@@ -261,7 +261,7 @@ def test_meta_sgd_learning_rates_match_finite_differences(first_order: bool, ste
     learner.meta_gradients(tasks)
     for rate in learner.learning_rates.values():
         assert rate.grad is not None and rate.grad.abs().sum() > 0
-    for name, index in [("head.layers.0.weight", (2, 1, 0, 1)), ("head.layers.6.bias", (0,))]:
+    for name, index in [("head.layers.0.weight", (2, 1, 0, 0)), ("head.layers.6.bias", (0,))]:
         rate = learner.learning_rates[learning_rate_key(name)]
         expected = central_difference(
             rate, index, lambda: meta_objective(learner, tasks, meta_sgd_rates(learner), steps)
@@ -372,3 +372,39 @@ def test_meta_training_reduces_query_loss_on_synthetic_batch() -> None:
         losses.append(learner.meta_gradients(tasks)["loss"])
         optimizer.step()
     assert losses[-1] < 0.7 * losses[0]
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize("meta_sgd", [False, True])
+def test_frozen_encoder_tasks_adapted_together_equal_tasks_one_by_one(
+    first_order: bool, meta_sgd: bool
+) -> None:
+    # two shapes (1 and 2 shots): two vmapped groups
+    tasks = [make_task(11), make_task(12, shots=2), make_task(13), make_task(14, shots=2)]
+    learner = make_learner(inner_steps=2, first_order=first_order, meta_sgd=meta_sgd)
+    learner.model.encoder.freeze()
+    together = meta_gradient(learner, tasks)
+    learner.zero_grad(set_to_none=True)
+    for task in tasks:
+        learner._task_meta_gradients(task, len(tasks))
+    one_by_one = {n: p.grad for n, p in learner.named_parameters() if p.grad is not None}
+    assert together.keys() == one_by_one.keys()
+    assert all(n.startswith(("model.head.", "learning_rates.")) for n in together)
+    for name in together:
+        torch.testing.assert_close(together[name], one_by_one[name], rtol=1e-10, atol=1e-13)
+
+
+def test_frozen_encoder_second_order_matches_finite_differences() -> None:
+    tasks = [make_task(15), make_task(16)]
+    learner = make_learner(inner_steps=2)
+    learner.model.encoder.freeze()
+    grads = meta_gradient(learner, tasks)
+    lr = learner.config.inner_lr
+    named = dict(learner.named_parameters())
+    for name, index in ENTRIES:
+        if not name.startswith("model.head."):
+            continue
+        expected = central_difference(
+            named[name].data, index, lambda: meta_objective(learner, tasks, lambda _: lr, 2)
+        )
+        assert grads[name][index].item() == pytest.approx(expected, rel=1e-5, abs=1e-8)

@@ -108,7 +108,7 @@ def test_one_sgd_step_meta_gradient_is_inner_lr_times_the_task_gradient() -> Non
         torch.testing.assert_close(p.grad, 0.1 * g, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize(("optimizer", "inner_lr"), [("sgd", 0.1), ("adam", 0.01)])
+@pytest.mark.parametrize(("optimizer", "inner_lr"), [("sgd", 0.3), ("adam", 0.003)])
 def test_adapt_runs_the_inner_optimizer_on_the_support_set(optimizer: str, inner_lr: float) -> None:
     torch.manual_seed(0)
     cfg = config(reptile_optimizer=optimizer, inner_lr=inner_lr, inner_steps=5)

@@ -20,6 +20,7 @@ class TrainConfig:
     dataset: str = "synthetic"
     fold: str = "0"
     shots: int = 1
+    max_shots: int | None = None  # each task draws its shot count from shots..max_shots
     steps: int = 1000
     seed: int = 0
     meta_batch: int = 4
@@ -95,6 +96,10 @@ def check_train_config(config: TrainConfig) -> None:
     for name in ("shots", "steps", "meta_batch", "val_episodes", "checkpoint_every", "log_every"):
         if getattr(config, name) < 1:
             raise FewSegError(f"option {name} must be >= 1, got {getattr(config, name)}")
+    if config.max_shots is not None and config.max_shots < config.shots:
+        raise FewSegError(
+            f"option max_shots must be >= shots ({config.shots}), got {config.max_shots}"
+        )
     if not 0.0 <= config.val_fraction < 1.0:
         raise FewSegError(f"option val_fraction must be in [0, 1), got {config.val_fraction}")
     if config.val_every < 0:

@@ -89,7 +89,10 @@ def training_batch(
     batch = []
     for task in tasks_of_rank(config.meta_batch, rank, world_size):
         rng = np.random.default_rng(task_seed(config.seed, step, task))
-        episode = draw_episode(source, classes, config.shots, rng)
+        shots = config.shots
+        if config.max_shots is not None:
+            shots = int(rng.integers(config.shots, config.max_shots + 1))
+        episode = draw_episode(source, classes, shots, rng)
         if not config.augment:
             batch.append(load_resized_episode(source, episode, size))
             continue
@@ -173,9 +176,10 @@ def train(
     source = open_source(config.dataset, config.min_mask_pixels)
     size = config.size or source.default_size
     split = source.fold_split(config.fold)
-    usable, _ = usable_classes(source, split.train, config.shots)
+    most_shots = config.max_shots or config.shots
+    usable, _ = usable_classes(source, split.train, most_shots)
     if not usable:
-        raise FewSegError(f"fold {config.fold}: no meta-train class has {config.shots + 1} images")
+        raise FewSegError(f"fold {config.fold}: no meta-train class has {most_shots + 1} images")
     classes = hold_out_classes(usable, config.val_fraction)
     rank, world = distributed.rank(), distributed.world_size()
     tasks_of_rank(config.meta_batch, rank, world)  # a meta-batch that does not split fails now

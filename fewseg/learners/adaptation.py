@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-import torch.nn.functional as F
 from torch.func import functional_call
 
 from fewseg.episodes.tensors import SupportSet
@@ -22,6 +21,7 @@ from fewseg.learners.inner_loop import LossFunction, Params, adapt_parameters
 from fewseg.learners.losses import foreground_bce
 from fewseg.models.feature_cache import FeatureCache, encode
 from fewseg.models.segmenter import Segmenter, two_class_logits
+from fewseg.models.upsample import bilinear_resize
 
 HEAD_PREFIX = "head."
 
@@ -39,15 +39,13 @@ class GradientAdaptedSegmenter(Learner):
         return self.config.head_only or self.model.encoder.frozen
 
     def adapted_names(self) -> list[str]:
-        names = [n for n, p in self.model.named_parameters() if p.requires_grad]
-        if self.head_only:
-            names = [n for n in names if n.startswith(HEAD_PREFIX)]
-        return names
+        return list(self.initial_parameters())
 
     def initial_parameters(self) -> Params:
         """The current (meta-learned) values of the adapted parameters, still attached."""
-        named = dict(self.model.named_parameters())
-        return {n: named[n] for n in self.adapted_names()}
+        module = self.model.head if self.head_only else self.model
+        prefix = HEAD_PREFIX if self.head_only else ""
+        return {prefix + n: p for n, p in module.named_parameters() if p.requires_grad}
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return encode(self.model.encoder, self.feature_cache, images)
@@ -62,7 +60,7 @@ class GradientAdaptedSegmenter(Learner):
         if self.head_only:
             head_params = {n.removeprefix(HEAD_PREFIX): p for n, p in params.items()}
             logits = functional_call(self.model.head, head_params, (inputs,))
-            return F.interpolate(logits, size, mode="bilinear")
+            return bilinear_resize(logits, size)
         return functional_call(self.model, dict(params), (inputs,))
 
     def inputs(self, images: torch.Tensor) -> torch.Tensor:
@@ -83,14 +81,18 @@ class GradientAdaptedSegmenter(Learner):
     def adapt_to(self, support: SupportSet, first_order: bool) -> Params:
         return self.adapt_with(self.support_loss(support), first_order)
 
-    def adapt_with(self, loss: LossFunction, first_order: bool) -> Params:
-        """The adapted parameters after ``inner_steps`` SGD steps on ``loss``."""
+    def adapt_with(
+        self, loss: LossFunction, first_order: bool, losses: list[torch.Tensor] | None = None
+    ) -> Params:
+        """The adapted parameters after ``inner_steps`` SGD steps on ``loss`` (``losses``
+        receives the loss before each step)."""
         return adapt_parameters(
             loss,
             self.initial_parameters(),
             self.inner_learning_rates(),
             self.config.inner_steps,
             first_order=first_order,
+            losses=losses,
         )
 
     def adapt(self, support: SupportSet) -> Predictor:

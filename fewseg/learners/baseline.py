@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from fewseg.episodes.tensors import SupportSet
 from fewseg.learners.base import LEARNERS, Learner, Predictor, build_backbone
@@ -13,6 +12,7 @@ from fewseg.learners.config import LearnerConfig
 from fewseg.learners.prototypes import cosine_logits, shot_prototypes
 from fewseg.models.backbones import Backbone
 from fewseg.models.feature_cache import FeatureCache
+from fewseg.models.upsample import bilinear_resize
 
 COSINE_SCALE = 20.0  # PANet's fixed scale; it only sharpens the logits, not the argmax
 
@@ -40,7 +40,7 @@ class PrototypeBaseline(Learner):
         @torch.no_grad()
         def predict(query_images: torch.Tensor) -> torch.Tensor:
             logits = cosine_logits(self.features(query_images), prototypes, COSINE_SCALE)
-            return F.interpolate(logits, query_images.shape[-2:], mode="bilinear")
+            return bilinear_resize(logits, query_images.shape[-2:])
 
         return predict
 

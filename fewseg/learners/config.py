@@ -23,6 +23,7 @@ class LearnerConfig:
     first_order: bool = False
     head_only: bool = False  # ANIL: adapt only the decoder head
     meta_sgd: bool = False  # learn one inner learning rate per parameter tensor element
+    batch_tasks: bool = True  # frozen encoder: adapt same-shape tasks together (vmap)
     reptile_optimizer: str = "sgd"  # inner optimizer of reptile: sgd | adam
     reptile_epsilon: float = 0.5  # outer step: θ ← θ + ε (mean θ' − θ)
     # prototypes: protonet

@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from fewseg.episodes.tensors import EpisodeTensors
 from fewseg.errors import FewSegError
 from fewseg.learners.adaptation import GradientAdaptedSegmenter
 from fewseg.learners.base import LEARNERS
 from fewseg.learners.losses import foreground_bce
+from fewseg.models.upsample import bilinear_resize
 
 
 class FineTune(GradientAdaptedSegmenter):
@@ -40,9 +40,7 @@ class FineTune(GradientAdaptedSegmenter):
         images = torch.cat([e.images for e in examples]).to(device)
         masks = torch.cat([e.masks for e in examples]).to(device)
         ignore = torch.cat([e.ignore for e in examples]).to(device)
-        logits = F.interpolate(
-            self.model.head(self.encode(images)), images.shape[-2:], mode="bilinear"
-        )
+        logits = bilinear_resize(self.model.head(self.encode(images)), images.shape[-2:])
         loss = foreground_bce(logits, masks, ignore)
         loss.backward()
         return {"loss": loss.item()}

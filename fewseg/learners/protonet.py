@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fewseg.episodes.tensors import EpisodeTensors, SupportSet
@@ -27,6 +26,7 @@ from fewseg.learners.losses import two_class_cross_entropy
 from fewseg.learners.prototypes import cosine_logits, shot_prototypes
 from fewseg.models.backbones import Backbone
 from fewseg.models.feature_cache import FeatureCache, encode
+from fewseg.models.upsample import bilinear_resize
 
 
 class ProtoNet(Learner):
@@ -70,7 +70,7 @@ class ProtoNet(Learner):
     ) -> torch.Tensor:
         """Scaled cosine logits [B,2,H,W], bilinearly upsampled to ``size``."""
         logits = cosine_logits(features, prototypes, self.scale)
-        return F.interpolate(logits, size, mode="bilinear")
+        return bilinear_resize(logits, size)
 
     @torch.no_grad()
     def adapt(self, support: SupportSet) -> Predictor:
@@ -134,7 +134,7 @@ class ProtoNet(Learner):
         support = episode.support
         prototypes = shot_prototypes(support_features, support.masks, support.ignore)
         coarse = cosine_logits(query_features, prototypes, self.scale)
-        logits = F.interpolate(coarse, episode.query_image.shape[-2:], mode="bilinear")
+        logits = bilinear_resize(coarse, episode.query_image.shape[-2:])
         query_loss = two_class_cross_entropy(
             logits, episode.query_mask[None], episode.query_ignore[None]
         )

@@ -4,8 +4,9 @@ In an evaluation every image appears in many episodes; with a frozen backbone it
 features never change, so they are computed once. Images are keyed by their content: the
 key hashes an evenly spaced sample of about 4096 values (microseconds, where hashing the
 whole 400x400 image takes milliseconds) and a hit is confirmed by comparing the whole
-image with the stored copy, so a hit is exact by construction. Each miss runs through
-the backbone alone, so a feature never depends on which other images shared its batch.
+image with the stored copy, so a hit is exact by construction. The misses of one call go
+through the backbone as one batch (on CPU, batched and one-by-one features are bitwise
+equal; tests/test_feature_cache.py checks it).
 """
 
 from __future__ import annotations
@@ -83,32 +84,41 @@ class FeatureCache:
         self._entries.clear()
         self._bytes = 0
 
-    def _lookup(self, image: torch.Tensor) -> torch.Tensor:
-        key = image_key(image)
+    def _find(self, key: bytes, image: torch.Tensor) -> torch.Tensor | None:
         cached = self._entries.get(key)
-        if cached is not None and cached.holds(image):
-            self._entries.move_to_end(key)
-            self.hits += 1
-            return cached.features
-        self.misses += 1
-        features = self.backbone(image[None])[0]
-        if cached is not None:  # same sampled values, different image: the newer one stays
-            self._bytes -= cached.nbytes
-            del self._entries[key]
+        if cached is None or not cached.holds(image):
+            return None
+        self._entries.move_to_end(key)
+        return cached.features
+
+    def _store(self, key: bytes, image: torch.Tensor, features: torch.Tensor) -> None:
+        stale = self._entries.pop(key, None)  # same sampled values, another image: replaced
+        if stale is not None:
+            self._bytes -= stale.nbytes
         entry = _Entry.of(image, features)
         self._entries[key] = entry
         self._bytes += entry.nbytes
         while self._bytes > self.max_bytes and len(self._entries) > 1:
             _, evicted = self._entries.popitem(last=False)
             self._bytes -= evicted.nbytes
-        return features
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """Features of ``images`` [B,3,H,W]; the images not cached go through the backbone
+        together, in one batch."""
         if not self.backbone.frozen:
             raise ValueError("FeatureCache needs a frozen backbone: features would go stale")
         with torch.no_grad():
-            features = [self._lookup(image) for image in images]
-            return features[0][None] if len(features) == 1 else torch.stack(features)
+            keys = [image_key(image) for image in images]
+            found = [self._find(k, image) for k, image in zip(keys, images, strict=True)]
+            missing = [i for i, f in enumerate(found) if f is None]
+            self.hits += len(images) - len(missing)
+            self.misses += len(missing)
+            if missing:
+                computed = self.backbone(images[missing])
+                for i, features in zip(missing, computed, strict=True):
+                    self._store(keys[i], images[i], features)
+                    found[i] = features
+            return found[0][None] if len(found) == 1 else torch.stack(found)
 
 
 def encode(encoder: Backbone, cache: FeatureCache, images: torch.Tensor) -> torch.Tensor:

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fewseg.models.backbones import Backbone
+from fewseg.models.upsample import bilinear_resize
 
 
 class ForegroundHead(nn.Module):
-    """conv3x3 → GroupNorm → ReLU → conv3x3 → GroupNorm → ReLU → conv1x1 to one logit."""
+    """conv1x1 → GroupNorm → ReLU → conv3x3 → GroupNorm → ReLU → conv1x1 to one logit.
+
+    The first layer only mixes channels: from MobileNetV2's 416 channels a 3x3 there would
+    cost 9x the multiply-adds, and every inner-loop step pays for them (docs/performance.md).
+    """
 
     def __init__(self, in_channels: int, hidden: int = 64) -> None:
         super().__init__()
         self.layers = nn.Sequential(
-            nn.Conv2d(in_channels, hidden, 3, padding=1),
+            nn.Conv2d(in_channels, hidden, 1),
             nn.GroupNorm(8, hidden),
             nn.ReLU(inplace=True),
             nn.Conv2d(hidden, hidden, 3, padding=1),
@@ -38,7 +42,7 @@ class Segmenter(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         logits = self.head(self.encoder(images))
-        return F.interpolate(logits, images.shape[-2:], mode="bilinear")
+        return bilinear_resize(logits, images.shape[-2:])
 
 
 def two_class_logits(foreground: torch.Tensor) -> torch.Tensor:

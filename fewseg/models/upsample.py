@@ -1,0 +1,36 @@
+"""Bilinear resizing as two small matrix products.
+
+Bilinear interpolation (``align_corners=False``, no antialiasing) is separable: resizing
+[..., h, w] to [..., H, W] is A_H · x · A_Wᵀ with fixed interpolation matrices. As matrix
+products its backward pass is two more products, where ``F.interpolate``'s backward
+scatters into the input and, on CPU, dominates an inner-loop step that upsamples coarse
+logits to the image for the loss (docs/performance.md). Values equal ``F.interpolate``'s
+to float rounding; it composes with ``torch.func`` transforms like any matmul.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+
+@lru_cache(maxsize=64)
+def interpolation_matrix(
+    size_in: int, size_out: int, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """[size_out, size_in]: 1-D linear interpolation with half-pixel centres."""
+    identity = torch.eye(size_in, dtype=torch.float64)[None]  # each column as a signal
+    resized = F.interpolate(identity, size=size_out, mode="linear", align_corners=False)
+    return resized[0].T.contiguous().to(dtype=dtype, device=device)
+
+
+def bilinear_resize(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """``F.interpolate(x, size, mode="bilinear")`` for x [..., h, w]."""
+    height, width = int(size[0]), int(size[1])
+    if tuple(x.shape[-2:]) == (height, width):
+        return x
+    rows = interpolation_matrix(x.shape[-2], height, x.dtype, x.device)
+    columns = interpolation_matrix(x.shape[-1], width, x.dtype, x.device)
+    return rows @ x @ columns.T
