@@ -78,6 +78,31 @@ def test_training_batch_depends_only_on_seed_and_step() -> None:
     assert not torch.equal(first[0].query_image, other[0].query_image)
 
 
+def test_mixed_shot_tasks_draw_their_shots_in_the_range_repeatably() -> None:
+    from dataclasses import replace
+
+    from fewseg.data.spec import open_source
+
+    source = open_source(DATASET)
+    config, _ = tiny_config()
+    config = replace(config, shots=2, max_shots=4, meta_batch=8)
+    classes = source.fold_split("0").train
+    shots = [
+        [t.support.shots for t in training_batch(source, classes, config, 64, s)] for s in range(6)
+    ]
+    drawn = {k for step in shots for k in step}
+    assert drawn == {2, 3, 4}
+    again = [t.support.shots for t in training_batch(source, classes, config, 64, 0)]
+    assert again == shots[0]
+    fixed = replace(config, max_shots=None)
+    assert all(t.support.shots == 2 for t in training_batch(source, classes, fixed, 64, 0))
+
+
+def test_max_shots_below_shots_is_refused() -> None:
+    with pytest.raises(FewSegError, match="max_shots must be >= shots"):
+        resolve_config({"shots": 3, "max_shots": 2}, {})
+
+
 @pytest.mark.parametrize("learner", ["maml", "reptile", "protonet"])
 def test_resumed_run_equals_uninterrupted_run(tmp_path: Path, learner: str) -> None:
     config, learner_config = tiny_config(learner=learner, steps=10)

@@ -126,9 +126,9 @@ def encode(encoder: Backbone, cache: FeatureCache, images: torch.Tensor) -> torc
     one's features come through ``cache`` without gradients.
 
     In training with augmentation nearly every image is new, so the cache mostly misses;
-    a miss costs one hash (about 1 ms for a 400x400 image) on top of the forward pass, and
-    the least recently used entries make room. Without augmentation, an image's features
-    are computed once for the whole run.
+    a miss costs a hash of sampled values and a copy of the image on top of the forward
+    pass, and the least recently used entries make room. Without augmentation, an image's
+    features are computed once for the whole run.
     """
     if not encoder.frozen:
         return encoder(images)
