@@ -73,8 +73,8 @@ class MAML(GradientAdaptedSegmenter):
         if self.config.batch_tasks and self.model.encoder.frozen and self.config.inner_steps > 0:
             groups: dict[tuple[Any, ...], list[EpisodeTensors]] = {}
             for task in tasks:
-                groups.setdefault((task.support.images.shape, task.query_image.shape), [])
-                groups[(task.support.images.shape, task.query_image.shape)].append(task)
+                shape = (task.support.images.shape, task.query_image.shape)
+                groups.setdefault(shape, []).append(task)
             losses = [self._group_meta_gradients(g, len(tasks)) for g in groups.values()]
         else:
             losses = [self._task_meta_gradients(task, len(tasks)) for task in tasks]
