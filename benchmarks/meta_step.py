@@ -187,8 +187,18 @@ def query_loss(model: Callable[[torch.Tensor], torch.Tensor], task: EpisodeTenso
     )
 
 
-def add_to_grad(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> None:
-    for p, g in zip(params, grads, strict=True):
+def backpropagate(
+    loss: torch.Tensor,
+    params: Sequence[torch.Tensor],
+    fast: Sequence[torch.Tensor],
+    first_order: bool,
+) -> None:
+    """Second order: ``loss.backward()``. First order (the peers detach the fast weights):
+    the gradient with respect to the fast weights ``fast``, added to the initial ``params``."""
+    if not first_order:
+        loss.backward()
+        return
+    for p, g in zip(params, torch.autograd.grad(loss, list(fast)), strict=True):
         if p.grad is None:
             p.grad = g.detach().clone()
         else:
@@ -248,12 +258,9 @@ def higher_meta_gradient(
             ) as (fmodel, diffopt):
                 for _ in range(setting.inner_steps):
                     diffopt.step(support_loss(fmodel, task))
+                fast = [p for p, a in zip(fmodel.parameters(), is_adapted, strict=True) if a]
                 loss = query_loss(fmodel, task) / len(episodes)
-                if setting.first_order:
-                    fast = [p for p, a in zip(fmodel.parameters(), is_adapted, strict=True) if a]
-                    add_to_grad(params, torch.autograd.grad(loss, fast))
-                else:
-                    loss.backward()
+                backpropagate(loss, params, fast, setting.first_order)
 
     return meta_gradient
 
@@ -275,10 +282,7 @@ def torchopt_meta_gradient(
                     if setting.first_order:
                         torchopt.stop_gradient(adapted)
                 loss = query_loss(model, task) / len(episodes)
-                if setting.first_order:
-                    add_to_grad(params, torch.autograd.grad(loss, list(adapted.parameters())))
-                else:
-                    loss.backward()
+                backpropagate(loss, params, list(adapted.parameters()), setting.first_order)
             finally:
                 torchopt.recover_state_dict(adapted, net_state)
                 torchopt.recover_state_dict(inner_optimizer, optimizer_state)

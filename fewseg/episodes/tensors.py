@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -58,34 +59,33 @@ class EpisodeTensors:
         )
 
 
+Sample = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # image, foreground, ignore
+
+
+def _episode_tensors(episode: Episode, load: Callable[[str], Sample]) -> EpisodeTensors:
+    images, masks, ignores = zip(*(load(i) for i in episode.support), strict=True)
+    query_image, query_mask, query_ignore = load(episode.query)
+    support = SupportSet(_batch(images), _batch(masks), _batch(ignores))
+    return EpisodeTensors(episode.class_index, support, query_image, query_mask, query_ignore)
+
+
+def _batch(tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Stack; a single tensor becomes a view (1-shot support sets are not copied)."""
+    return tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)
+
+
 def load_episode(
     source: SegmentationSource, episode: Episode, transform: v2.Transform
 ) -> EpisodeTensors:
     c = episode.class_index
-    images, masks, ignores = zip(
-        *(sample_to_tensors(source.load(i, c), transform) for i in episode.support), strict=True
-    )
-    query_image, query_mask, query_ignore = sample_to_tensors(
-        source.load(episode.query, c), transform
-    )
-    support = SupportSet(torch.stack(images), torch.stack(masks), torch.stack(ignores))
-    return EpisodeTensors(c, support, query_image, query_mask, query_ignore)
+    return _episode_tensors(episode, lambda i: sample_to_tensors(source.load(i, c), transform))
 
 
 def load_resized_episode(source: SegmentationSource, episode: Episode, size: int) -> EpisodeTensors:
     """The episode as :func:`load_episode` with :func:`resize_transform` gives it; each
     (image, class, size) is decoded and resized once per process (see sample_cache)."""
     samples = resized_samples(source)
-    c = episode.class_index
-    images, masks, ignores = zip(*(samples.load(i, c, size) for i in episode.support), strict=True)
-    query_image, query_mask, query_ignore = samples.load(episode.query, c, size)
-    support = SupportSet(_batch(images), _batch(masks), _batch(ignores))
-    return EpisodeTensors(c, support, query_image, query_mask, query_ignore)
-
-
-def _batch(tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """Stack; a single tensor becomes a view (1-shot support sets are not copied)."""
-    return tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)
+    return _episode_tensors(episode, lambda i: samples.load(i, episode.class_index, size))
 
 
 class EpisodeDataset(Dataset[EpisodeTensors]):

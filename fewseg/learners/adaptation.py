@@ -66,14 +66,23 @@ class GradientAdaptedSegmenter(Learner):
     def inputs(self, images: torch.Tensor) -> torch.Tensor:
         return self.encode(images) if self.head_only else images
 
-    def support_loss(self, support: SupportSet) -> LossFunction:
-        inputs = self.inputs(support.images)
-        size = support.images.shape[-2:]
+    def pixel_loss(
+        self,
+        inputs: torch.Tensor,
+        size: tuple[int, int] | torch.Size,
+        masks: torch.Tensor,
+        ignore: torch.Tensor,
+    ) -> LossFunction:
+        """params → the loss of the logits on ``inputs`` (features or images) at ``size``."""
 
         def loss(params: Params) -> torch.Tensor:
-            return foreground_bce(self.logits(params, inputs, size), support.masks, support.ignore)
+            return foreground_bce(self.logits(params, inputs, size), masks, ignore)
 
         return loss
+
+    def support_loss(self, support: SupportSet) -> LossFunction:
+        inputs = self.inputs(support.images)
+        return self.pixel_loss(inputs, support.images.shape[-2:], support.masks, support.ignore)
 
     def inner_learning_rates(self) -> Mapping[str, torch.Tensor | float] | float:
         return self.config.inner_lr

@@ -22,8 +22,6 @@ from fewseg.errors import FewSegError
 from fewseg.learners.adaptation import GradientAdaptedSegmenter
 from fewseg.learners.base import LEARNERS
 from fewseg.learners.config import LearnerConfig
-from fewseg.learners.inner_loop import Params, adapt_parameters
-from fewseg.learners.losses import foreground_bce
 
 
 def learning_rate_key(name: str) -> str:
@@ -93,8 +91,10 @@ class MAML(GradientAdaptedSegmenter):
             with torch.no_grad():
                 before = support_loss(self.initial_parameters())
         query = task.query_image[None]
-        logits = self.logits(adapted, self.inputs(query), query.shape[-2:])
-        loss = foreground_bce(logits, task.query_mask[None], task.query_ignore[None])
+        query_loss = self.pixel_loss(
+            self.inputs(query), query.shape[-2:], task.query_mask[None], task.query_ignore[None]
+        )
+        loss = query_loss(adapted)
         (loss / n_tasks).backward()
         return loss.detach()[None], before[None]
 
@@ -108,8 +108,6 @@ class MAML(GradientAdaptedSegmenter):
         support_features = features[: len(support_images)].unflatten(0, (len(group), shots))
         query_features = features[len(support_images) :]
         size = support_images.shape[-2:]
-        params = self.initial_parameters()
-        learning_rates = self.inner_learning_rates()
 
         def task_losses(
             features: torch.Tensor,
@@ -119,20 +117,11 @@ class MAML(GradientAdaptedSegmenter):
             query_mask: torch.Tensor,
             query_ignore: torch.Tensor,
         ) -> tuple[torch.Tensor, torch.Tensor]:
-            def support_loss(p: Params) -> torch.Tensor:
-                return foreground_bce(self.logits(p, features, size), masks, ignore)
-
             inner: list[torch.Tensor] = []
-            adapted = adapt_parameters(
-                support_loss,
-                params,
-                learning_rates,
-                self.config.inner_steps,
-                self.config.first_order,
-                inner,
-            )
-            logits = self.logits(adapted, query[None], size)
-            return foreground_bce(logits, query_mask[None], query_ignore[None]), inner[0]
+            support_loss = self.pixel_loss(features, size, masks, ignore)
+            adapted = self.adapt_with(support_loss, self.config.first_order, inner)
+            query_loss = self.pixel_loss(query[None], size, query_mask[None], query_ignore[None])
+            return query_loss(adapted), inner[0]
 
         outer, before = vmap(task_losses)(
             support_features,

@@ -18,7 +18,6 @@ from fewseg.learners.adaptation import GradientAdaptedSegmenter
 from fewseg.learners.base import LEARNERS, Predictor
 from fewseg.learners.config import LearnerConfig
 from fewseg.learners.inner_loop import LossFunction, Params
-from fewseg.learners.losses import foreground_bce
 from fewseg.models.segmenter import two_class_logits
 
 INNER_OPTIMIZERS = ("sgd", "adam")
@@ -53,13 +52,7 @@ class Reptile(GradientAdaptedSegmenter):
         """Mean foreground BCE of ``examples`` as a function of the adapted parameters."""
         with torch.no_grad():  # the encoder is not adapted in head-only mode: constant features
             inputs = self.inputs(examples.images)
-        size = examples.images.shape[-2:]
-        masks, ignore = examples.masks, examples.ignore
-
-        def loss(params: Params) -> torch.Tensor:
-            return foreground_bce(self.logits(params, inputs, size), masks, ignore)
-
-        return loss
+        return self.pixel_loss(inputs, examples.images.shape[-2:], examples.masks, examples.ignore)
 
     def inner_optimize(self, loss: LossFunction, start: Params) -> tuple[Params, torch.Tensor]:
         """``inner_steps`` steps of the inner optimizer (fresh state) on detached copies of
