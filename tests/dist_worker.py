@@ -14,21 +14,12 @@ import sys
 import time
 
 import torch
+from tiny_training import TINY_TRAINING
 
 from fewseg.engine import distributed
 from fewseg.errors import FewSegError
 
-TINY = {
-    "dataset": "synthetic:images=8,size=64",
-    "backbone": "convnet",
-    "hidden": 8,
-    "inner_steps": 1,
-    "meta_batch": 4,
-    "steps": 1,
-    "val_every": 0,
-    "log_every": 1,
-    "checkpoint_every": 1,
-}
+TINY = {**TINY_TRAINING, "meta_batch": 4, "steps": 1, "log_every": 1, "checkpoint_every": 1}
 
 
 def train_learners(out: str, learners: str) -> None:

@@ -7,11 +7,9 @@ import copy
 import numpy as np
 import pytest
 import torch
+from rectangle_episodes import rectangle_episode
 
-from fewseg.data.spec import open_source
-from fewseg.episodes.sampler import draw_episode
-from fewseg.episodes.tensors import EpisodeTensors, SupportSet, load_episode
-from fewseg.episodes.transforms import resize_transform
+from fewseg.episodes.tensors import EpisodeTensors, SupportSet
 from fewseg.learners import LEARNERS
 from fewseg.learners.config import LearnerConfig
 from fewseg.learners.finetune import FineTune
@@ -22,18 +20,7 @@ SIZE = 24
 
 
 def make_episode(seed: int, shots: int = 1) -> EpisodeTensors:
-    """A rectangle of foreground per image, brighter than the noise around it."""
-    g = torch.Generator().manual_seed(seed)
-    n = shots + 1
-    masks = torch.zeros(n, SIZE, SIZE)
-    for i in range(n):
-        top, left = torch.randint(0, SIZE - 10, (2,), generator=g).tolist()
-        masks[i, top : top + 10, left : left + 7] = 1.0
-    images = torch.randn(n, 3, SIZE, SIZE, generator=g) + 2.0 * masks[:, None]
-    ignore = torch.zeros(n, SIZE, SIZE, dtype=torch.bool)
-    ignore[:, :, -2:] = True
-    support = SupportSet(images[:shots], masks[:shots], ignore[:shots])
-    return EpisodeTensors(0, support, images[shots], masks[shots], ignore[shots])
+    return rectangle_episode(seed, shots, SIZE, (10, 7), np.s_[:, -2:])
 
 
 def config(**overrides: object) -> LearnerConfig:
@@ -109,15 +96,11 @@ def test_adapt_is_inner_steps_sgd_steps_at_inner_lr(head_only: bool) -> None:
         assert torch.equal(p.detach(), initial[name])
 
 
-def test_a_few_adam_steps_reduce_the_loss_of_a_fixed_synthetic_batch() -> None:
+def test_a_few_adam_steps_reduce_the_loss_of_a_fixed_synthetic_batch(
+    synthetic_batch: list[EpisodeTensors],
+) -> None:
     torch.manual_seed(0)
-    source = open_source("synthetic:images=4")
-    classes = source.fold_split("0").train
-    rng = np.random.default_rng(0)
-    transform = resize_transform(48)
-    episodes = [
-        load_episode(source, draw_episode(source, classes, 1, rng), transform) for _ in range(4)
-    ]
+    episodes = synthetic_batch
     learner = FineTune(config(outer_lr=1e-2))
     optimizer = learner.make_optimizer()
     assert isinstance(optimizer, torch.optim.Adam)

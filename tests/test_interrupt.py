@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_training import TINY_TRAINING
 
 from fewseg.engine.checkpoint import read_checkpoint
 from fewseg.engine.config import resolve_config
@@ -26,17 +27,7 @@ from fewseg.engine.interrupt import StopRequest
 from fewseg.engine.train import train
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {
-    "learner": "maml",
-    "dataset": "synthetic:images=8,size=64",
-    "backbone": "convnet",
-    "hidden": 8,
-    "inner_steps": 1,
-    "meta_batch": 2,
-    "val_every": 0,
-    "log_every": 1,
-    "size": 64,
-}
+TINY = {"learner": "maml", **TINY_TRAINING, "log_every": 1, "size": 64}
 FOREVER = 100_000  # steps: the subprocess runs until it is stopped
 
 

@@ -347,19 +347,10 @@ def test_frozen_batchnorm_statistics_never_change() -> None:
     assert not learner.model.encoder.training
 
 
-def test_meta_training_reduces_query_loss_on_synthetic_batch() -> None:
-    from fewseg.data.spec import open_source
-    from fewseg.episodes.sampler import draw_episode
-    from fewseg.episodes.tensors import load_episode
-    from fewseg.episodes.transforms import resize_transform
-
-    source = open_source("synthetic:images=4")
-    classes = source.fold_split("0").train
-    rng = np.random.default_rng(0)
-    transform = resize_transform(48)
-    tasks = [
-        load_episode(source, draw_episode(source, classes, 1, rng), transform) for _ in range(4)
-    ]
+def test_meta_training_reduces_query_loss_on_synthetic_batch(
+    synthetic_batch: list[EpisodeTensors],
+) -> None:
+    tasks = synthetic_batch
 
     torch.manual_seed(0)
     learner = MAML(

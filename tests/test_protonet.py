@@ -2,15 +2,11 @@
 
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from fewseg.data.spec import open_source
-from fewseg.episodes.sampler import draw_episode
-from fewseg.episodes.tensors import EpisodeTensors, SupportSet, load_episode
-from fewseg.episodes.transforms import resize_transform
+from fewseg.episodes.tensors import EpisodeTensors, SupportSet
 from fewseg.errors import FewSegError
 from fewseg.learners import LEARNERS
 from fewseg.learners.config import LearnerConfig
@@ -251,18 +247,6 @@ def test_frozen_mobilenet_batchnorm_statistics_do_not_change() -> None:
     after = encoder.state_dict()
     assert any("running_mean" in k for k in after)
     assert all(torch.equal(before[k], after[k]) for k in before)
-
-
-@pytest.fixture(scope="module")
-def synthetic_batch() -> list[EpisodeTensors]:
-    source = open_source("synthetic:images=4")
-    train_classes = source.fold_split("0").train
-    rng = np.random.default_rng(0)
-    transform = resize_transform(48)
-    return [
-        load_episode(source, draw_episode(source, train_classes, 1, rng), transform)
-        for _ in range(4)
-    ]
 
 
 def test_adam_steps_reduce_the_loss_of_a_fixed_batch(

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
+from rectangle_episodes import rectangle_episode
 from torch import nn
 
 from fewseg.episodes.tensors import EpisodeTensors, SupportSet
@@ -20,18 +22,7 @@ SIZE = 16
 
 
 def make_episode(seed: int, shots: int = 1) -> EpisodeTensors:
-    """A square of foreground per image, brighter than the noise around it."""
-    g = torch.Generator().manual_seed(seed)
-    n = shots + 1
-    masks = torch.zeros(n, SIZE, SIZE)
-    for i in range(n):
-        top, left = torch.randint(0, SIZE - 8, (2,), generator=g).tolist()
-        masks[i, top : top + 8, left : left + 8] = 1.0
-    images = torch.randn(n, 3, SIZE, SIZE, generator=g) + 2.0 * masks[:, None]
-    ignore = torch.zeros(n, SIZE, SIZE, dtype=torch.bool)
-    ignore[:, 0, :] = True
-    support = SupportSet(images[:shots], masks[:shots], ignore[:shots])
-    return EpisodeTensors(0, support, images[shots], masks[shots], ignore[shots])
+    return rectangle_episode(seed, shots, SIZE, (8, 8), np.s_[0, :])
 
 
 def config(**overrides: object) -> LearnerConfig:

@@ -13,6 +13,7 @@ import pytest
 import torch
 from imagefiles import box_mask, files_under, save, scene, support_pair
 from PIL import Image
+from tiny_training import TINY_TRAINING
 
 from fewseg.cli import main
 from fewseg.data.user_images import decode_mask, read_support_pair
@@ -315,16 +316,7 @@ def test_progress_bar_only_for_many_queries(
 
 # ---- every learner ----------------------------------------------------------------------
 
-TINY = {
-    "dataset": "synthetic:images=8,size=64",
-    "backbone": "convnet",
-    "hidden": 8,
-    "inner_steps": 1,
-    "meta_batch": 2,
-    "val_every": 0,
-    "steps": 2,
-    "size": 48,
-}
+TINY = {**TINY_TRAINING, "steps": 2, "size": 48}
 
 
 @pytest.mark.parametrize("learner", ["maml", "fomaml", "reptile", "protonet", "finetune"])

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_training import TINY_TRAINING
 
 from fewseg.cli import main
 from fewseg.engine.checkpoint import read_checkpoint, restore_learner, save_checkpoint
@@ -15,17 +16,8 @@ from fewseg.engine.train import hold_out_classes, train, training_batch
 from fewseg.errors import FewSegError
 from fewseg.learners.config import LearnerConfig
 
-DATASET = "synthetic:images=8,size=64"
-TINY = {
-    "dataset": DATASET,
-    "backbone": "convnet",
-    "hidden": 8,
-    "inner_steps": 1,
-    "meta_batch": 2,
-    "val_every": 0,
-    "log_every": 1,
-    "checkpoint_every": 5,
-}
+TINY = {**TINY_TRAINING, "log_every": 1, "checkpoint_every": 5}
+DATASET = TINY["dataset"]
 
 
 def tiny_config(**overrides: object) -> tuple[TrainConfig, LearnerConfig]:
