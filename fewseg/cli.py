@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -252,7 +253,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from fewseg.experiments.results_page import write_results
 
     plan = read_bench_plan(args.config, quick=args.quick)
-    outcome = run_benchmark(plan, args.out, progress=not args.no_progress)
+    outcome = run_benchmark(plan, args.out, progress=not args.no_progress, jobs=args.jobs)
     command = "fewseg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     page = write_results(plan, outcome, args.docs, command)
     print(page.read_text())
@@ -321,6 +322,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("docs"),
         metavar="DIR",
         help="where results.md, results.json and figures go (default docs/)",
+    )
+    bench.add_argument(
+        "--jobs",
+        type=_positive,
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="train and evaluate N (fold, learner) tasks at once, in separate processes "
+        "sharing the machine's threads (default: the number of CPUs)",
     )
     bench.add_argument("--no-progress", action="store_true")
     bench.set_defaults(run=cmd_bench)

@@ -69,4 +69,41 @@ def test_tiny_benchmark_writes_results(tmp_path: Path) -> None:
     assert other["miou"] == report["runs"][0]["miou"]
     text = page.read_text()
     assert "## other" in text and "Published anchors" in text and "## Targets" in text
+    assert (
+        "## Examples" in text and (tmp_path / "docs/figures/examples-finetune-other.png").exists()
+    )
     assert (tmp_path / "docs/figures/results-other.png").stat().st_size > 1000
+
+
+def test_cross_domain_seeds_apply_to_the_other_datasets_only(tmp_path: Path) -> None:
+    path = tmp_path / "bench.yaml"
+    path.write_text(
+        PLAN.replace("min_class_images: 3}", "min_class_images: 3, cross_domain_seeds: [7]}")
+    )
+    plan = read_bench_plan(path)
+    assert plan.seeds_for("other") == [7]
+    assert plan.seeds_for(plan.dataset_name) == [0, 1]
+    assert read_bench_plan(tmp_path / "bench.yaml", quick=True).seeds_for("other") == [7]
+
+
+def test_two_jobs_give_the_results_of_one(tmp_path: Path) -> None:
+    path = tmp_path / "bench.yaml"
+    path.write_text(PLAN)
+    plan = read_bench_plan(path)
+    serial = run_benchmark(plan, tmp_path / "serial", progress=False, jobs=1)
+    parallel = run_benchmark(plan, tmp_path / "parallel", progress=False, jobs=2)
+    assert parallel["jobs"] == 2
+
+    def scores(outcome: dict) -> dict:
+        return {
+            (name, dataset, shots, fold): (e["miou"], e["fbiou"], e["seed_miou"])
+            for name, by_dataset in outcome["results"].items()
+            for dataset, by_shots in by_dataset.items()
+            for shots, entry in by_shots.items()
+            for fold, e in entry["per_fold"].items()
+        }
+
+    assert scores(parallel) == scores(serial)
+    assert list(parallel["results"]["protonet"]["other"]["1shot"]["per_fold"]) == ["0", "1"]
+    overlay = Path(parallel["overlays"]["finetune"]["other"])
+    assert overlay.parent == tmp_path / "parallel/fold0/overlays" and overlay.stat().st_size > 1000

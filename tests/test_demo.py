@@ -64,3 +64,18 @@ def test_shipped_demo_plan_trains_every_learner() -> None:
     gradient_based = ["maml", "fomaml", "reptile", "finetune"]
     assert len({plan.learners[name]["inner_steps"] for name in gradient_based}) == 1
     assert len({plan.learners[name]["inner_lr"] for name in gradient_based}) == 1
+
+
+def test_running_the_demo_again_reuses_its_trained_models(tmp_path: Path) -> None:
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(PLAN)
+    plan = read_plan(plan_file)
+    first = run_demo(plan, tmp_path / "out", progress=False)
+    checkpoint = tmp_path / "out/train/fomaml/checkpoint.pt"
+    written = checkpoint.stat().st_mtime_ns
+    again = run_demo(plan, tmp_path / "out", progress=False)
+    assert checkpoint.stat().st_mtime_ns == written  # nothing retrained
+    assert [r.reports[1]["miou"] for r in again] == [r.reports[1]["miou"] for r in first]
+    plan_file.write_text(PLAN.replace("hidden: 8", "hidden: 16"))
+    with pytest.raises(FewSegError, match="fomaml/checkpoint.pt: cannot resume with different"):
+        run_demo(read_plan(plan_file), tmp_path / "out", progress=False)

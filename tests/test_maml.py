@@ -366,13 +366,15 @@ def test_meta_training_reduces_query_loss_on_synthetic_batch(
 
 
 @pytest.mark.parametrize("first_order", [False, True])
-@pytest.mark.parametrize("meta_sgd", [False, True])
+@pytest.mark.parametrize(("meta_sgd", "loss_size"), [(False, 0), (True, 0), (False, 10)])
 def test_frozen_encoder_tasks_adapted_together_equal_tasks_one_by_one(
-    first_order: bool, meta_sgd: bool
+    first_order: bool, meta_sgd: bool, loss_size: int
 ) -> None:
     # two shapes (1 and 2 shots): two vmapped groups
     tasks = [make_task(11), make_task(12, shots=2), make_task(13), make_task(14, shots=2)]
-    learner = make_learner(inner_steps=2, first_order=first_order, meta_sgd=meta_sgd)
+    learner = make_learner(
+        inner_steps=2, first_order=first_order, meta_sgd=meta_sgd, loss_size=loss_size
+    )
     learner.model.encoder.freeze()
     together = meta_gradient(learner, tasks)
     learner.zero_grad(set_to_none=True)

@@ -63,24 +63,68 @@ def episodes():
     return training_batch(source, classes, TrainConfig(meta_batch=2), 48, step=0)
 
 
-@pytest.mark.parametrize("frozen_encoder", [False, True], ids=["all-adapted", "head-only"])
-def test_peers_meta_gradients_agree_with_fewseg(bench, episodes, frozen_encoder):
-    for name in bench.PEERS:
-        pytest.importorskip(name)
+def maml_learner(frozen_encoder: bool):
     torch.manual_seed(0)
     learner = LEARNERS.get("maml")(LearnerConfig(backbone="convnet", hidden=16))
     if frozen_encoder:
         learner.model.encoder.freeze()
-    learner.train()
+    return learner.train()
+
+
+def import_peers_or_skip(bench):
+    for name in bench.PEERS:
+        pytest.importorskip(name)
+
+
+@pytest.mark.parametrize("frozen_encoder", [False, True], ids=["all-adapted", "head-only"])
+def test_peers_meta_gradients_agree_with_fewseg(bench, episodes, frozen_encoder):
+    import_peers_or_skip(bench)
+    learner = maml_learner(frozen_encoder)
     setup = bench.Bench(learner)
     assert learner.head_only == frozen_encoder
     for first_order in (False, True):
         for inner_steps in (1, 2):
             setting = bench.Setting(inner_steps, len(episodes), first_order)
-            functions = bench.meta_gradient_functions(learner, setting, bench.PEERS)
-            differences = bench.check_agreement(setup, functions, episodes)
-            assert set(differences) == {*bench.PEERS, bench.PER_TASK}
-            assert all(d <= bench.TOLERANCE for d in differences.values()), (setting, differences)
+            agreement = bench.check_agreement(setup, setting, bench.PEERS, episodes)
+            for differences in (agreement.float64, agreement.float32):
+                assert set(differences) == {*bench.PEERS, bench.PER_TASK}
+            # float64: the same mathematics, up to float64 rounding
+            assert all(d <= 1e-12 for d in agreement.float64.values()), (setting, agreement)
+            assert all(d <= bench.TOLERANCE for d in agreement.float32.values()), agreement
     # the meta-learned weights are as they were: every method ran from the same state
     for p, p0 in zip(setup.params, setup.initial, strict=True):
         assert torch.equal(p, p0)
+    twin = setup.float64()
+    assert all(p.dtype == torch.float64 for p in twin.learner.parameters())
+    for p, p0 in zip(twin.params, setup.initial, strict=True):
+        assert torch.equal(p, p0.double())
+
+
+def test_only_the_float64_differences_decide(bench, episodes, monkeypatch):
+    """A tolerance that float32 rounding exceeds but float64's does not passes; a method
+    whose float64 meta-gradient is off fails."""
+    import_peers_or_skip(bench)
+    setup = bench.Bench(maml_learner(frozen_encoder=True))
+    setting = bench.Setting(1, len(episodes), first_order=False)
+    agreement = bench.check_agreement(setup, setting, ["higher"], episodes, tolerance=1e-11)
+    assert max(agreement.float32.values()) > 1e-11
+    assert max(agreement.float64.values()) <= 1e-11
+
+    functions = bench.meta_gradient_functions
+
+    def off_in_float64(learner, setting, peers):
+        built = functions(learner, setting, peers)
+        if next(learner.parameters()).dtype == torch.float64:
+            higher = built["higher"]
+
+            def wrong(episodes):
+                higher(episodes)
+                for p in learner.outer_parameters():
+                    p.grad += 1e-4
+
+            built["higher"] = wrong
+        return built
+
+    monkeypatch.setattr(bench, "meta_gradient_functions", off_in_float64)
+    with pytest.raises(AssertionError, match=r"float64 meta-gradients disagree.*higher"):
+        bench.check_agreement(setup, setting, ["higher"], episodes)

@@ -95,7 +95,7 @@ def test_max_shots_below_shots_is_refused() -> None:
         resolve_config({"shots": 3, "max_shots": 2}, {})
 
 
-@pytest.mark.parametrize("learner", ["maml", "reptile", "protonet"])
+@pytest.mark.parametrize("learner", ["maml", "fomaml", "reptile", "protonet"])
 def test_resumed_run_equals_uninterrupted_run(tmp_path: Path, learner: str) -> None:
     config, learner_config = tiny_config(learner=learner, steps=10)
     train(config, learner_config, tmp_path / "straight", progress=False)

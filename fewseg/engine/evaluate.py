@@ -17,6 +17,7 @@ from tqdm import tqdm
 from fewseg import __version__
 from fewseg.data.source import FoldSplit, SegmentationSource
 from fewseg.engine import distributed
+from fewseg.engine.adaptation_memo import AdaptationMemo
 from fewseg.episodes.prefetch import prefetched
 from fewseg.episodes.sampler import EpisodePlan, episode_plan
 from fewseg.episodes.tensors import EpisodeDataset, EpisodeTensors
@@ -62,13 +63,18 @@ def score_plan(
     plan: EpisodePlan,
     settings: EvaluationSettings,
     description: str = "evaluate",
+    memo: AdaptationMemo | None = None,
 ) -> SegmentationScores:
     """Adapt to each episode's support set, predict its query, accumulate per-class I/U.
+
+    ``memo`` (one per learner state, source and image size) lends the predictor of a
+    support set met before instead of adapting again.
 
     In a torchrun run each rank scores every world_size-th episode and the sums are
     all-reduced: every rank returns the single-process scores exactly.
     """
     scores = SegmentationScores(plan.classes_used)
+    memo = memo if memo is not None else AdaptationMemo(capacity=0)
     dataset = EpisodeDataset(source, tuple(distributed.shard(plan.episodes)), settings.size)
     loader: Iterable[EpisodeTensors] = (
         DataLoader(dataset, batch_size=1, collate_fn=_first, num_workers=settings.workers)
@@ -83,8 +89,12 @@ def score_plan(
     # integers, so the sums do not depend on timing.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fewseg-score") as scorer:
         pending: deque[Future[None]] = deque()
-        for episode in bar:
-            predict = learner.adapt(episode.support.to(device))
+        for planned, episode in zip(dataset.episodes, bar, strict=True):
+            support = episode.support
+            predict = memo.predictor(
+                (planned.class_index, planned.support),
+                lambda: learner.adapt(support.to(device)),  # noqa: B023 (called at once)
+            )
             logits = predict(episode.query_image[None].to(device))
             pending.append(scorer.submit(_score, scores, episode, logits))
             if len(pending) > SCORING_BACKLOG:
@@ -105,12 +115,13 @@ def evaluate_seed(
     split: FoldSplit,
     settings: EvaluationSettings,
     seed: int,
+    memo: AdaptationMemo | None = None,
 ) -> tuple[SeedResult, EpisodePlan]:
     plan = episode_plan(
         source, split.test, settings.shots, settings.episodes, seed, settings.min_class_images
     )
     start = time.perf_counter()
-    scores = score_plan(learner, source, plan, settings, description=f"seed {seed}")
+    scores = score_plan(learner, source, plan, settings, f"seed {seed}", memo)
     seconds = time.perf_counter() - start
     per_class = {source.class_name(c): 100 * iou for c, iou in scores.class_iou().items()}
     result = SeedResult(seed, 100 * scores.miou(), 100 * scores.fbiou(), per_class, seconds)
@@ -148,8 +159,9 @@ def evaluate(
     split = source.fold_split(settings.fold)
     runs: list[SeedResult] = []
     plan: EpisodePlan | None = None
+    memo = AdaptationMemo()  # the seeds' lists share support sets, mostly at 1-shot
     for seed in seeds:
-        result, plan = evaluate_seed(learner, source, split, settings, seed)
+        result, plan = evaluate_seed(learner, source, split, settings, seed, memo)
         runs.append(result)
     assert plan is not None
     return {

@@ -195,7 +195,7 @@ def train(
     existing = checkpoint_path(run_dir)
     if resume:
         state = distributed.from_main(lambda: read_checkpoint(run_dir))  # rank 0's disk
-        check_resumable(state, config, learner_config, existing)
+        check_resumable(state, config, learner.config, existing)
         load_learner_state(learner, state, existing)
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -298,7 +298,17 @@ RESUME_MAY_CHANGE |= {"backend", "dist_timeout"}  # a run resumes on any world s
 def check_resumable(
     state: dict[str, Any], config: TrainConfig, learner_config: LearnerConfig, path: Path
 ) -> None:
-    """A resumed run must be the same run: only its length and bookkeeping may change."""
+    """A resumed run must be the same run (``learner_config`` as the learner holds it),
+    and not yet at ``config.steps``."""
+    check_same_run(state, config, learner_config, path)
+    if state["step"] >= config.steps:
+        raise FewSegError(f"{path}: already at step {state['step']} >= --steps {config.steps}")
+
+
+def check_same_run(
+    state: dict[str, Any], config: TrainConfig, learner_config: LearnerConfig, path: Path
+) -> None:
+    """Only a run's length and bookkeeping may differ from its checkpoint's."""
     saved = state["train_config"]
     current = asdict(config)
     changed = sorted(
@@ -308,5 +318,3 @@ def check_resumable(
         changed.append("learner options")
     if changed:
         raise FewSegError(f"{path}: cannot resume with different {', '.join(changed)}")
-    if state["step"] >= config.steps:
-        raise FewSegError(f"{path}: already at step {state['step']} >= --steps {config.steps}")

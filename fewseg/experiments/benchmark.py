@@ -4,16 +4,22 @@ Writes ``results.json``, ``results.md`` and figures."""
 
 from __future__ import annotations
 
+import multiprocessing
 import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from fewseg.data.source import SegmentationSource
 from fewseg.data.spec import open_source
 from fewseg.engine.evaluate import EvaluationSettings, evaluation_report
 from fewseg.engine.report import write_report
 from fewseg.errors import FewSegError
-from fewseg.experiments.demo import DemoPlan, prepare_learner
+from fewseg.experiments.demo import DemoPlan, overlay_grid, prepare_learner
 
 
 @dataclass
@@ -27,9 +33,20 @@ class BenchPlan:
     episodes: int
     seeds: list[int]
     min_class_images: int = 0
+    cross_domain_seeds: list[int] | None = None  # None: the same seeds as the main dataset
     dataset_name: str = ""
     source_file: str = "bench.yaml"
     settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def datasets(self) -> dict[str, str]:
+        """Dataset name → source spec: the meta-training dataset first, then cross-domain."""
+        return {self.dataset_name: self.dataset, **self.cross_domain}
+
+    def seeds_for(self, dataset: str) -> list[int]:
+        if dataset != self.dataset_name and self.cross_domain_seeds is not None:
+            return self.cross_domain_seeds
+        return self.seeds
 
     def fold_plan(self, fold: str) -> DemoPlan:
         return DemoPlan(
@@ -55,7 +72,7 @@ def read_bench_plan(path: str | Path, quick: bool = False) -> BenchPlan:
         if quick:
             overrides = dict(values.get("quick") or {})
             folds = [str(f) for f in overrides.pop("folds", folds)]
-            for key in ("episodes", "seeds"):
+            for key in ("episodes", "seeds", "cross_domain_seeds"):
                 if key in overrides:
                     evaluation[key] = overrides.pop(key)
             train.update(overrides)
@@ -69,6 +86,11 @@ def read_bench_plan(path: str | Path, quick: bool = False) -> BenchPlan:
             episodes=int(evaluation["episodes"]),
             seeds=[int(s) for s in evaluation["seeds"]],
             min_class_images=int(evaluation.get("min_class_images", 0)),
+            cross_domain_seeds=(
+                [int(s) for s in evaluation["cross_domain_seeds"]]
+                if "cross_domain_seeds" in evaluation
+                else None
+            ),
             dataset_name=str(values.get("dataset_name", values["dataset"])),
             source_file=str(path),
             settings={"quick": quick, **values},
@@ -79,7 +101,8 @@ def read_bench_plan(path: str | Path, quick: bool = False) -> BenchPlan:
 
 def summarize_folds(per_fold: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Mean over folds of the first seed's mIoU, and mean ± std over seeds of the
-    fold-mean mIoU (each seed's fold-mean first, then statistics across seeds)."""
+    fold-mean mIoU (each seed's fold-mean first, then statistics across seeds; std is None
+    with a single seed)."""
     first = [r["miou"] for r in per_fold.values()]
     n_seeds = min(len(r["seed_miou"]) for r in per_fold.values())
     fold_means = [
@@ -89,7 +112,7 @@ def summarize_folds(per_fold: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "mean": statistics.fmean(first),
         "fbiou_mean": statistics.fmean(r["fbiou"] for r in per_fold.values()),
         "seeds_mean": statistics.fmean(fold_means),
-        "std": statistics.pstdev(fold_means) if n_seeds > 1 else 0.0,
+        "std": statistics.pstdev(fold_means) if n_seeds > 1 else None,  # one seed: no spread
     }
 
 
@@ -106,49 +129,150 @@ def fold_entry(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_benchmark(plan: BenchPlan, out: str | Path, progress: bool = True) -> dict[str, Any]:
-    """Train and evaluate everything; returns learner → dataset → shots → results."""
-    out = Path(out)
-    datasets = {plan.dataset_name: plan.dataset, **plan.cross_domain}
-    sources = {name: open_source(spec) for name, spec in datasets.items()}
-    results: dict[str, Any] = {name: {d: {} for d in datasets} for name in plan.learners}
-    timings: dict[str, dict[str, float | None]] = {name: {} for name in plan.learners}
-    for fold in plan.folds:
-        fold_plan = plan.fold_plan(fold)
-        for name in plan.learners:
-            learner, seconds = prepare_learner(fold_plan, name, out / f"fold{fold}", progress)
-            timings[name][fold] = seconds
-            for dataset, source in sources.items():
-                eval_fold = fold if dataset == next(iter(datasets)) else "all"
-                size = int(plan.train.get("size") or source.default_size)
-                for shots in plan.shots:
-                    settings = EvaluationSettings(
-                        eval_fold,
-                        shots,
-                        plan.episodes,
-                        size,
-                        progress=progress,
-                        min_class_images=plan.min_class_images,
-                    )
-                    report = evaluation_report(
-                        learner, source, datasets[dataset], settings, plan.seeds
-                    )
-                    write_report(
-                        out / f"fold{fold}" / "eval" / f"{name}-{dataset}-{shots}shot", report
-                    )
-                    entry = results[name][dataset].setdefault(f"{shots}shot", {"per_fold": {}})
-                    entry["per_fold"][fold] = fold_entry(report)
-            print(
-                f"fold {fold} {name}: "
-                + ", ".join(
-                    f"{d} {k}: {v['per_fold'][fold]['miou']:.1f}"
-                    for d, shots in results[name].items()
-                    for k, v in shots.items()
-                ),
-                flush=True,
+@dataclass(frozen=True)
+class BenchTask:
+    """One learner on one fold: train it, then evaluate it on every dataset of the plan."""
+
+    fold: str
+    learner: str
+
+
+def bench_tasks(plan: BenchPlan) -> list[BenchTask]:
+    """Every (fold, learner) pair; learners that adapt by inner-loop steps first, since
+    their evaluations take longest (the parallel schedule then ends with the short ones)."""
+    tasks = [BenchTask(fold, name) for name in plan.learners for fold in plan.folds]
+    return sorted(tasks, key=lambda t: "inner_steps" not in plan.learners[t.learner])
+
+
+_SOURCES: dict[str, SegmentationSource] = {}
+
+
+def _source(spec: str) -> SegmentationSource:
+    """One opened source per spec and process, so its decoded-sample memo is shared by the
+    tasks a process runs."""
+    if spec not in _SOURCES:
+        _SOURCES[spec] = open_source(spec)
+    return _SOURCES[spec]
+
+
+def run_task(plan: BenchPlan, task: BenchTask, out: Path, progress: bool) -> dict[str, Any]:
+    """Train and evaluate one task; returns its per-dataset, per-shots fold entries."""
+    start = time.perf_counter()
+    fold_dir = out / f"fold{task.fold}"
+    learner, train_seconds = prepare_learner(
+        plan.fold_plan(task.fold), task.learner, fold_dir, progress
+    )
+    entries: dict[str, dict[str, Any]] = {}
+    overlays: dict[str, str] = {}
+    for dataset, spec in plan.datasets.items():
+        source = _source(spec)
+        eval_fold = task.fold if dataset == plan.dataset_name else "all"
+        size = int(plan.train.get("size") or source.default_size)
+        for shots in plan.shots:
+            settings = EvaluationSettings(
+                eval_fold,
+                shots,
+                plan.episodes,
+                size,
+                progress=progress,
+                min_class_images=plan.min_class_images,
             )
+            report = evaluation_report(learner, source, spec, settings, plan.seeds_for(dataset))
+            write_report(fold_dir / "eval" / f"{task.learner}-{dataset}-{shots}shot", report)
+            entries.setdefault(dataset, {})[f"{shots}shot"] = fold_entry(report)
+        if task.fold == plan.folds[0]:
+            overlay = fold_dir / "overlays" / f"{task.learner}-{dataset}-{plan.shots[0]}shot.png"
+            demo_plan = plan.fold_plan(eval_fold)
+            overlay_grid(learner, source, demo_plan, plan.shots[0], size, overlay)
+            overlays[dataset] = str(overlay)
+    return {
+        "task": task,
+        "entries": entries,
+        "train_seconds": train_seconds,
+        "overlays": overlays,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _run_tasks(
+    plan: BenchPlan, tasks: list[BenchTask], out: Path, progress: bool, jobs: int
+) -> list[dict[str, Any]]:
+    """The tasks' results, in task order; ``jobs`` > 1 runs them in that many processes,
+    the machine's threads shared between them."""
+    if jobs <= 1:
+        return [
+            _announce(run_task(plan, t, out, progress), i, len(tasks)) for i, t in enumerate(tasks)
+        ]
+    threads = max(1, torch.get_num_threads() // jobs)
+    context = multiprocessing.get_context("spawn")
+    done: dict[BenchTask, dict[str, Any]] = {}
+    with ProcessPoolExecutor(
+        jobs, mp_context=context, initializer=_init_worker, initargs=(threads,)
+    ) as pool:
+        futures = [pool.submit(run_task, plan, t, out, False) for t in tasks]
+        try:
+            for future in as_completed(futures):
+                result = future.result()  # a task's error stops the benchmark here
+                done[result["task"]] = _announce(result, len(done), len(tasks))
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    return [done[t] for t in tasks]
+
+
+def _announce(result: dict[str, Any], index: int, total: int) -> dict[str, Any]:
+    task = result["task"]
+    scores = ", ".join(
+        f"{dataset} {shots}: {entry['miou']:.1f}"
+        for dataset, by_shots in result["entries"].items()
+        for shots, entry in by_shots.items()
+    )
+    print(
+        f"[{index + 1}/{total}] fold {task.fold} {task.learner} "
+        f"({result['seconds']:.0f} s): {scores}",
+        flush=True,
+    )
+    return result
+
+
+def run_benchmark(
+    plan: BenchPlan, out: str | Path, progress: bool = True, jobs: int = 1
+) -> dict[str, Any]:
+    """Train and evaluate everything; returns learner → dataset → shots → results, the
+    training seconds per learner and fold, example overlays and the wall-clock seconds."""
+    start = time.perf_counter()
+    out = Path(out)
+    for spec in plan.datasets.values():
+        _source(spec)  # a bad spec fails here, before any training
+    tasks = bench_tasks(plan)
+    finished = _run_tasks(plan, tasks, out, progress, min(jobs, len(tasks)))
+    results: dict[str, Any] = {name: {d: {} for d in plan.datasets} for name in plan.learners}
+    timings: dict[str, dict[str, float | None]] = {name: {} for name in plan.learners}
+    overlays: dict[str, dict[str, str]] = {name: {} for name in plan.learners}
+    for fold in plan.folds:  # folds in plan order, whatever order the tasks finished in
+        for result in finished:
+            task = result["task"]
+            if task.fold != fold:
+                continue
+            timings[task.learner][fold] = result["train_seconds"]
+            overlays[task.learner].update(result["overlays"])
+            for dataset, by_shots in result["entries"].items():
+                for shots, entry in by_shots.items():
+                    slot = results[task.learner][dataset].setdefault(shots, {"per_fold": {}})
+                    slot["per_fold"][fold] = entry
     for learner_results in results.values():
         for dataset_results in learner_results.values():
             for entry in dataset_results.values():
                 entry.update(summarize_folds(entry["per_fold"]))
-    return {"results": results, "train_seconds": timings}
+    return {
+        "results": results,
+        "train_seconds": timings,
+        "overlays": overlays,
+        "seconds": time.perf_counter() - start,
+        "jobs": min(jobs, len(tasks)),
+    }

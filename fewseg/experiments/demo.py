@@ -11,12 +11,12 @@ import torch
 
 from fewseg.data.source import SegmentationSource
 from fewseg.data.spec import open_source
-from fewseg.engine.checkpoint import read_checkpoint, restore_learner
+from fewseg.engine.checkpoint import checkpoint_path, read_checkpoint, restore_learner
 from fewseg.engine.config import read_yaml, resolve_config
 from fewseg.engine.evaluate import EvaluationSettings, evaluation_report, foreground_prediction
 from fewseg.engine.figures import episode_row, plot_episode_grid, plot_learning_curves
 from fewseg.engine.report import format_table, write_report
-from fewseg.engine.train import train
+from fewseg.engine.train import check_same_run, train
 from fewseg.episodes.sampler import episode_plan
 from fewseg.episodes.tensors import load_resized_episode
 from fewseg.errors import FewSegError
@@ -74,7 +74,16 @@ def train_learner(plan: DemoPlan, name: str, out: Path, progress: bool) -> tuple
     }
     config, learner_config = resolve_config(values, {}, f"{plan.source_file} ({name})")
     run_dir = out / "train" / name
-    summary = train(config, learner_config, run_dir, resume=False, progress=progress)
+    # A finished run is reused and an interrupted one continues from its checkpoint, exactly
+    # as if it had not stopped; one with other settings is refused with the setting named.
+    resume = checkpoint_path(run_dir).exists()
+    if resume:
+        state = read_checkpoint(run_dir)
+        if state["step"] >= config.steps:
+            effective = LEARNERS.get(name)(learner_config).config  # e.g. fomaml: first_order
+            check_same_run(state, config, effective, checkpoint_path(run_dir))
+            return restore_learner(state, run_dir), state["extra"].get("seconds", 0.0)
+    summary = train(config, learner_config, run_dir, resume=resume, progress=progress)
     return restore_learner(read_checkpoint(run_dir), run_dir), summary["seconds"]
 
 

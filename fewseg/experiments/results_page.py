@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,8 @@ def dataset_table(plan: BenchPlan, results: dict[str, Any], dataset: str) -> str
             entry = by_dataset[dataset][f"{shots}shot"]
             rows.append([
                 name, shots, *(entry["per_fold"][f]["miou"] for f in folds), entry["mean"],
-                f"{entry['seeds_mean']:.1f} ± {entry['std']:.1f}",
+                f"{entry['seeds_mean']:.1f}"
+                + (f" ± {entry['std']:.1f}" if entry["std"] is not None else " (one seed)"),
             ])  # fmt: skip
     return format_table(headers, rows)
 
@@ -61,6 +63,28 @@ def target_lines(plan: BenchPlan, results: dict[str, Any], dataset: str) -> list
     return lines
 
 
+def example_lines(overlays: dict[str, dict[str, str]], figures: Path, plan: BenchPlan) -> list[str]:
+    """Copies each learner's overlay grid (fold ``plan.folds[0]``) next to the page."""
+    lines = []
+    for name, by_dataset in overlays.items():
+        for dataset, path in by_dataset.items():
+            target = figures / f"examples-{name}-{dataset}.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+            lines.append(f"![{name} on {dataset}](figures/{target.name})")
+    if not lines:
+        return []
+    return [
+        "## Examples",
+        "",
+        f"The first episodes of seed {plan.seeds[0]}'s list, {plan.shots[0]}-shot, models "
+        f"trained on fold {plan.folds[0]}: support, query with its ground truth, prediction.",
+        "",
+        *lines,
+        "",
+    ]
+
+
 def write_results(plan: BenchPlan, outcome: dict[str, Any], docs: Path, command: str) -> Path:
     results = outcome["results"]
     datasets = list(next(iter(results.values())))
@@ -68,7 +92,10 @@ def write_results(plan: BenchPlan, outcome: dict[str, Any], docs: Path, command:
     for dataset in datasets:
         scores = {
             f"{shots}-shot": {
-                name: (r[dataset][f"{shots}shot"]["seeds_mean"], r[dataset][f"{shots}shot"]["std"])
+                name: (
+                    r[dataset][f"{shots}shot"]["seeds_mean"],
+                    r[dataset][f"{shots}shot"]["std"] or 0.0,
+                )
                 for name, r in results.items()
             }
             for shots in plan.shots
@@ -96,6 +123,9 @@ def write_results(plan: BenchPlan, outcome: dict[str, Any], docs: Path, command:
         f"- Training: {plan.dataset}, folds {', '.join(plan.folds)} (COCO-20i interleaved), "
         f"meta-train classes only; " + ", ".join(f"{k}={v}" for k, v in plan.train.items()),
         *(f"- `{name}`: {opts or 'defaults'}" for name, opts in plan.learners.items()),
+        f"- Wall clock: {outcome['seconds'] / 60:.0f} min for the whole run, "
+        f"{outcome['jobs']} task(s) at a time (each (fold, learner) trains and evaluates in "
+        "one process).",
         f"- Evaluation: {plan.episodes} episodes per seed, seeds {plan.seeds}; classes with "
         f"fewer than {plan.min_class_images} images left out for every shot count (so 1- and "
         "5-shot use the same classes); scored at the evaluation resolution; mIoU in percent.",
@@ -103,7 +133,12 @@ def write_results(plan: BenchPlan, outcome: dict[str, Any], docs: Path, command:
         f"{plan.seeds[0]}. `seeds mean ± std`: the fold-mean mIoU of each seed, then mean and "
         "population std over seeds.",
         "- Cross-domain: the models trained on each coco-mini fold, evaluated on every class of "
-        "the other dataset (fold `all`); the fold columns name the training fold.",
+        "the other dataset (fold `all`) with seeds "
+        f"{plan.seeds_for(next(iter(plan.cross_domain), plan.dataset_name))}; "
+        "the fold columns name the training fold.",
+        "- Repeated support sets: at test time adaptation is deterministic, so an episode "
+        "whose class and support images were met before (common at 1-shot) reuses the "
+        "predictor built then; scores are identical to adapting again (tested).",
         "- Feature reuse: the backbone is frozen, so its features are computed once per "
         "distinct image (content-keyed cache). Training runs without augmentation "
         "(`augment: false`) so that the cache serves training too; with augmentation every "
@@ -130,6 +165,7 @@ def write_results(plan: BenchPlan, outcome: dict[str, Any], docs: Path, command:
             "",
         ]
     lines += ["## Targets", "", *target_lines(plan, results, first), ""]
+    lines += example_lines(outcome.get("overlays", {}), figures, plan)
     seconds = outcome["train_seconds"]
     lines += [
         "## Training time (s per fold)",
@@ -170,6 +206,8 @@ def write_results(plan: BenchPlan, outcome: dict[str, Any], docs: Path, command:
                 for name, by_dataset in results.items()
             },
             "train_seconds": seconds,
+            "wall_seconds": outcome["seconds"],
+            "jobs": outcome["jobs"],
         },
     )
     return docs / "results.md"

@@ -18,12 +18,39 @@ from fewseg.episodes.tensors import SupportSet
 from fewseg.learners.base import Learner, Predictor, build_backbone
 from fewseg.learners.config import LearnerConfig
 from fewseg.learners.inner_loop import LossFunction, Params, adapt_parameters
-from fewseg.learners.losses import foreground_bce
+from fewseg.learners.losses import balanced_pixel_weights, weighted_bce
 from fewseg.models.feature_cache import FeatureCache, encode
 from fewseg.models.segmenter import Segmenter, two_class_logits
 from fewseg.models.upsample import bilinear_resize
 
 HEAD_PREFIX = "head."
+
+
+def nearest_indices(size_in: int, size_out: int, device: torch.device) -> torch.Tensor:
+    """The input pixel whose centre is nearest each output pixel's centre."""
+    centres = (
+        (torch.arange(size_out, device=device, dtype=torch.float64) + 0.5) * size_in / size_out
+    )
+    return centres.floor().long().clamp_max(size_in - 1)
+
+
+def subsample_masks(
+    masks: torch.Tensor, ignore: torch.Tensor, side: int
+) -> tuple[tuple[int, int], torch.Tensor, torch.Tensor]:
+    """Masks and ignore [..., H, W] on a grid whose longer side is ``side`` (nearest
+    pixel; unchanged when already that small): the new (h, w), masks, ignore."""
+    height, width = masks.shape[-2:]
+    if max(height, width) <= side:
+        return (height, width), masks, ignore
+    scale = side / max(height, width)
+    new = (max(1, round(height * scale)), max(1, round(width * scale)))
+    rows = nearest_indices(height, new[0], masks.device)
+    columns = nearest_indices(width, new[1], masks.device)
+
+    def grid(x: torch.Tensor) -> torch.Tensor:
+        return x.index_select(-2, rows).index_select(-1, columns)
+
+    return new, grid(masks), grid(ignore)
 
 
 class GradientAdaptedSegmenter(Learner):
@@ -73,10 +100,16 @@ class GradientAdaptedSegmenter(Learner):
         masks: torch.Tensor,
         ignore: torch.Tensor,
     ) -> LossFunction:
-        """params → the loss of the logits on ``inputs`` (features or images) at ``size``."""
+        """params → the class-balanced BCE (``foreground_bce``) of the logits on ``inputs``
+        (features or images) against masks of ``size``; the pixel weights are computed
+        once, here. With ``loss_size`` set (and a frozen encoder) the logits are resized
+        straight to that grid and the masks subsampled onto it."""
+        if self.head_only and self.config.loss_size:
+            size, masks, ignore = subsample_masks(masks, ignore, self.config.loss_size)
+        target, weights = balanced_pixel_weights(masks, ignore, inputs.dtype)
 
         def loss(params: Params) -> torch.Tensor:
-            return foreground_bce(self.logits(params, inputs, size), masks, ignore)
+            return weighted_bce(self.logits(params, inputs, size), target, weights)
 
         return loss
 

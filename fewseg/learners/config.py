@@ -24,6 +24,8 @@ class LearnerConfig:
     head_only: bool = False  # ANIL: adapt only the decoder head
     meta_sgd: bool = False  # learn one inner learning rate per parameter tensor element
     batch_tasks: bool = True  # frozen encoder: adapt same-shape tasks together (vmap)
+    # side of the grid the pixel losses use (masks subsampled, nearest); 0: the image size
+    loss_size: int = 0
     reptile_optimizer: str = "sgd"  # inner optimizer of reptile: sgd | adam
     reptile_epsilon: float = 0.5  # outer step: θ ← θ + ε (mean θ' − θ)
     # prototypes: protonet
@@ -31,6 +33,10 @@ class LearnerConfig:
     alignment_weight: float = 1.0  # prototype alignment regularisation (0 = off)
     # outer loop
     outer_lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.loss_size < 0:
+            raise FewSegError(f"loss_size must be >= 0 (0: the image size), got {self.loss_size}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> LearnerConfig:

@@ -16,8 +16,6 @@ from fewseg.episodes.tensors import EpisodeTensors
 from fewseg.errors import FewSegError
 from fewseg.learners.adaptation import GradientAdaptedSegmenter
 from fewseg.learners.base import LEARNERS
-from fewseg.learners.losses import foreground_bce
-from fewseg.models.upsample import bilinear_resize
 
 
 class FineTune(GradientAdaptedSegmenter):
@@ -40,8 +38,9 @@ class FineTune(GradientAdaptedSegmenter):
         images = torch.cat([e.images for e in examples]).to(device)
         masks = torch.cat([e.masks for e in examples]).to(device)
         ignore = torch.cat([e.ignore for e in examples]).to(device)
-        logits = bilinear_resize(self.model.head(self.encode(images)), images.shape[-2:])
-        loss = foreground_bce(logits, masks, ignore)
+        loss = self.pixel_loss(self.inputs(images), images.shape[-2:], masks, ignore)(
+            self.initial_parameters()
+        )
         loss.backward()
         return {"loss": loss.item()}
 

@@ -6,6 +6,31 @@ import torch
 import torch.nn.functional as F
 
 
+def balanced_pixel_weights(
+    masks: torch.Tensor, ignore: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(targets, weights) of :func:`foreground_bce` for masks [B,H,W] in {0,1}: each valid
+    foreground pixel weighs 1/#foreground, each valid background pixel 1/#background,
+    divided by the number of the two kinds present; ignored pixels weigh 0. They depend on
+    the masks alone, so an inner loop computes them once for all its steps.
+    """
+    valid = (~ignore).to(dtype)
+    target = masks.to(dtype)
+    foreground = target * valid
+    background = valid - foreground
+    n_foreground, n_background = foreground.sum(), background.sum()
+    present = (n_foreground > 0).to(dtype) + (n_background > 0).to(dtype)
+    weights = foreground / n_foreground.clamp_min(1.0) + background / n_background.clamp_min(1.0)
+    return target, weights / present.clamp_min(1.0)
+
+
+def weighted_bce(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Σ weights · BCE(logits, target): one fused kernel forward and backward."""
+    return F.binary_cross_entropy_with_logits(
+        logits.reshape(target.shape), target, weight=weights, reduction="sum"
+    )
+
+
 def foreground_bce(logits: torch.Tensor, masks: torch.Tensor, ignore: torch.Tensor) -> torch.Tensor:
     """Class-balanced binary cross-entropy of foreground logits [B,1,H,W] (or [B,H,W])
     against masks [B,H,W] in {0,1}: the mean over foreground pixels and the mean over
@@ -13,17 +38,7 @@ def foreground_bce(logits: torch.Tensor, masks: torch.Tensor, ignore: torch.Tens
     count in neither. Few-shot targets are often a few percent of the image; an unweighted
     mean would be minimised by predicting background everywhere.
     """
-    logits = logits.reshape(masks.shape)
-    valid = (~ignore).to(logits.dtype)
-    target = masks.to(logits.dtype)
-    losses = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    foreground, background = target * valid, (1 - target) * valid
-    n_foreground, n_background = foreground.sum(), background.sum()
-    total = (losses * foreground).sum() / n_foreground.clamp_min(1.0) + (
-        losses * background
-    ).sum() / n_background.clamp_min(1.0)
-    present = (n_foreground > 0).to(logits.dtype) + (n_background > 0).to(logits.dtype)
-    return total / present.clamp_min(1.0)
+    return weighted_bce(logits, *balanced_pixel_weights(masks, ignore, logits.dtype))
 
 
 def two_class_cross_entropy(

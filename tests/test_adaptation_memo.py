@@ -1,0 +1,60 @@
+import pytest
+import torch
+
+from fewseg.data.spec import open_source
+from fewseg.engine.adaptation_memo import AdaptationMemo
+from fewseg.engine.evaluate import EvaluationSettings, score_plan
+from fewseg.episodes.sampler import episode_plan
+from fewseg.learners.base import LEARNERS
+from fewseg.learners.config import LearnerConfig
+
+
+def test_a_key_seen_before_returns_the_same_predictor_without_adapting():
+    memo = AdaptationMemo(capacity=2)
+    calls: list[str] = []
+
+    def adapter(name: str):
+        def adapt():
+            calls.append(name)
+            return lambda q: q + len(name)
+
+        return adapt
+
+    first = memo.predictor("a", adapter("a"))
+    assert memo.predictor("a", adapter("a")) is first
+    memo.predictor("b", adapter("b"))
+    memo.predictor("a", adapter("a"))  # a is now the most recently used
+    memo.predictor("c", adapter("c"))  # evicts b
+    assert len(memo) == 2
+    memo.predictor("b", adapter("b"))
+    assert calls == ["a", "b", "c", "b"]
+    assert (memo.hits, memo.misses) == (2, 4)
+
+
+def test_capacity_zero_keeps_nothing():
+    memo = AdaptationMemo(capacity=0)
+    calls = []
+    for _ in range(3):
+        memo.predictor("a", lambda: calls.append(1) or (lambda q: q))
+    assert len(calls) == 3 and len(memo) == 0
+    with pytest.raises(ValueError, match="capacity"):
+        AdaptationMemo(capacity=-1)
+
+
+@pytest.mark.parametrize("learner_name", ["maml", "protonet"])
+def test_memoised_evaluation_scores_exactly_as_adapting_every_episode(learner_name):
+    torch.manual_seed(0)
+    source = open_source("synthetic:images=4,size=64")
+    config = LearnerConfig(backbone="convnet", hidden=8, inner_steps=2)
+    learner = LEARNERS.get(learner_name)(config)
+    split = source.fold_split("0")
+    plan = episode_plan(source, split.test, 1, 40, seed=0)
+    distinct = {(e.class_index, e.support) for e in plan.episodes}
+    assert len(distinct) < len(plan.episodes)  # the list repeats support sets
+    settings = EvaluationSettings("0", 1, 40, 64, progress=False)
+    memo = AdaptationMemo()
+    memoised = score_plan(learner, source, plan, settings, memo=memo)
+    plain = score_plan(learner, source, plan, settings)
+    assert (memo.misses, memo.hits) == (len(distinct), len(plan.episodes) - len(distinct))
+    assert torch.equal(memoised.intersection, plain.intersection)
+    assert torch.equal(memoised.union, plain.union)
