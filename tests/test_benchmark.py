@@ -69,9 +69,14 @@ def test_tiny_benchmark_writes_results(tmp_path: Path) -> None:
     assert other["miou"] == report["runs"][0]["miou"]
     text = page.read_text()
     assert "## other" in text and "Published anchors" in text and "## Targets" in text
-    assert (
-        "## Examples" in text and (tmp_path / "docs/figures/examples-finetune-other.png").exists()
-    )
+    assert "## Examples" in text
+    for dataset in ("synthetic:images=8,size=64", "other"):  # the best learner's grid each
+        means = {n: r[dataset]["1shot"]["mean"] for n, r in data["results"].items()}
+        best = max(means, key=means.__getitem__)
+        shown = sorted(
+            p.name for p in (tmp_path / "docs/figures").glob(f"examples-*-{dataset}.jpg")
+        )
+        assert shown == [f"examples-{best}-{dataset}.jpg"]
     assert (tmp_path / "docs/figures/results-other.png").stat().st_size > 1000
 
 

@@ -21,7 +21,7 @@ from fewseg.engine.adaptation_memo import AdaptationMemo
 from fewseg.episodes.prefetch import prefetched
 from fewseg.episodes.sampler import EpisodePlan, episode_plan
 from fewseg.episodes.tensors import EpisodeDataset, EpisodeTensors
-from fewseg.learners.base import Learner
+from fewseg.learners.base import Learner, Predictor
 from fewseg.metrics import SegmentationScores
 
 SCORING_BACKLOG = 8  # predictions waiting to be scored (bounds memory)
@@ -85,8 +85,10 @@ def score_plan(
     learner.eval()
     quiet = not settings.progress or not distributed.is_main()
     bar = tqdm(loader, desc=description, unit="ep", total=len(dataset), disable=quiet, leave=False)
-    # Scoring runs on a second thread, one episode behind adaptation; the counts are
-    # integers, so the sums do not depend on timing.
+    # Scoring runs on a second thread, behind adaptation, and so does prediction where the
+    # learner allows it: the main thread adapts and puts the query's features in the
+    # learner's cache, where the prediction finds them. The counts are integers, so the
+    # sums do not depend on timing.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fewseg-score") as scorer:
         pending: deque[Future[None]] = deque()
         for planned, episode in zip(dataset.episodes, bar, strict=True):
@@ -95,8 +97,12 @@ def score_plan(
                 (planned.class_index, planned.support),
                 lambda: learner.adapt(support.to(device)),  # noqa: B023 (called at once)
             )
-            logits = predict(episode.query_image[None].to(device))
-            pending.append(scorer.submit(_score, scores, episode, logits))
+            query = episode.query_image[None].to(device)
+            if learner.concurrent_prediction:
+                learner.cache_features(query)
+            else:
+                predict = _predicted(predict(query))
+            pending.append(scorer.submit(_predict_and_score, scores, episode, predict, query))
             if len(pending) > SCORING_BACKLOG:
                 pending.popleft().result()
         for future in pending:
@@ -104,8 +110,14 @@ def score_plan(
     return distributed.all_reduce_scores(scores)
 
 
-def _score(scores: SegmentationScores, episode: EpisodeTensors, logits: torch.Tensor) -> None:
-    prediction = foreground_prediction(logits)[0].cpu()
+def _predicted(logits: torch.Tensor) -> Predictor:
+    return lambda _: logits
+
+
+def _predict_and_score(
+    scores: SegmentationScores, episode: EpisodeTensors, predict: Predictor, query: torch.Tensor
+) -> None:
+    prediction = foreground_prediction(predict(query))[0].cpu()
     scores.update(episode.class_index, prediction, episode.query_mask.bool(), episode.query_ignore)
 
 

@@ -4,6 +4,7 @@ Writes ``results.json``, ``results.md`` and figures."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import statistics
 import time
@@ -20,6 +21,7 @@ from fewseg.engine.evaluate import EvaluationSettings, evaluation_report
 from fewseg.engine.report import write_report
 from fewseg.errors import FewSegError
 from fewseg.experiments.demo import DemoPlan, overlay_grid, prepare_learner
+from fewseg.learners.base import Learner
 
 
 @dataclass
@@ -164,6 +166,7 @@ def run_task(plan: BenchPlan, task: BenchTask, out: Path, progress: bool) -> dic
     )
     entries: dict[str, dict[str, Any]] = {}
     overlays: dict[str, str] = {}
+    work_seconds = train_seconds or 0.0
     for dataset, spec in plan.datasets.items():
         source = _source(spec)
         eval_fold = task.fold if dataset == plan.dataset_name else "all"
@@ -177,8 +180,13 @@ def run_task(plan: BenchPlan, task: BenchTask, out: Path, progress: bool) -> dic
                 progress=progress,
                 min_class_images=plan.min_class_images,
             )
-            report = evaluation_report(learner, source, spec, settings, plan.seeds_for(dataset))
-            write_report(fold_dir / "eval" / f"{task.learner}-{dataset}-{shots}shot", report)
+            seeds = plan.seeds_for(dataset)
+            report_dir = fold_dir / "eval" / f"{task.learner}-{dataset}-{shots}shot"
+            report = finished_report(report_dir, learner, spec, settings, seeds)
+            if report is None:
+                report = evaluation_report(learner, source, spec, settings, seeds)
+                write_report(report_dir, report)
+            work_seconds += report["seconds"]
             entries.setdefault(dataset, {})[f"{shots}shot"] = fold_entry(report)
         if task.fold == plan.folds[0]:
             overlay = fold_dir / "overlays" / f"{task.learner}-{dataset}-{plan.shots[0]}shot.png"
@@ -191,7 +199,40 @@ def run_task(plan: BenchPlan, task: BenchTask, out: Path, progress: bool) -> dic
         "train_seconds": train_seconds,
         "overlays": overlays,
         "seconds": time.perf_counter() - start,
+        "work_seconds": work_seconds,
     }
+
+
+def finished_report(
+    report_dir: Path,
+    learner: Learner,
+    spec: str,
+    settings: EvaluationSettings,
+    seeds: list[int],
+) -> dict[str, Any] | None:
+    """The report an earlier (interrupted) run wrote for this very evaluation, if any: same
+    dataset, fold, shots, episodes, seeds, image size and learner settings. Delete the run
+    directory to evaluate again."""
+    path = report_dir / "report.json"
+    if not path.is_file():
+        return None
+    try:
+        report = json.loads(path.read_text())
+        written = report["settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # unreadable: evaluate again
+    expected = {
+        "dataset": spec,
+        "fold": settings.fold,
+        "shots": settings.shots,
+        "episodes": settings.episodes,
+        "seeds": seeds,
+        "image_size": settings.size,
+        "learner": json.loads(json.dumps(learner.settings())),
+    }
+    if any(written.get(k) != v for k, v in expected.items()):
+        return None
+    return report
 
 
 def _init_worker(threads: int) -> None:
@@ -210,8 +251,14 @@ def _run_tasks(
     threads = max(1, torch.get_num_threads() // jobs)
     context = multiprocessing.get_context("spawn")
     done: dict[BenchTask, dict[str, Any]] = {}
+    # One process per task: what a task decoded and cached is freed with it (holding the
+    # samples and features of several tasks' datasets ran this 24 GiB machine out of memory).
     with ProcessPoolExecutor(
-        jobs, mp_context=context, initializer=_init_worker, initargs=(threads,)
+        jobs,
+        mp_context=context,
+        initializer=_init_worker,
+        initargs=(threads,),
+        max_tasks_per_child=1,
     ) as pool:
         futures = [pool.submit(run_task, plan, t, out, False) for t in tasks]
         try:
@@ -254,12 +301,14 @@ def run_benchmark(
     results: dict[str, Any] = {name: {d: {} for d in plan.datasets} for name in plan.learners}
     timings: dict[str, dict[str, float | None]] = {name: {} for name in plan.learners}
     overlays: dict[str, dict[str, str]] = {name: {} for name in plan.learners}
+    work: dict[str, dict[str, float]] = {name: {} for name in plan.learners}
     for fold in plan.folds:  # folds in plan order, whatever order the tasks finished in
         for result in finished:
             task = result["task"]
             if task.fold != fold:
                 continue
             timings[task.learner][fold] = result["train_seconds"]
+            work[task.learner][fold] = result["work_seconds"]
             overlays[task.learner].update(result["overlays"])
             for dataset, by_shots in result["entries"].items():
                 for shots, entry in by_shots.items():
@@ -273,6 +322,7 @@ def run_benchmark(
         "results": results,
         "train_seconds": timings,
         "overlays": overlays,
+        "work_seconds": work,
         "seconds": time.perf_counter() - start,
         "jobs": min(jobs, len(tasks)),
     }

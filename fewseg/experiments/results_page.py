@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import platform
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from fewseg.engine.figures import plot_score_bars
 from fewseg.engine.report import format_table
@@ -63,22 +63,40 @@ def target_lines(plan: BenchPlan, results: dict[str, Any], dataset: str) -> list
     return lines
 
 
-def example_lines(overlays: dict[str, dict[str, str]], figures: Path, plan: BenchPlan) -> list[str]:
-    """Copies each learner's overlay grid (fold ``plan.folds[0]``) next to the page."""
+def work_total(outcome: dict[str, Any]) -> float:
+    """Seconds of training and evaluation summed over every task (reused ones included)."""
+    return sum(s for by_fold in outcome["work_seconds"].values() for s in by_fold.values())
+
+
+def example_lines(
+    overlays: dict[str, dict[str, str]], results: dict[str, Any], figures: Path, plan: BenchPlan
+) -> list[str]:
+    """Per dataset, the overlay grid (fold ``plan.folds[0]``) of the learner with the best
+    mean at the first shot count, and the training-free baseline's for comparison, saved
+    as JPEG next to the page (every learner's PNG stays in the run directory)."""
+    key = f"{plan.shots[0]}shot"
     lines = []
-    for name, by_dataset in overlays.items():
-        for dataset, path in by_dataset.items():
-            target = figures / f"examples-{name}-{dataset}.png"
+    for dataset in plan.datasets:
+        candidates = [n for n in overlays if dataset in overlays[n]]
+        if not candidates:
+            continue
+        best = max(candidates, key=lambda n: results[n][dataset][key]["mean"])
+        shown = [best, *(["baseline"] if "baseline" in candidates and best != "baseline" else [])]
+        for name in shown:
+            target = figures / f"examples-{name}-{dataset}.jpg"
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target)
-            lines.append(f"![{name} on {dataset}](figures/{target.name})")
+            with Image.open(overlays[name][dataset]) as image:
+                image.convert("RGB").save(target, quality=85)
+            label = "best" if name == best else "training-free"
+            lines.append(f"![{name} ({label}) on {dataset}](figures/{target.name})")
     if not lines:
         return []
     return [
         "## Examples",
         "",
         f"The first episodes of seed {plan.seeds[0]}'s list, {plan.shots[0]}-shot, models "
-        f"trained on fold {plan.folds[0]}: support, query with its ground truth, prediction.",
+        f"trained on fold {plan.folds[0]}: support, query with its ground truth, prediction. "
+        "Every learner's grid is in the run directory (`fold*/overlays/`).",
         "",
         *lines,
         "",
@@ -123,9 +141,13 @@ def write_results(plan: BenchPlan, outcome: dict[str, Any], docs: Path, command:
         f"- Training: {plan.dataset}, folds {', '.join(plan.folds)} (COCO-20i interleaved), "
         f"meta-train classes only; " + ", ".join(f"{k}={v}" for k, v in plan.train.items()),
         *(f"- `{name}`: {opts or 'defaults'}" for name, opts in plan.learners.items()),
-        f"- Wall clock: {outcome['seconds'] / 60:.0f} min for the whole run, "
-        f"{outcome['jobs']} task(s) at a time (each (fold, learner) trains and evaluates in "
-        "one process).",
+        f"- Time: {outcome['jobs']} task(s) at a time, each (fold, learner) training and "
+        "evaluating in a process of its own; "
+        f"{outcome['seconds'] // 60:.0f} min {outcome['seconds'] % 60:.0f} s of wall clock for "
+        "this invocation; the tasks' training and evaluation add up to "
+        f"{work_total(outcome) / 60:.0f} min ({work_total(outcome) / 60 / outcome['jobs']:.0f} "
+        "min per job; an interrupted run resumes from its checkpoints and finished "
+        "evaluations, whose recorded times count here).",
         f"- Evaluation: {plan.episodes} episodes per seed, seeds {plan.seeds}; classes with "
         f"fewer than {plan.min_class_images} images left out for every shot count (so 1- and "
         "5-shot use the same classes); scored at the evaluation resolution; mIoU in percent.",
@@ -165,7 +187,7 @@ def write_results(plan: BenchPlan, outcome: dict[str, Any], docs: Path, command:
             "",
         ]
     lines += ["## Targets", "", *target_lines(plan, results, first), ""]
-    lines += example_lines(outcome.get("overlays", {}), figures, plan)
+    lines += example_lines(outcome.get("overlays", {}), results, figures, plan)
     seconds = outcome["train_seconds"]
     lines += [
         "## Training time (s per fold)",
@@ -207,6 +229,7 @@ def write_results(plan: BenchPlan, outcome: dict[str, Any], docs: Path, command:
             },
             "train_seconds": seconds,
             "wall_seconds": outcome["seconds"],
+            "work_seconds": outcome["work_seconds"],
             "jobs": outcome["jobs"],
         },
     )

@@ -30,6 +30,10 @@ class Learner(nn.Module, ABC):
 
     name: ClassVar[str]
     trainable: ClassVar[bool] = True
+    # Its predictors change no module state, so they may run on another thread while it
+    # adapts to the next support set (not so with torch.func.functional_call, which swaps
+    # the module's parameters for the duration of a call).
+    concurrent_prediction: ClassVar[bool] = False
 
     def __init__(self, config: LearnerConfig) -> None:
         super().__init__()
@@ -38,6 +42,11 @@ class Learner(nn.Module, ABC):
     @abstractmethod
     def adapt(self, support: SupportSet) -> Predictor:
         """Adapt to the support set of one episode."""
+
+    def cache_features(self, images: torch.Tensor) -> None:
+        """Compute and keep the encoder features of ``images`` if this learner caches them
+        (a frozen backbone's); otherwise nothing. The evaluation calls it for each query on
+        its main thread, then predicts on its scoring thread, where the features are found."""
 
     def meta_gradients(self, episodes: Sequence[EpisodeTensors]) -> dict[str, float]:
         """Accumulate the meta-gradient of a meta-batch into ``.grad``; return its metrics."""

@@ -26,12 +26,16 @@ class PrototypeBaseline(Learner):
     name = "baseline"
 
     trainable = False
+    concurrent_prediction = True
 
     def __init__(self, config: LearnerConfig, backbone: Backbone | None = None) -> None:
         super().__init__(config)
         self.backbone = backbone if backbone is not None else build_backbone(config)
         self.backbone.freeze()
         self.features = FeatureCache(self.backbone)
+
+    def cache_features(self, images: torch.Tensor) -> None:
+        self.features(images)
 
     @torch.no_grad()
     def adapt(self, support: SupportSet) -> Predictor:

@@ -38,6 +38,7 @@ class ProtoNet(Learner):
     """
 
     name = "protonet"
+    concurrent_prediction = True
 
     def __init__(self, config: LearnerConfig, backbone: Backbone | None = None) -> None:
         super().__init__(config)
@@ -59,6 +60,10 @@ class ProtoNet(Learner):
     @property
     def scale(self) -> torch.Tensor:
         return self.log_scale.exp()
+
+    def cache_features(self, images: torch.Tensor) -> None:
+        if self.encoder.frozen:
+            self.feature_cache(images)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Neck features [B,hidden,h,w] (see :func:`fewseg.models.feature_cache.encode`)."""

@@ -71,6 +71,7 @@ class MobileNetV2Features(Backbone):
     """
 
     STRIDES = (2, 2, 4, 4, 8, 8, 8, 16, 16, 16, 16, 16, 16, 16, 32, 32, 32, 32, 32)
+    PER_IMAGE_BLOCKS = 5  # blocks 0-4: their inputs are at stride 2 or 4
 
     def __init__(
         self,
@@ -113,13 +114,34 @@ class MobileNetV2Features(Backbone):
         except RuntimeError:
             raise FewSegError(f"{weights_path}: not MobileNetV2 weights") from None
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        outputs = []
-        x = images.contiguous(memory_format=torch.channels_last)
-        for i, block in enumerate(self.blocks):
-            x = block(x)
+    def _run(self, x: torch.Tensor, blocks: range, outputs: list[torch.Tensor]) -> torch.Tensor:
+        for i in blocks:
+            x = self.blocks[i](x)
             if i in self.taps:
                 outputs.append(x)
+        return x
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Without autograd, the high-resolution blocks (input stride < 8) take one image at a
+        time and the rest the whole batch: the peak memory of a batch is then about that of
+        one image plus the batch's small stride-4 maps, where the early blocks dominate;
+        they are also where batching gains least. The features are bitwise those of one
+        batched pass on CPU (tests/test_backbones.py)."""
+        x = images.contiguous(memory_format=torch.channels_last)
+        split = min(self.PER_IMAGE_BLOCKS, len(self.blocks))
+        outputs: list[torch.Tensor] = []
+        if len(x) > 1 and not torch.is_grad_enabled():
+            per_image = [[] for _ in range(len(x))]  # tap outputs among the early blocks
+            x = torch.cat(
+                [
+                    self._run(image[None], range(split), taps)
+                    for image, taps in zip(x, per_image, strict=True)
+                ]
+            )
+            outputs = [torch.cat(maps) for maps in zip(*per_image, strict=True)]
+        else:
+            x = self._run(x, range(split), outputs)
+        self._run(x, range(split, len(self.blocks)), outputs)
         size = outputs[0].shape[-2:]
         resized = [
             o if o.shape[-2:] == size else F.interpolate(o, size, mode="bilinear") for o in outputs

@@ -12,6 +12,7 @@ equal; tests/test_feature_cache.py checks it).
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -77,12 +78,14 @@ class FeatureCache:
         self.max_bytes = max_bytes
         self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
         self._bytes = 0
+        self._lock = threading.Lock()  # lookups may come from an evaluation's scoring thread
         self.hits = 0
         self.misses = 0
 
     def clear(self) -> None:
-        self._entries.clear()
-        self._bytes = 0
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
 
     def _find(self, key: bytes, image: torch.Tensor) -> torch.Tensor | None:
         cached = self._entries.get(key)
@@ -109,15 +112,17 @@ class FeatureCache:
             raise ValueError("FeatureCache needs a frozen backbone: features would go stale")
         with torch.no_grad():
             keys = [image_key(image) for image in images]
-            found = [self._find(k, image) for k, image in zip(keys, images, strict=True)]
+            with self._lock:
+                found = [self._find(k, image) for k, image in zip(keys, images, strict=True)]
             missing = [i for i, f in enumerate(found) if f is None]
             self.hits += len(images) - len(missing)
             self.misses += len(missing)
             if missing:
                 computed = self.backbone(images[missing])
-                for i, features in zip(missing, computed, strict=True):
-                    self._store(keys[i], images[i], features)
-                    found[i] = features
+                with self._lock:
+                    for i, features in zip(missing, computed, strict=True):
+                        self._store(keys[i], images[i], features)
+                        found[i] = features
             return found[0][None] if len(found) == 1 else torch.stack(found)
 
 

@@ -1,0 +1,29 @@
+import pytest
+import torch
+
+from fewseg.data.spec import open_source
+from fewseg.engine.evaluate import EvaluationSettings, score_plan
+from fewseg.episodes.sampler import episode_plan
+from fewseg.learners.base import LEARNERS
+from fewseg.learners.config import LearnerConfig
+
+
+@pytest.mark.parametrize("learner_name", ["protonet", "baseline"])
+def test_predicting_on_the_scoring_thread_scores_as_predicting_in_order(
+    learner_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.manual_seed(0)
+    source = open_source("synthetic:images=4,size=64")
+    backbone = "convnet" if learner_name == "protonet" else "mobilenet_v2"
+    learner = LEARNERS.get(learner_name)(
+        LearnerConfig(backbone=backbone, hidden=8, pretrained=False)
+    )
+    assert learner.concurrent_prediction
+    plan = episode_plan(source, source.fold_split("0").test, 2, 30, seed=1)
+    settings = EvaluationSettings("0", 2, 30, 64, progress=False)
+    concurrent = score_plan(learner, source, plan, settings)
+    monkeypatch.setattr(type(learner), "concurrent_prediction", False)
+    in_order = score_plan(learner, source, plan, settings)
+    assert torch.equal(concurrent.intersection, in_order.intersection)
+    assert torch.equal(concurrent.union, in_order.union)
+    assert concurrent.union.sum() > 0
