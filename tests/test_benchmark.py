@@ -24,6 +24,16 @@ quick: {folds: ["1"], episodes: 2, seeds: [3], steps: 1}
 """
 
 
+def scores(outcome: dict) -> dict:
+    return {
+        (name, dataset, shots, fold): (e["miou"], e["fbiou"], e["seed_miou"])
+        for name, by_dataset in outcome["results"].items()
+        for dataset, by_shots in by_dataset.items()
+        for shots, entry in by_shots.items()
+        for fold, e in entry["per_fold"].items()
+    }
+
+
 def test_summary_is_fold_mean_per_seed_then_statistics_over_seeds() -> None:
     per_fold = {
         "0": {"miou": 10.0, "fbiou": 50.0, "seed_miou": [10.0, 20.0]},
@@ -99,16 +109,29 @@ def test_two_jobs_give_the_results_of_one(tmp_path: Path) -> None:
     parallel = run_benchmark(plan, tmp_path / "parallel", progress=False, jobs=2)
     assert parallel["jobs"] == 2
 
-    def scores(outcome: dict) -> dict:
-        return {
-            (name, dataset, shots, fold): (e["miou"], e["fbiou"], e["seed_miou"])
-            for name, by_dataset in outcome["results"].items()
-            for dataset, by_shots in by_dataset.items()
-            for shots, entry in by_shots.items()
-            for fold, e in entry["per_fold"].items()
-        }
-
     assert scores(parallel) == scores(serial)
     assert list(parallel["results"]["protonet"]["other"]["1shot"]["per_fold"]) == ["0", "1"]
     overlay = Path(parallel["overlays"]["finetune"]["other"])
     assert overlay.parent == tmp_path / "parallel/fold0/overlays" and overlay.stat().st_size > 1000
+
+
+def test_an_interrupted_benchmark_reuses_its_finished_training_and_evaluations(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "bench.yaml"
+    path.write_text(PLAN)
+    plan = read_bench_plan(path)
+    first = run_benchmark(plan, tmp_path / "runs", progress=False)
+    report = tmp_path / "runs/fold0/eval/finetune-other-2shot/report.json"
+    checkpoint = tmp_path / "runs/fold0/train/finetune/checkpoint.pt"
+    written = (report.stat().st_mtime_ns, checkpoint.stat().st_mtime_ns)
+    stale = tmp_path / "runs/fold1/eval/protonet-other-1shot/report.json"
+    data = json.loads(stale.read_text())
+    data["settings"]["episodes"] = 999  # another evaluation's report: not reused
+    stale.write_text(json.dumps(data))
+    again = run_benchmark(plan, tmp_path / "runs", progress=False)
+    assert (report.stat().st_mtime_ns, checkpoint.stat().st_mtime_ns) == written
+    assert json.loads(stale.read_text())["settings"]["episodes"] == 4  # evaluated again
+    assert scores(again) == scores(first)
+    unchanged = again["work_seconds"]["finetune"]["0"]
+    assert unchanged == pytest.approx(first["work_seconds"]["finetune"]["0"])

@@ -84,7 +84,8 @@ def train_learner(plan: DemoPlan, name: str, out: Path, progress: bool) -> tuple
             check_same_run(state, config, effective, checkpoint_path(run_dir))
             return restore_learner(state, run_dir), state["extra"].get("seconds", 0.0)
     summary = train(config, learner_config, run_dir, resume=resume, progress=progress)
-    return restore_learner(read_checkpoint(run_dir), run_dir), summary["seconds"]
+    state = read_checkpoint(run_dir)  # its seconds: the same figure a reuse reports
+    return restore_learner(state, run_dir), state["extra"].get("seconds", summary["seconds"])
 
 
 def prepare_learner(
