@@ -46,6 +46,12 @@ def main() -> None:
     parser.add_argument("--backbone", default="mobilenet_v2")
     parser.add_argument("--learners", default="baseline,protonet")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--compare-in-order",
+        action="store_true",
+        help="also time each learner that predicts on the scoring thread with prediction "
+        "kept on the main thread, in order (the evaluation before that change)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -65,10 +71,19 @@ def main() -> None:
     settings = EvaluationSettings(
         fold=args.fold, shots=args.shots, episodes=args.episodes, size=args.size, progress=False
     )
-    for name in args.learners.split(","):
+    runs = [(name, True) for name in args.learners.split(",")]
+    if args.compare_in_order:
+        runs += [(name, False) for name, _ in runs]
+    for name, concurrent in runs:
         before = floor_seconds(images, backbone)
         torch.manual_seed(0)
         learner = LEARNERS.get(name)(LearnerConfig(backbone=args.backbone))
+        label = name
+        if not concurrent:
+            if not learner.concurrent_prediction:
+                continue
+            learner.concurrent_prediction = False  # this instance only
+            label = f"{name} (prediction in order)"
         fresh_source = open_source(args.dataset)
         start = time.perf_counter()
         result = evaluate(learner, fresh_source, settings, [0])
@@ -76,7 +91,7 @@ def main() -> None:
         after = floor_seconds(images, backbone)
         floor = statistics.fmean([before, after])
         print(
-            f"{name:9s} evaluate {seconds:6.1f} s  floor {floor:6.1f} s "
+            f"{label:30s} evaluate {seconds:6.1f} s  floor {floor:6.1f} s "
             f"({before:.1f} / {after:.1f})  ratio evaluate/floor = {seconds / floor:.2f}  "
             f"(mIoU {result['miou']:.2f})",
             flush=True,

@@ -95,7 +95,7 @@ def read_bench_plan(path: str | Path, quick: bool = False) -> BenchPlan:
             ),
             dataset_name=str(values.get("dataset_name", values["dataset"])),
             source_file=str(path),
-            settings={"quick": quick, **values},
+            settings={**values, "quick": quick},  # the flag, not the YAML's `quick` overrides
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise FewSegError(f"{path}: not a benchmark plan ({exc})") from None
