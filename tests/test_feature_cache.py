@@ -102,3 +102,16 @@ def test_misses_of_one_call_are_encoded_together_and_equal_one_by_one() -> None:
     assert torch.equal(together, one_by_one)
     assert torch.equal(batched(images[[3, 1]]), one_by_one[[3, 1]])
     assert batched.hits == 2
+
+
+def test_a_copied_cache_has_its_own_lock_and_entries() -> None:
+    import copy
+
+    from fewseg.models.backbones import BACKBONES
+
+    cache = FeatureCache(BACKBONES.get("mobilenet_v2")(pretrained=False, frozen=True).eval())
+    images = torch.randn(1, 3, 64, 64)
+    cache(images)
+    copied = copy.deepcopy(cache)
+    assert copied._lock is not cache._lock and copied.backbone is not cache.backbone
+    assert torch.equal(copied(images), cache(images)) and copied.hits == 1

@@ -82,6 +82,15 @@ class FeatureCache:
         self.hits = 0
         self.misses = 0
 
+    def __getstate__(self) -> dict[str, object]:  # copies and pickles get a lock of their own
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
