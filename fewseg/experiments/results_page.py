@@ -124,6 +124,7 @@ def write_results(plan: BenchPlan, outcome: dict[str, Any], docs: Path, command:
             figures / f"results-{dataset}.png",
         )
     first = datasets[0]
+    work_minutes = work_total(outcome) / 60
     lines = [
         "# Benchmark results",
         "",
@@ -145,7 +146,7 @@ def write_results(plan: BenchPlan, outcome: dict[str, Any], docs: Path, command:
         "evaluating in a process of its own; "
         f"{outcome['seconds'] // 60:.0f} min {outcome['seconds'] % 60:.0f} s of wall clock for "
         "this invocation; the tasks' training and evaluation add up to "
-        f"{work_total(outcome) / 60:.0f} min ({work_total(outcome) / 60 / outcome['jobs']:.0f} "
+        f"{work_minutes:.0f} min ({work_minutes / outcome['jobs']:.0f} "
         "min per job; an interrupted run resumes from its checkpoints and finished "
         "evaluations, whose recorded times count here).",
         f"- Evaluation: {plan.episodes} episodes per seed, seeds {plan.seeds}; classes with "

@@ -124,9 +124,9 @@ class MobileNetV2Features(Backbone):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Without autograd, the high-resolution blocks (input stride < 8) take one image at a
         time and the rest the whole batch: the peak memory of a batch is then about that of
-        one image plus the batch's small stride-4 maps, where the early blocks dominate;
-        they are also where batching gains least. The features are bitwise those of one
-        batched pass on CPU (tests/test_backbones.py)."""
+        one image in the early blocks, which dominate it, plus the batch's small stride-8
+        maps; the early blocks are also where batching gains least. The features are
+        bitwise those of one batched pass on CPU (tests/test_backbones.py)."""
         x = images.contiguous(memory_format=torch.channels_last)
         split = min(self.PER_IMAGE_BLOCKS, len(self.blocks))
         outputs: list[torch.Tensor] = []
