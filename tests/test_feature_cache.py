@@ -36,7 +36,7 @@ def test_hits_equal_fresh_computation() -> None:
 
 def test_least_recently_used_entries_are_evicted() -> None:
     backbone = CountingBackbone()
-    one_entry = (4 * 4 * 4 + 3 * 8 * 8) * 4  # features 4x4x4 + the image's copy, float32
+    one_entry = 4 * 4 * 4 * 4  # features 4x4x4, float32; the image is kept by reference
     cache = FeatureCache(backbone, max_bytes=2 * one_entry)
     a, b, c = torch.randn(3, 1, 3, 8, 8)
     cache(a)
@@ -80,6 +80,71 @@ def test_an_image_that_owns_its_memory_is_kept_by_reference_until_changed() -> N
     with torch.no_grad():
         assert torch.equal(cache(image[None]), backbone.conv(image[None]))
     assert cache.misses == 2
+
+
+def test_a_sequence_of_images_is_encoded_in_one_batch_with_no_copy() -> None:
+    torch.manual_seed(0)
+    backbone = CountingBackbone()
+    batches: list[int] = []
+    backbone.register_forward_hook(lambda _m, inputs, _o: batches.append(len(inputs[0])))
+    cache = FeatureCache(backbone)
+    support = torch.randn(2, 3, 8, 8)  # an episode's support: its rows are views
+    query = torch.randn(3, 8, 8)
+    out = cache([*support, query])
+    assert batches == [3]
+    with torch.no_grad():
+        torch.testing.assert_close(out, backbone.conv(torch.cat([support, query[None]])))
+    entries = list(cache._entries.values())
+    kept = [entry.image.data_ptr() for entry in entries]
+    assert kept == [support[0].data_ptr(), support[1].data_ptr(), query.data_ptr()]
+    assert all(entry.nbytes == entry.features.nbytes for entry in entries)  # no image copied
+    # all missed: the backbone's output itself is returned, the entries are its rows
+    assert all(e.features.untyped_storage().data_ptr() == out.data_ptr() for e in entries)
+    assert torch.equal(cache([query, support[1]]), out[[2, 1]]) and batches == [3]
+    assert cache.hits == 2
+
+
+def test_a_non_contiguous_image_is_copied() -> None:
+    backbone = CountingBackbone()
+    cache = FeatureCache(backbone)
+    image = torch.randn(3, 8, 16)[:, :, ::2]
+    features = cache([image])
+    entry = next(iter(cache._entries.values()))
+    assert entry.image.is_contiguous() and torch.equal(entry.image, image)
+    assert entry.nbytes == features.nbytes + image.numel() * 4
+    assert torch.equal(cache([image]), features) and cache.hits == 1
+
+
+def test_a_kept_image_met_again_is_found_without_hashing(monkeypatch) -> None:
+    import fewseg.models.feature_cache as module
+
+    hashed: list[int] = []
+    real_key = module.image_key
+    monkeypatch.setattr(module, "image_key", lambda image: hashed.append(1) or real_key(image))
+    cache = FeatureCache(CountingBackbone())
+    image, other = torch.randn(3, 8, 8), torch.randn(3, 8, 8)
+    first = cache([image])
+    assert len(hashed) == 1
+    assert torch.equal(cache([image, other])[0], first[0]) and len(hashed) == 2  # other only
+    assert torch.equal(cache([image.clone()]), first) and len(hashed) == 3  # a copy: hashed
+    image.add_(1.0)  # in place: the identity no longer vouches for the content
+    with torch.no_grad():
+        assert torch.equal(cache([image]), cache.backbone.conv(image[None]))
+    assert len(hashed) == 4
+
+
+def test_evicted_entries_leave_no_identity_behind() -> None:
+    backbone = CountingBackbone()
+    cache = FeatureCache(backbone, max_bytes=2 * 4 * 4 * 4 * 4)  # two entries
+    images = list(torch.randn(4, 3, 8, 8))
+    for image in images:
+        cache([image])
+    assert len(cache._entries) == len(cache._keys_by_identity) == 2
+    calls = backbone.calls
+    cache([images[0]])  # evicted: computed again
+    assert backbone.calls == calls + 1
+    cache.clear()
+    assert not cache._keys_by_identity
 
 
 def test_trainable_backbone_is_refused() -> None:

@@ -4,6 +4,7 @@ values (Finn et al. 2017; Raghu et al. 2020; Li et al. 2017)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -377,10 +378,15 @@ def test_frozen_encoder_tasks_adapted_together_equal_tasks_one_by_one(
     )
     learner.model.encoder.freeze()
     together = meta_gradient(learner, tasks)
-    learner.zero_grad(set_to_none=True)
-    for task in tasks:
-        learner._task_meta_gradients(task, len(tasks))
-    one_by_one = {n: p.grad for n, p in learner.named_parameters() if p.grad is not None}
+    learner.feature_cache.clear()
+    learner.config = replace(learner.config, batch_tasks=False)
+    batches: list[int] = []
+    learner.model.encoder.register_forward_hook(
+        lambda _m, inputs, _o: batches.append(len(inputs[0]))
+    )
+    one_by_one = meta_gradient(learner, tasks)
+    # the images of two tasks per encoder batch, all before the first adaptation
+    assert batches == [1 + 2 + 2, 1 + 2 + 2]  # support images, then the two queries
     assert together.keys() == one_by_one.keys()
     assert all(n.startswith(("model.head.", "learning_rates.")) for n in together)
     for name in together:

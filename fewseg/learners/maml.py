@@ -29,6 +29,17 @@ def learning_rate_key(name: str) -> str:
     return name.replace(".", "__")
 
 
+TASKS_PER_ENCODER_BATCH = 2
+"""One task at a time (``batch_tasks`` off), a frozen encoder still takes the images of
+this many tasks per batch: most of batching's speed, a bounded working memory."""
+
+
+def meta_batch_images(tasks: Sequence[EpisodeTensors]) -> list[torch.Tensor]:
+    """The support images of every task, then every query image: the episodes' own
+    tensors, not a stacked copy (the feature cache keeps them by reference)."""
+    return [image for t in tasks for image in t.support.images] + [t.query_image for t in tasks]
+
+
 class MAML(GradientAdaptedSegmenter):
     """MAML (Finn et al. 2017): ``inner_steps`` SGD steps on the support loss, outer loss
     on the query, differentiated through the inner loop (second order unless
@@ -60,7 +71,9 @@ class MAML(GradientAdaptedSegmenter):
         share a shape are adapted together: all their images go through the encoder in
         one batch and the inner loops run under ``torch.func.vmap``, one backward pass per
         group: faster, but every task's graph is held at once. Otherwise each task is
-        backpropagated on its own, so only one inner-loop graph is held at a time.
+        backpropagated on its own, so only one inner-loop graph is held at a time (a
+        frozen encoder still takes the images of ``TASKS_PER_ENCODER_BATCH`` tasks per
+        batch, before any adaptation).
         Metrics: ``loss`` (query, after adaptation) and ``support_loss`` (before
         adaptation), each averaged over the tasks.
         """
@@ -75,6 +88,10 @@ class MAML(GradientAdaptedSegmenter):
                 groups.setdefault(shape, []).append(task)
             losses = [self._group_meta_gradients(g, len(tasks)) for g in groups.values()]
         else:
+            for start in range(0, len(tasks), TASKS_PER_ENCODER_BATCH):  # if frozen
+                self.cache_features(
+                    meta_batch_images(tasks[start : start + TASKS_PER_ENCODER_BATCH])
+                )
             losses = [self._task_meta_gradients(task, len(tasks)) for task in tasks]
         outer, support = (torch.cat(values) for values in zip(*losses, strict=True))
         return {"loss": outer.mean().item(), "support_loss": support.mean().item()}
@@ -103,11 +120,10 @@ class MAML(GradientAdaptedSegmenter):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Tasks of one shape, adapted in one vmapped call; returns their losses."""
         shots = group[0].support.shots
-        support_images = torch.cat([t.support.images for t in group])
-        features = self.encode(torch.cat([support_images, *(t.query_image[None] for t in group)]))
-        support_features = features[: len(support_images)].unflatten(0, (len(group), shots))
-        query_features = features[len(support_images) :]
-        size = support_images.shape[-2:]
+        features = self.encode(meta_batch_images(group))
+        support_features = features[: len(group) * shots].unflatten(0, (len(group), shots))
+        query_features = features[len(group) * shots :]
+        size = group[0].query_image.shape[-2:]
 
         def task_losses(
             features: torch.Tensor,

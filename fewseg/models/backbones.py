@@ -17,6 +17,7 @@ from torch import nn
 from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
 
 from fewseg.errors import FewSegError
+from fewseg.models.batchnorm_folding import FoldedInference
 from fewseg.registry import Registry
 
 BackboneFactory = Callable[..., "Backbone"]
@@ -63,6 +64,10 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         raise FewSegError(f"{path}: cannot load weights ({type(exc).__name__})") from None
 
 
+def channels_last(images: torch.Tensor) -> torch.Tensor:
+    return images.contiguous(memory_format=torch.channels_last)
+
+
 class MobileNetV2Features(Backbone):
     """MobileNetV2 feature pyramid taps, upsampled to the first tap and concatenated.
 
@@ -104,8 +109,21 @@ class MobileNetV2Features(Backbone):
         self.out_channels = sum(self.blocks[t].out_channels for t in self.taps)
         self.stride = self.STRIDES[self.taps[0]]
         self.weights_source = weights_path or ("imagenet" if pretrained else "random")
+        # frozen: the blocks run with BatchNorm folded into the convolutions
+        self._inference = FoldedInference()
+        self.register_load_state_dict_post_hook(lambda module, _: module._inference.invalidate())
         if frozen:
             self.freeze()
+
+    def _apply(
+        self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True
+    ) -> MobileNetV2Features:
+        self._inference.invalidate()  # .to(), .double(), .cuda() replace the weights
+        return super()._apply(fn, recurse)
+
+    def freeze(self) -> None:
+        super().freeze()
+        self._inference.invalidate()
 
     @staticmethod
     def _load(network: nn.Module, weights_path: str) -> None:
@@ -115,32 +133,33 @@ class MobileNetV2Features(Backbone):
             raise FewSegError(f"{weights_path}: not MobileNetV2 weights") from None
 
     def _run(self, x: torch.Tensor, blocks: range, outputs: list[torch.Tensor]) -> torch.Tensor:
+        network = self._inference.of(self.blocks) if self.frozen else self.blocks
         for i in blocks:
-            x = self.blocks[i](x)
+            x = network[i](x)
             if i in self.taps:
                 outputs.append(x)
         return x
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Without autograd, the high-resolution blocks (input stride < 8) take one image at a
-        time and the rest the whole batch: the peak memory of a batch is then about that of
-        one image in the early blocks, which dominate it, plus the batch's small stride-8
-        maps; the early blocks are also where batching gains least. The features are
-        bitwise those of one batched pass on CPU (tests/test_backbones.py)."""
-        x = images.contiguous(memory_format=torch.channels_last)
+        time (each made channels-last on its own) and the rest the whole batch: the peak
+        memory of a batch is then about that of one image in the early blocks, which
+        dominate it, plus the batch's small stride-8 maps; the early blocks are also where
+        batching gains least. The features are bitwise those of one batched pass on CPU
+        (tests/test_backbones.py)."""
         split = min(self.PER_IMAGE_BLOCKS, len(self.blocks))
         outputs: list[torch.Tensor] = []
-        if len(x) > 1 and not torch.is_grad_enabled():
-            per_image = [[] for _ in range(len(x))]  # tap outputs among the early blocks
+        if len(images) > 1 and not torch.is_grad_enabled():
+            per_image = [[] for _ in range(len(images))]  # tap outputs among the early blocks
             x = torch.cat(
                 [
-                    self._run(image[None], range(split), taps)
-                    for image, taps in zip(x, per_image, strict=True)
+                    self._run(channels_last(image[None]), range(split), taps)
+                    for image, taps in zip(images, per_image, strict=True)
                 ]
             )
             outputs = [torch.cat(maps) for maps in zip(*per_image, strict=True)]
         else:
-            x = self._run(x, range(split), outputs)
+            x = self._run(channels_last(images), range(split), outputs)
         self._run(x, range(split, len(self.blocks)), outputs)
         size = outputs[0].shape[-2:]
         resized = [

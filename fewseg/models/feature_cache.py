@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -35,11 +36,13 @@ def image_key(image: torch.Tensor) -> bytes:
 class _Entry:
     """An image's features and the image itself, to confirm a hit.
 
-    An image that owns its storage (such as the memoised samples of
-    ``fewseg.episodes.sample_cache``) is kept by reference, at no cost in memory; while it
-    is referenced its memory cannot be reused, and any in-place change bumps its version,
+    A contiguous image is kept by reference, at no cost in memory while its owner (an
+    episode, a memoised sample of ``fewseg.episodes.sample_cache``) holds it anyway; while
+    it is referenced its memory cannot be reused, and any in-place change bumps its version,
     so the same pointer, layout and version mean the same content: no comparison needed.
-    Other images (rows of a stacked batch) are copied.
+    A row of a batch is a view that keeps the whole batch alive, so a caller that stacks
+    images only to encode them should pass them as a sequence instead. Other images
+    (non-contiguous views) are copied.
     """
 
     image: torch.Tensor
@@ -49,22 +52,31 @@ class _Entry:
 
     @classmethod
     def of(cls, image: torch.Tensor, features: torch.Tensor) -> _Entry:
-        owns_storage = image.untyped_storage().nbytes() == image.nbytes
-        kept = image if owns_storage and image.is_contiguous() else image.clone()
+        kept = image if image.is_contiguous() else image.contiguous()
         copied = 0 if kept is image else kept.nbytes
         return cls(kept, kept._version, features, copied + features.nbytes)
 
-    def holds(self, image: torch.Tensor) -> bool:
-        if (
+    def is_kept(self, image: torch.Tensor) -> bool:
+        """``image`` is the kept tensor (or a tensor of the same memory and layout) and
+        neither was changed since."""
+        return (
             image.data_ptr() == self.image.data_ptr()
             and image.device == self.image.device
             and image.shape == self.image.shape
             and image.stride() == self.image.stride()
             and image.dtype == self.image.dtype
             and image._version == self.version == self.image._version
-        ):
-            return True
-        return torch.equal(self.image, image)
+        )
+
+    def holds(self, image: torch.Tensor) -> bool:
+        return self.is_kept(image) or torch.equal(self.image, image)
+
+
+Identity = tuple[int, tuple[int, ...], tuple[int, ...], torch.dtype, torch.device]
+
+
+def identity(image: torch.Tensor) -> Identity:
+    return image.data_ptr(), tuple(image.shape), image.stride(), image.dtype, image.device
 
 
 class FeatureCache:
@@ -77,6 +89,9 @@ class FeatureCache:
         self.backbone = backbone
         self.max_bytes = max_bytes
         self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
+        # an image met again as the same tensor is found without hashing it: the entry
+        # keeps that memory referenced, so no other tensor can have its address meanwhile
+        self._keys_by_identity: dict[Identity, bytes] = {}
         self._bytes = 0
         self._lock = threading.Lock()  # lookups may come from an evaluation's scoring thread
         self.hits = 0
@@ -94,6 +109,7 @@ class FeatureCache:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._keys_by_identity.clear()
             self._bytes = 0
 
     def _find(self, key: bytes, image: torch.Tensor) -> torch.Tensor | None:
@@ -103,47 +119,73 @@ class FeatureCache:
         self._entries.move_to_end(key)
         return cached.features
 
+    def _find_kept(self, image: torch.Tensor) -> torch.Tensor | None:
+        """The features of ``image`` if it is a kept tensor, unchanged: no hashing."""
+        key = self._keys_by_identity.get(identity(image))
+        cached = self._entries.get(key) if key is not None else None
+        if cached is None or not cached.is_kept(image):
+            return None
+        self._entries.move_to_end(key)
+        return cached.features
+
+    def _drop(self, key: bytes, entry: _Entry) -> None:
+        self._bytes -= entry.nbytes
+        if self._keys_by_identity.get(identity(entry.image)) == key:
+            del self._keys_by_identity[identity(entry.image)]
+
     def _store(self, key: bytes, image: torch.Tensor, features: torch.Tensor) -> None:
         stale = self._entries.pop(key, None)  # same sampled values, another image: replaced
         if stale is not None:
-            self._bytes -= stale.nbytes
+            self._drop(key, stale)
         entry = _Entry.of(image, features)
         self._entries[key] = entry
+        self._keys_by_identity[identity(entry.image)] = key
         self._bytes += entry.nbytes
         while self._bytes > self.max_bytes and len(self._entries) > 1:
-            _, evicted = self._entries.popitem(last=False)
-            self._bytes -= evicted.nbytes
+            self._drop(*self._entries.popitem(last=False))
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """Features of ``images`` [B,3,H,W]; the images not cached go through the backbone
-        together, in one batch."""
+    def __call__(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        """Features [B,C,h,w] of ``images``, a batch [B,3,H,W] or a sequence of [3,H,W]
+        images; those not cached go through the backbone together, in one batch. When all
+        of them miss, the backbone's output is returned as it is, without a copy."""
         if not self.backbone.frozen:
             raise ValueError("FeatureCache needs a frozen backbone: features would go stale")
         with torch.no_grad():
-            keys = [image_key(image) for image in images]
             with self._lock:
-                found = [self._find(k, image) for k, image in zip(keys, images, strict=True)]
+                found = [self._find_kept(image) for image in images]
+            keys = {i: image_key(images[i]) for i, f in enumerate(found) if f is None}
+            with self._lock:
+                for i, key in keys.items():
+                    found[i] = self._find(key, images[i])
             missing = [i for i, f in enumerate(found) if f is None]
             self.hits += len(images) - len(missing)
             self.misses += len(missing)
-            if missing:
-                computed = self.backbone(images[missing])
-                with self._lock:
-                    for i, features in zip(missing, computed, strict=True):
-                        self._store(keys[i], images[i], features)
-                        found[i] = features
-            return found[0][None] if len(found) == 1 else torch.stack(found)
+            if not missing:
+                return found[0][None] if len(found) == 1 else torch.stack(found)
+            batch = images[missing] if isinstance(images, torch.Tensor) else None
+            if batch is None:
+                batch = torch.stack([images[i] for i in missing])
+            computed = self.backbone(batch)
+            with self._lock:
+                for i, features in zip(missing, computed, strict=True):
+                    self._store(keys[i], images[i], features)
+                    found[i] = features
+            if len(missing) == len(found):
+                return computed
+            return torch.stack(found)
 
 
-def encode(encoder: Backbone, cache: FeatureCache, images: torch.Tensor) -> torch.Tensor:
+def encode(
+    encoder: Backbone, cache: FeatureCache, images: torch.Tensor | Sequence[torch.Tensor]
+) -> torch.Tensor:
     """Encoder features for a learner: a trainable encoder runs with gradients; a frozen
     one's features come through ``cache`` without gradients.
 
     In training with augmentation nearly every image is new, so the cache mostly misses;
-    a miss costs a hash of sampled values and a copy of the image on top of the forward
-    pass, and the least recently used entries make room. Without augmentation, an image's
+    a miss costs a hash of sampled values on top of the forward pass, and the least
+    recently used entries make room. Without augmentation, an image's
     features are computed once for the whole run.
     """
     if not encoder.frozen:
-        return encoder(images)
+        return encoder(images if isinstance(images, torch.Tensor) else torch.stack(images))
     return cache(images)
