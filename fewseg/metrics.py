@@ -23,10 +23,12 @@ def intersection_union(
     ``prediction`` and ``target`` are boolean foreground maps of the same shape; pixels
     where ``ignore`` is True are excluded.
     """
-    # one pass: code = 2·prediction + target for valid pixels, 4 for ignored ones
-    code = prediction.to(torch.uint8) * 2 + target.bool().to(torch.uint8)
-    code.masked_fill_(ignore, 4)
-    n = torch.bincount(code.flatten(), minlength=5)
+    # one count: code = 4·ignore + 2·prediction + target (a masked_fill of the ignored
+    # pixels instead costs three times the rest on CPU)
+    code = (
+        ignore.to(torch.uint8) * 4 + prediction.to(torch.uint8) * 2 + target.bool().to(torch.uint8)
+    )
+    n = torch.bincount(code.flatten(), minlength=8)
     both_bg, target_only, prediction_only, both_fg = n[0], n[1], n[2], n[3]
     intersection = torch.stack([both_bg, both_fg])
     union = torch.stack(
@@ -58,6 +60,14 @@ class SegmentationScores:
         self.intersection[:, column] += intersection.cpu()
         self.union[:, column] += union.cpu()
         self.episodes[column] += 1
+
+    def add(self, other: SegmentationScores) -> None:
+        """Adds the counts of ``other``, kept over the same classes."""
+        if other.class_indices != self.class_indices:
+            raise ValueError("scores over different classes cannot be added")
+        self.intersection += other.intersection
+        self.union += other.union
+        self.episodes += other.episodes
 
     def class_iou(self) -> dict[int, float]:
         """Foreground IoU per class that has at least one scored pixel (fraction in [0, 1])."""

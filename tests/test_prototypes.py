@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fewseg.episodes.tensors import SupportSet
 from fewseg.learners.baseline import PrototypeBaseline
@@ -12,6 +13,7 @@ from fewseg.learners.prototypes import (
     cosine_logits,
     mask_weights,
     masked_average_pool,
+    prediction_logits,
     shot_prototypes,
 )
 from fewseg.models.backbones import Backbone
@@ -48,6 +50,28 @@ def test_cosine_logits_by_hand() -> None:
     prototypes = torch.tensor([[1.0, 0.0], [2.0, 2.0]])
     logits = cosine_logits(features, prototypes, 10.0)
     assert logits.flatten().tolist() == pytest.approx([10 / math.sqrt(2), 10.0])
+
+
+def test_cosine_logits_equal_normalised_dot_products() -> None:
+    torch.manual_seed(0)
+    features = torch.randn(2, 16, 5, 7)
+    features[0, :, 1, 2] = 0.0  # a zero vector: 0, as with F.normalize
+    prototypes = torch.randn(3, 16)
+    expected = 4.0 * torch.einsum(
+        "bchw,pc->bphw", F.normalize(features, dim=1), F.normalize(prototypes, dim=1)
+    )
+    torch.testing.assert_close(cosine_logits(features, prototypes, 4.0), expected)
+    assert (cosine_logits(features, prototypes, 4.0)[0, :, 1, 2] == 0).all()
+
+
+def test_prediction_logits_are_the_resized_margin() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(2, 2, 5, 6)
+    predicted = prediction_logits(logits, (20, 18))
+    resized = F.interpolate(logits, (20, 18), mode="bilinear")
+    assert (predicted[:, 0] == 0).all()
+    torch.testing.assert_close(predicted[:, 1], resized[:, 1] - resized[:, 0])
+    torch.testing.assert_close(predicted.softmax(dim=1), resized.softmax(dim=1))
 
 
 class Identity(Backbone):

@@ -77,9 +77,11 @@ def test_classes_of_one_image_have_their_own_masks() -> None:
     image_b, mask_b, _ = samples.load(image_id, b, 16)
     assert image_a is image_b  # one tensor per image, whichever class asked first
     assert not torch.equal(mask_a, mask_b)
-    _, mask_b_fresh, _ = samples.load(image_id, b, 16)
-    assert torch.equal(mask_b, mask_b_fresh)
-    assert (samples.hits, samples.misses) == (1, 2)
+    _, mask_b_again, ignore_b_again = samples.load(image_id, b, 16)
+    assert mask_b_again is mask_b  # the stored tensors themselves: no conversion per load
+    assert ignore_b_again is samples.load(image_id, b, 16)[2]
+    assert ignore_b_again.dtype == torch.bool and mask_b.dtype == torch.float32
+    assert (samples.hits, samples.misses) == (2, 2)
 
 
 def test_the_memo_is_one_per_source() -> None:
@@ -97,3 +99,13 @@ def test_least_recently_used_tensors_go_beyond_the_budget() -> None:
     lru.put("c", c)
     assert lru.get("b") is None and lru.get("a") is a and lru.get("c") is c
     assert len(lru) == 2
+
+
+def test_a_tuple_entry_counts_the_bytes_of_its_tensors() -> None:
+    lru = ByteBudgetLRU(max_bytes=3 * 16)
+    pair = (torch.zeros(4), torch.zeros(16, dtype=torch.bool))  # 16 + 16 bytes
+    lru.put("pair", pair)
+    lru.put("a", torch.zeros(4))  # 48 bytes: all kept
+    assert len(lru) == 2
+    lru.put("b", torch.zeros(4))  # 64 bytes: the pair, least recently used, goes
+    assert lru.get("pair") is None and len(lru) == 2

@@ -54,6 +54,18 @@ def test_resize_output_shapes_and_dtypes() -> None:
     )
 
 
+def test_the_normalised_image_is_planar_and_equals_normalising_the_resized_image() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    sample = ClassSample(image, np.zeros((30, 40), bool), np.zeros((30, 40), bool))
+    normalised, _, _ = sample_to_tensors(sample, resize_transform(20))
+    assert normalised.is_contiguous()  # [3,H,W] planes, not the decoded HWC layout
+    resized = v2.Resize((20, 20), antialias=True)(torch.from_numpy(image).permute(2, 0, 1))
+    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(IMAGENET_STD)[:, None, None]
+    torch.testing.assert_close(normalised, (resized / 255.0 - mean) / std)
+
+
 @pytest.mark.parametrize("rgb", [(0, 0, 0), (255, 255, 255), (10, 128, 250), (124, 116, 104)])
 def test_constant_image_is_imagenet_normalised(rgb: tuple[int, int, int]) -> None:
     sample = ClassSample(constant_image(5, 7, rgb), np.zeros((5, 7), bool), np.zeros((5, 7), bool))

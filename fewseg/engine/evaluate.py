@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections import deque
 from collections.abc import Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,13 +16,15 @@ from fewseg import __version__
 from fewseg.data.source import FoldSplit, SegmentationSource
 from fewseg.engine import distributed
 from fewseg.engine.adaptation_memo import AdaptationMemo
+from fewseg.engine.scoring import QueuedQuery, ScoringQueue
 from fewseg.episodes.prefetch import prefetched
 from fewseg.episodes.sampler import EpisodePlan, episode_plan
 from fewseg.episodes.tensors import EpisodeDataset, EpisodeTensors
 from fewseg.learners.base import Learner, Predictor
 from fewseg.metrics import SegmentationScores
 
-SCORING_BACKLOG = 8  # predictions waiting to be scored (bounds memory)
+SCORING_BACKLOG = 64  # queries waiting to be scored (bounds the memory they hold)
+LOADING_AHEAD = 32  # episodes loaded ahead of adaptation
 
 
 @dataclass(frozen=True)
@@ -48,11 +48,6 @@ class SeedResult:
     seconds: float
 
 
-def foreground_prediction(logits: torch.Tensor) -> torch.Tensor:
-    """[B,2,H,W] (background, foreground) logits → [B,H,W] bool; ties go to background."""
-    return logits[:, 1] > logits[:, 0]
-
-
 def _first(batch: list[EpisodeTensors]) -> EpisodeTensors:
     return batch[0]
 
@@ -73,13 +68,12 @@ def score_plan(
     In a torchrun run each rank scores every world_size-th episode and the sums are
     all-reduced: every rank returns the single-process scores exactly.
     """
-    scores = SegmentationScores(plan.classes_used)
     memo = memo if memo is not None else AdaptationMemo(capacity=0)
     dataset = EpisodeDataset(source, tuple(distributed.shard(plan.episodes)), settings.size)
     loader: Iterable[EpisodeTensors] = (
         DataLoader(dataset, batch_size=1, collate_fn=_first, num_workers=settings.workers)
         if settings.workers > 0
-        else prefetched(dataset)
+        else prefetched(dataset, ahead=LOADING_AHEAD)
     )
     device = torch.device(distributed.local_device(settings.device))
     learner.eval()
@@ -87,10 +81,8 @@ def score_plan(
     bar = tqdm(loader, desc=description, unit="ep", total=len(dataset), disable=quiet, leave=False)
     # Scoring runs on a second thread, behind adaptation, and so does prediction where the
     # learner allows it: the main thread adapts and puts the query's features in the
-    # learner's cache, where the prediction finds them. The counts are integers, so the
-    # sums do not depend on timing.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fewseg-score") as scorer:
-        pending: deque[Future[None]] = deque()
+    # learner's cache, where the prediction finds them.
+    with ScoringQueue(plan.classes_used, SCORING_BACKLOG) as queue:
         for planned, episode in zip(dataset.episodes, bar, strict=True):
             support = episode.support
             predict = memo.predictor(
@@ -102,23 +94,17 @@ def score_plan(
                 learner.cache_features(query)
             else:
                 predict = _predicted(predict(query))
-            pending.append(scorer.submit(_predict_and_score, scores, episode, predict, query))
-            if len(pending) > SCORING_BACKLOG:
-                pending.popleft().result()
-        for future in pending:
-            future.result()
+            queue.put(
+                QueuedQuery(
+                    episode.class_index, predict, query, episode.query_mask, episode.query_ignore
+                )
+            )
+        scores = queue.finish()
     return distributed.all_reduce_scores(scores)
 
 
 def _predicted(logits: torch.Tensor) -> Predictor:
     return lambda _: logits
-
-
-def _predict_and_score(
-    scores: SegmentationScores, episode: EpisodeTensors, predict: Predictor, query: torch.Tensor
-) -> None:
-    prediction = foreground_prediction(predict(query))[0].cpu()
-    scores.update(episode.class_index, prediction, episode.query_mask.bool(), episode.query_ignore)
 
 
 def evaluate_seed(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import weakref
 from collections import OrderedDict
 from collections.abc import Hashable
+from typing import Generic, TypeVar
 
 import torch
 
@@ -21,29 +22,37 @@ from fewseg.episodes.transforms import resize_transform, sample_to_tensors
 DEFAULT_BUDGET_BYTES = 3 << 30
 
 
-class ByteBudgetLRU:
-    """A mapping that evicts least recently used tensors beyond ``max_bytes``."""
+Value = TypeVar("Value", torch.Tensor, tuple[torch.Tensor, ...])
+
+
+def _nbytes(value: torch.Tensor | tuple[torch.Tensor, ...]) -> int:
+    return value.nbytes if isinstance(value, torch.Tensor) else sum(t.nbytes for t in value)
+
+
+class ByteBudgetLRU(Generic[Value]):
+    """A mapping to tensors (or tuples of them) that evicts the least recently used
+    entries beyond ``max_bytes``."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
+        self._entries: OrderedDict[Hashable, Value] = OrderedDict()
         self._bytes = 0
 
-    def get(self, key: Hashable) -> torch.Tensor | None:
+    def get(self, key: Hashable) -> Value | None:
         value = self._entries.get(key)
         if value is not None:
             self._entries.move_to_end(key)
         return value
 
-    def put(self, key: Hashable, value: torch.Tensor) -> None:
+    def put(self, key: Hashable, value: Value) -> None:
         old = self._entries.pop(key, None)
         if old is not None:
-            self._bytes -= old.nbytes
+            self._bytes -= _nbytes(old)
         self._entries[key] = value
-        self._bytes += value.nbytes
+        self._bytes += _nbytes(value)
         while self._bytes > self.max_bytes and len(self._entries) > 1:
             _, evicted = self._entries.popitem(last=False)
-            self._bytes -= evicted.nbytes
+            self._bytes -= _nbytes(evicted)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -55,8 +64,9 @@ class ResizedSamples:
 
     def __init__(self, source: SegmentationSource, max_bytes: int = DEFAULT_BUDGET_BYTES) -> None:
         self.source = source
-        self._images = ByteBudgetLRU(max_bytes * 2 // 3)
-        self._masks = ByteBudgetLRU(max_bytes // 3)
+        self._images: ByteBudgetLRU[torch.Tensor] = ByteBudgetLRU(max_bytes * 2 // 3)
+        # (foreground float, ignore bool): returned as they are, no conversion per episode
+        self._masks: ByteBudgetLRU[tuple[torch.Tensor, ...]] = ByteBudgetLRU(max_bytes // 3)
         self.hits = 0
         self.misses = 0
 
@@ -73,11 +83,11 @@ class ResizedSamples:
             if image is None:  # else keep the tensor others already hold: one object per image
                 image = fresh.contiguous()
                 self._images.put((image_id, size), image)
-            masks = torch.stack([foreground, ignore.float()])
+            masks = (foreground, ignore)
             self._masks.put((image_id, class_index, size), masks)
         else:
             self.hits += 1
-        return image, masks[0], masks[1].bool()
+        return image, *masks
 
 
 _PER_SOURCE: weakref.WeakKeyDictionary[SegmentationSource, ResizedSamples] = (

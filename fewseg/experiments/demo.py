@@ -13,9 +13,10 @@ from fewseg.data.source import SegmentationSource
 from fewseg.data.spec import open_source
 from fewseg.engine.checkpoint import checkpoint_path, read_checkpoint, restore_learner
 from fewseg.engine.config import read_yaml, resolve_config
-from fewseg.engine.evaluate import EvaluationSettings, evaluation_report, foreground_prediction
+from fewseg.engine.evaluate import EvaluationSettings, evaluation_report
 from fewseg.engine.figures import episode_row, plot_episode_grid, plot_learning_curves
 from fewseg.engine.report import format_table, write_report
+from fewseg.engine.scoring import foreground_prediction
 from fewseg.engine.train import check_same_run, train
 from fewseg.episodes.sampler import episode_plan
 from fewseg.episodes.tensors import load_resized_episode

@@ -9,10 +9,9 @@ import torch
 from fewseg.episodes.tensors import SupportSet
 from fewseg.learners.base import LEARNERS, Learner, Predictor, build_backbone
 from fewseg.learners.config import LearnerConfig
-from fewseg.learners.prototypes import cosine_logits, shot_prototypes
+from fewseg.learners.prototypes import cosine_logits, prediction_logits, shot_prototypes
 from fewseg.models.backbones import Backbone
 from fewseg.models.feature_cache import FeatureCache
-from fewseg.models.upsample import bilinear_resize
 
 COSINE_SCALE = 20.0  # PANet's fixed scale; it only sharpens the logits, not the argmax
 
@@ -44,7 +43,7 @@ class PrototypeBaseline(Learner):
         @torch.no_grad()
         def predict(query_images: torch.Tensor) -> torch.Tensor:
             logits = cosine_logits(self.features(query_images), prototypes, COSINE_SCALE)
-            return bilinear_resize(logits, query_images.shape[-2:])
+            return prediction_logits(logits, query_images.shape[-2:])
 
         return predict
 

@@ -23,7 +23,7 @@ from fewseg.errors import FewSegError
 from fewseg.learners.base import LEARNERS, Learner, Predictor, build_backbone
 from fewseg.learners.config import LearnerConfig
 from fewseg.learners.losses import two_class_cross_entropy
-from fewseg.learners.prototypes import cosine_logits, shot_prototypes
+from fewseg.learners.prototypes import cosine_logits, prediction_logits, shot_prototypes
 from fewseg.models.backbones import Backbone
 from fewseg.models.feature_cache import FeatureCache, encode
 from fewseg.models.upsample import bilinear_resize
@@ -83,7 +83,8 @@ class ProtoNet(Learner):
 
         @torch.no_grad()
         def predict(query_images: torch.Tensor) -> torch.Tensor:
-            return self.logits(self.embed(query_images), prototypes, query_images.shape[-2:])
+            logits = cosine_logits(self.embed(query_images), prototypes, self.scale)
+            return prediction_logits(logits, query_images.shape[-2:])
 
         return predict
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fewseg.models.segmenter import two_class_logits
+from fewseg.models.upsample import bilinear_resize
+
 
 def mask_weights(masks: torch.Tensor, ignore: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Per-cell background/foreground fractions at feature resolution: [K, 2, h, w].
@@ -45,7 +48,19 @@ def shot_prototypes(
 def cosine_logits(
     features: torch.Tensor, prototypes: torch.Tensor, scale: float | torch.Tensor
 ) -> torch.Tensor:
-    """scale · cos(feature, prototype) per pixel: [B,C,h,w] and [P,C] → [B,P,h,w]."""
-    features = F.normalize(features, dim=1)
+    """scale · cos(feature, prototype) per pixel: [B,C,h,w] and [P,C] → [B,P,h,w].
+
+    As ``F.normalize`` (norms clamped at 1e-12), but the feature norms divide the dot
+    products instead of the features: a reduction over the channel dimension of
+    contiguous [B,C,h,w] features is several times slower than a sum of squares."""
     prototypes = F.normalize(prototypes, dim=1)
-    return scale * torch.einsum("bchw,pc->bphw", features, prototypes)
+    dots = torch.einsum("bchw,pc->bphw", features, prototypes)
+    norms = features.square().sum(dim=1, keepdim=True).sqrt().clamp_min(1e-12)
+    return scale * (dots / norms)
+
+
+def prediction_logits(logits: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """Two-class logits [B,2,h,w] → [B,2,H,W] for prediction: (0, l₁ − l₀), bilinearly
+    resized. Resizing is linear and the softmax shift-invariant, so the probabilities and
+    the argmax are those of the resized (l₀, l₁), for half the resizing."""
+    return two_class_logits(bilinear_resize(logits[:, 1:] - logits[:, :1], size))

@@ -1,0 +1,122 @@
+"""Scoring predictions on a second thread, behind the thread that adapts and encodes.
+
+The evaluation's main thread queues each episode's predictor and query; a background
+thread predicts and scores them in order. When the episodes run out, the main thread
+scores what is still queued alongside it, from the other end of the queue, so that
+neither core idles at the end. Each thread counts into its own scores: the counts are
+integers, so their sum does not depend on which thread scored which episode.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+import torch
+
+from fewseg.learners.base import Predictor
+from fewseg.metrics import SegmentationScores
+
+
+def foreground_prediction(logits: torch.Tensor) -> torch.Tensor:
+    """[B,2,H,W] (background, foreground) logits → [B,H,W] bool; ties go to background."""
+    return logits[:, 1] > logits[:, 0]
+
+
+@dataclass(frozen=True)
+class QueuedQuery:
+    class_index: int
+    predict: Predictor
+    image: torch.Tensor  # [1,3,H,W], on the learner's device
+    mask: torch.Tensor  # [H,W]
+    ignore: torch.Tensor  # [H,W] bool
+
+
+def score_query(scores: SegmentationScores, query: QueuedQuery) -> None:
+    prediction = foreground_prediction(query.predict(query.image))[0].cpu()
+    scores.update(query.class_index, prediction, query.mask.bool(), query.ignore)
+
+
+class ScoringQueue:
+    """At most ``backlog`` queries wait (which bounds the memory they hold). Use as a
+    context manager; :meth:`finish` returns the scores of every query put."""
+
+    def __init__(self, classes: Sequence[int], backlog: int) -> None:
+        if backlog < 1:
+            raise ValueError(f"backlog must be >= 1, got {backlog}")
+        self._classes = tuple(classes)
+        self._backlog = backlog
+        self._queries: deque[QueuedQuery] = deque()
+        self._changed = threading.Condition()
+        self._closed = False
+        self._error: BaseException | None = None
+        self._worker_scores = SegmentationScores(self._classes)
+        self._thread = threading.Thread(target=self._work, name="fewseg-score", daemon=True)
+        self._thread.start()
+
+    def put(self, query: QueuedQuery) -> None:
+        with self._changed:
+            while len(self._queries) >= self._backlog and self._error is None:
+                self._changed.wait()
+            self._raise_worker_error()
+            self._queries.append(query)
+            self._changed.notify_all()
+
+    def finish(self) -> SegmentationScores:
+        """Scores the queries still waiting together with the worker, then returns the
+        scores of all of them (an error raised while scoring is raised here)."""
+        scores = SegmentationScores(self._classes)
+        self._close()
+        while (query := self._take(newest=True)) is not None:
+            score_query(scores, query)
+        self._thread.join()
+        self._raise_worker_error()
+        scores.add(self._worker_scores)
+        return scores
+
+    def __enter__(self) -> ScoringQueue:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._thread.is_alive():  # left early (an error): drop what waits
+            with self._changed:
+                self._queries.clear()
+            self._close()
+            self._thread.join()
+
+    def _close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+    def _take(self, newest: bool) -> QueuedQuery | None:
+        with self._changed:
+            while not self._queries and not self._closed:
+                self._changed.wait()
+            if not self._queries or self._error is not None:
+                return None
+            query = self._queries.pop() if newest else self._queries.popleft()
+            self._changed.notify_all()
+            return query
+
+    def _work(self) -> None:
+        try:
+            while (query := self._take(newest=False)) is not None:
+                score_query(self._worker_scores, query)
+        except BaseException as exc:  # handed to the thread that puts or finishes
+            with self._changed:
+                self._error = exc
+                self._queries.clear()
+                self._changed.notify_all()
+
+    def _raise_worker_error(self) -> None:
+        if self._error is not None:
+            raise self._error
