@@ -34,3 +34,24 @@ def test_a_tap_among_the_early_blocks_is_gathered_per_image() -> None:
     with torch.enable_grad():
         assert torch.equal(features, backbone(images))
     assert features.shape == (2, 24 + 32, 16, 16)
+
+
+def test_early_batch_pixels_group_small_images_with_the_same_features() -> None:
+    torch.manual_seed(0)
+    backbone = BACKBONES.get("mobilenet_v2")(pretrained=False, frozen=True).eval()
+    images = torch.randn(5, 3, 64, 80)
+    first_block = backbone._inference.of(backbone.blocks)[0]
+    sizes: list[int] = []
+    first_block.register_forward_pre_hook(lambda _m, inputs: sizes.append(len(inputs[0])))
+    with torch.no_grad():
+        grouped = backbone(images, early_batch_pixels=2 * 64 * 80 + 100)
+        assert sizes == [2, 2, 1]
+        sizes.clear()
+        one_by_one = backbone(images)
+        assert sizes == [1, 1, 1, 1, 1]
+        sizes.clear()
+        backbone(images, early_batch_pixels=64 * 80 - 1)  # not one image's worth: one by one
+        assert sizes == [1, 1, 1, 1, 1]
+    with torch.enable_grad():
+        batched = backbone(images)
+    assert torch.equal(grouped, batched) and torch.equal(one_by_one, batched)

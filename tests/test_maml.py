@@ -17,7 +17,7 @@ from fewseg.learners import LEARNERS
 from fewseg.learners.config import LearnerConfig
 from fewseg.learners.inner_loop import adapt_parameters
 from fewseg.learners.losses import foreground_bce
-from fewseg.learners.maml import MAML, learning_rate_key
+from fewseg.learners.maml import EARLY_BATCH_PIXELS, MAML, learning_rate_key
 from fewseg.models.segmenter import two_class_logits
 
 SIZE = 24
@@ -377,16 +377,27 @@ def test_frozen_encoder_tasks_adapted_together_equal_tasks_one_by_one(
         inner_steps=2, first_order=first_order, meta_sgd=meta_sgd, loss_size=loss_size
     )
     learner.model.encoder.freeze()
+    options: list[dict[str, object]] = []
+    batches: list[int] = []
+
+    def record(_module: nn.Module, args: tuple, kwargs: dict[str, object]) -> None:
+        options.append(kwargs)
+        batches.append(len(args[0]))
+
+    learner.model.encoder.register_forward_pre_hook(record, with_kwargs=True)
     together = meta_gradient(learner, tasks)
+    # the speed mode lets small images through the early layers in groups; one group
+    # per shape (1 and 2 shots)
+    assert options == [{"early_batch_pixels": EARLY_BATCH_PIXELS}] * 2
+    assert batches == [2 + 2, 4 + 2]
     learner.feature_cache.clear()
     learner.config = replace(learner.config, batch_tasks=False)
-    batches: list[int] = []
-    learner.model.encoder.register_forward_hook(
-        lambda _m, inputs, _o: batches.append(len(inputs[0]))
-    )
+    options.clear()
+    batches.clear()
     one_by_one = meta_gradient(learner, tasks)
     # the images of two tasks per encoder batch, all before the first adaptation
     assert batches == [1 + 2 + 2, 1 + 2 + 2]  # support images, then the two queries
+    assert options == [{}, {}]
     assert together.keys() == one_by_one.keys()
     assert all(n.startswith(("model.head.", "learning_rates.")) for n in together)
     for name in together:

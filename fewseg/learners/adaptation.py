@@ -9,7 +9,8 @@ inside the inner loop.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch.func import functional_call
@@ -74,8 +75,10 @@ class GradientAdaptedSegmenter(Learner):
         prefix = HEAD_PREFIX if self.head_only else ""
         return {prefix + n: p for n, p in module.named_parameters() if p.requires_grad}
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return encode(self.model.encoder, self.feature_cache, images)
+    def encode(
+        self, images: torch.Tensor | Sequence[torch.Tensor], **frozen_options: Any
+    ) -> torch.Tensor:
+        return encode(self.model.encoder, self.feature_cache, images, **frozen_options)
 
     def cache_features(self, images: torch.Tensor) -> None:
         if self.model.encoder.frozen:

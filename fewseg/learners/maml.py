@@ -34,6 +34,11 @@ TASKS_PER_ENCODER_BATCH = 2
 this many tasks per batch: most of batching's speed, a bounded working memory."""
 
 
+EARLY_BATCH_PIXELS = 4 * 96 * 96
+"""Tasks adapted together (the speed mode) let up to this many pixels of images through
+a frozen MobileNetV2's high-resolution blocks at once: four 96×96 images, one 400×400."""
+
+
 def meta_batch_images(tasks: Sequence[EpisodeTensors]) -> list[torch.Tensor]:
     """The support images of every task, then every query image: the episodes' own
     tensors, not a stacked copy (the feature cache keeps them by reference)."""
@@ -120,7 +125,7 @@ class MAML(GradientAdaptedSegmenter):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Tasks of one shape, adapted in one vmapped call; returns their losses."""
         shots = group[0].support.shots
-        features = self.encode(meta_batch_images(group))
+        features = self.encode(meta_batch_images(group), early_batch_pixels=EARLY_BATCH_PIXELS)
         support_features = features[: len(group) * shots].unflatten(0, (len(group), shots))
         query_features = features[len(group) * shots :]
         size = group[0].query_image.shape[-2:]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from fewseg.models.backbones import BACKBONES, Backbone
@@ -40,7 +41,8 @@ class ConvEncoder(Backbone):
         if frozen:
             self.freeze()
 
-    def forward(self, images):  # type: ignore[no-untyped-def]
+    def forward(self, images: torch.Tensor, early_batch_pixels: int = 0) -> torch.Tensor:
+        """``early_batch_pixels``: see :class:`Backbone`; a small network runs whole batches."""
         return self.blocks(images)
 
 

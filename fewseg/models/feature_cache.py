@@ -16,6 +16,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -144,10 +145,13 @@ class FeatureCache:
         while self._bytes > self.max_bytes and len(self._entries) > 1:
             self._drop(*self._entries.popitem(last=False))
 
-    def __call__(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    def __call__(
+        self, images: torch.Tensor | Sequence[torch.Tensor], **backbone_options: Any
+    ) -> torch.Tensor:
         """Features [B,C,h,w] of ``images``, a batch [B,3,H,W] or a sequence of [3,H,W]
-        images; those not cached go through the backbone together, in one batch. When all
-        of them miss, the backbone's output is returned as it is, without a copy."""
+        images; those not cached go through the backbone together, in one batch (with
+        ``backbone_options``). When all of them miss, the backbone's output is returned as
+        it is, without a copy."""
         if not self.backbone.frozen:
             raise ValueError("FeatureCache needs a frozen backbone: features would go stale")
         with torch.no_grad():
@@ -165,7 +169,7 @@ class FeatureCache:
             batch = images[missing] if isinstance(images, torch.Tensor) else None
             if batch is None:
                 batch = torch.stack([images[i] for i in missing])
-            computed = self.backbone(batch)
+            computed = self.backbone(batch, **backbone_options)
             with self._lock:
                 for i, features in zip(missing, computed, strict=True):
                     self._store(keys[i], images[i], features)
@@ -176,7 +180,10 @@ class FeatureCache:
 
 
 def encode(
-    encoder: Backbone, cache: FeatureCache, images: torch.Tensor | Sequence[torch.Tensor]
+    encoder: Backbone,
+    cache: FeatureCache,
+    images: torch.Tensor | Sequence[torch.Tensor],
+    **frozen_options: Any,
 ) -> torch.Tensor:
     """Encoder features for a learner: a trainable encoder runs with gradients; a frozen
     one's features come through ``cache`` without gradients.
@@ -184,8 +191,9 @@ def encode(
     In training with augmentation nearly every image is new, so the cache mostly misses;
     a miss costs a hash of sampled values on top of the forward pass, and the least
     recently used entries make room. Without augmentation, an image's
-    features are computed once for the whole run.
+    features are computed once for the whole run. ``frozen_options`` go to a frozen
+    backbone's forward pass.
     """
     if not encoder.frozen:
         return encoder(images if isinstance(images, torch.Tensor) else torch.stack(images))
-    return cache(images)
+    return cache(images, **frozen_options)
