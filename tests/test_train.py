@@ -242,3 +242,36 @@ def test_shipped_training_config_resolves() -> None:
     config, learner_config = resolve_config(read_yaml(path), {"steps": 10}, str(path))
     assert (config.learner, config.fold, config.steps, config.size) == ("maml", "0", 10, 400)
     assert learner_config.backbone == "mobilenet_v2" and learner_config.inner_lr == 0.5
+
+
+@pytest.mark.parametrize("augment", [True, False])
+def test_augmented_training_forgets_cached_features_every_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, augment: bool
+) -> None:
+    from fewseg.learners.base import Learner
+
+    calls: list[int] = []
+    monkeypatch.setattr(Learner, "forget_features", lambda self: calls.append(1))
+    config, learner_config = tiny_config(steps=3, augment=augment)
+    train(config, learner_config, tmp_path / "run", progress=False)
+    assert len(calls) == (3 if augment else 0)
+
+
+def test_forget_features_empties_the_learners_caches() -> None:
+    from fewseg.learners.baseline import PrototypeBaseline
+    from fewseg.models.backbones import Backbone
+
+    class Pool(Backbone):
+        out_channels, stride = 3, 2
+
+        def __init__(self) -> None:
+            super().__init__(frozen=True)
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.avg_pool2d(images, 2)
+
+    learner = PrototypeBaseline(LearnerConfig(), Pool())
+    learner.cache_features(torch.randn(2, 3, 8, 8))
+    assert len(learner.features._entries) == 2
+    learner.forget_features()
+    assert len(learner.features._entries) == 0

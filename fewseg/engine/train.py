@@ -226,6 +226,8 @@ def train(
             episodes = training_batch(source, classes.train, config, size, step, rank, world)
             episodes = [e.to(device) for e in episodes]
             learner.train()
+            if config.augment:
+                learner.forget_features()
             optimizer.zero_grad(set_to_none=True)
             metrics = learner.meta_gradients(episodes)
             metrics = distributed.average_meta_gradients(learner.outer_parameters(), metrics)

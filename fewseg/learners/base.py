@@ -13,6 +13,7 @@ from fewseg.episodes.tensors import EpisodeTensors, SupportSet
 from fewseg.errors import FewSegError
 from fewseg.learners.config import LearnerConfig
 from fewseg.models.backbones import BACKBONES, Backbone
+from fewseg.models.feature_cache import FeatureCache
 from fewseg.registry import Registry
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
@@ -47,6 +48,14 @@ class Learner(nn.Module, ABC):
         """Compute and keep the encoder features of ``images`` if this learner caches them
         (a frozen backbone's); otherwise nothing. The evaluation calls it for each query on
         its main thread, then predicts on its scoring thread, where the features are found."""
+
+    def forget_features(self) -> None:
+        """Drop every feature this learner cached. Training with augmentation calls it
+        before each step: an augmented image never comes back, and the caches would
+        otherwise fill their budget (1 GiB each) with features never met again."""
+        for value in vars(self).values():
+            if isinstance(value, FeatureCache):
+                value.clear()
 
     def meta_gradients(self, episodes: Sequence[EpisodeTensors]) -> dict[str, float]:
         """Accumulate the meta-gradient of a meta-batch into ``.grad``; return its metrics."""
