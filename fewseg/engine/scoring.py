@@ -19,6 +19,7 @@ import torch
 
 from fewseg.learners.base import Predictor
 from fewseg.metrics import SegmentationScores
+from fewseg.threads import use_one_torch_thread
 
 
 def foreground_prediction(logits: torch.Tensor) -> torch.Tensor:
@@ -108,6 +109,7 @@ class ScoringQueue:
             return query
 
     def _work(self) -> None:
+        use_one_torch_thread()
         try:
             while (query := self._take(newest=False)) is not None:
                 score_query(self._worker_scores, query)

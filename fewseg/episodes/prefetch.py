@@ -12,6 +12,8 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
+from fewseg.threads import use_one_torch_thread
+
 T = TypeVar("T")
 
 
@@ -19,7 +21,9 @@ def prefetched(items: Sequence[T], ahead: int = 4) -> Iterator[T]:
     """``items[0], items[1], ...`` with up to ``ahead`` of the next ones loaded in advance."""
     if ahead < 1:
         raise ValueError(f"ahead must be >= 1, got {ahead}")
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fewseg-prefetch")
+    pool = ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="fewseg-prefetch", initializer=use_one_torch_thread
+    )
     try:
         pending: deque[Future[T]] = deque()
         for index in range(len(items)):
