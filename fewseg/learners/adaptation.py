@@ -80,10 +80,6 @@ class GradientAdaptedSegmenter(Learner):
     ) -> torch.Tensor:
         return encode(self.model.encoder, self.feature_cache, images, **frozen_options)
 
-    def cache_features(self, images: torch.Tensor) -> None:
-        if self.model.encoder.frozen:
-            self.feature_cache(images)
-
     def logits(
         self, params: Mapping[str, torch.Tensor], inputs: torch.Tensor, size: tuple[int, int]
     ) -> torch.Tensor:

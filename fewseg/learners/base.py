@@ -44,18 +44,25 @@ class Learner(nn.Module, ABC):
     def adapt(self, support: SupportSet) -> Predictor:
         """Adapt to the support set of one episode."""
 
+    def feature_caches(self) -> list[FeatureCache]:
+        """The caches of frozen-backbone features this learner keeps (attributes)."""
+        return [value for value in vars(self).values() if isinstance(value, FeatureCache)]
+
     def cache_features(self, images: torch.Tensor) -> None:
-        """Compute and keep the encoder features of ``images`` if this learner caches them
-        (a frozen backbone's); otherwise nothing. The evaluation calls it for each query on
-        its main thread, then predicts on its scoring thread, where the features are found."""
+        """Compute and keep the encoder features of ``images`` in each of this learner's
+        caches whose backbone is frozen; otherwise nothing. The evaluation calls it for each
+        query on its main thread, then predicts on its scoring thread, where the features
+        are found."""
+        for cache in self.feature_caches():
+            if cache.backbone.frozen:
+                cache(images)
 
     def forget_features(self) -> None:
         """Drop every feature this learner cached. Training with augmentation calls it
         before each step: an augmented image never comes back, and the caches would
         otherwise fill their budget (1 GiB each) with features never met again."""
-        for value in vars(self).values():
-            if isinstance(value, FeatureCache):
-                value.clear()
+        for cache in self.feature_caches():
+            cache.clear()
 
     def meta_gradients(self, episodes: Sequence[EpisodeTensors]) -> dict[str, float]:
         """Accumulate the meta-gradient of a meta-batch into ``.grad``; return its metrics."""

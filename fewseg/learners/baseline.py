@@ -33,9 +33,6 @@ class PrototypeBaseline(Learner):
         self.backbone.freeze()
         self.features = FeatureCache(self.backbone)
 
-    def cache_features(self, images: torch.Tensor) -> None:
-        self.features(images)
-
     @torch.no_grad()
     def adapt(self, support: SupportSet) -> Predictor:
         prototypes = shot_prototypes(self.features(support.images), support.masks, support.ignore)

@@ -61,10 +61,6 @@ class ProtoNet(Learner):
     def scale(self) -> torch.Tensor:
         return self.log_scale.exp()
 
-    def cache_features(self, images: torch.Tensor) -> None:
-        if self.encoder.frozen:
-            self.feature_cache(images)
-
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Neck features [B,hidden,h,w] (see :func:`fewseg.models.feature_cache.encode`)."""
         features = encode(self.encoder, self.feature_cache, images)
