@@ -54,6 +54,6 @@ def sample_to_tensors(
     label_map = mask[0].as_subclass(torch.Tensor)
     ignore = label_map == IGNORE_LABEL
     foreground = (label_map == 1).float()
-    # the resize keeps the decoded image's channels-last layout; normalising is faster
-    # on planar channels (the same values)
+    # the resize keeps the decoded image's channels-last layout; planar channels
+    # normalise faster
     return normalise(image.as_subclass(torch.Tensor).contiguous()), foreground, ignore

@@ -53,7 +53,7 @@ class _Entry:
 
     @classmethod
     def of(cls, image: torch.Tensor, features: torch.Tensor) -> _Entry:
-        kept = image if image.is_contiguous() else image.contiguous()
+        kept = image.contiguous()  # the image itself when it is contiguous
         copied = 0 if kept is image else kept.nbytes
         return cls(kept, kept._version, features, copied + features.nbytes)
 
@@ -166,8 +166,9 @@ class FeatureCache:
             self.misses += len(missing)
             if not missing:
                 return found[0][None] if len(found) == 1 else torch.stack(found)
-            batch = images[missing] if isinstance(images, torch.Tensor) else None
-            if batch is None:
+            if isinstance(images, torch.Tensor):
+                batch = images[missing]
+            else:
                 batch = torch.stack([images[i] for i in missing])
             computed = self.backbone(batch, **backbone_options)
             with self._lock:
@@ -190,9 +191,9 @@ def encode(
 
     In training with augmentation nearly every image is new, so the cache mostly misses;
     a miss costs a hash of sampled values on top of the forward pass, and the least
-    recently used entries make room. Without augmentation, an image's
-    features are computed once for the whole run. ``frozen_options`` go to a frozen
-    backbone's forward pass.
+    recently used entries make room. Without augmentation, an image's features are
+    computed once for the whole run. ``frozen_options`` go to a frozen backbone's forward
+    pass.
     """
     if not encoder.frozen:
         return encoder(images if isinstance(images, torch.Tensor) else torch.stack(images))
