@@ -7,7 +7,8 @@ The floor is measured in the same process and thread setting: every distinct ima
 episode list, preprocessed beforehand, passed once through the frozen backbone (batch of
 one, as the feature cache passes them). The evaluation is timed from cold: a freshly
 opened source (nothing decoded yet) and a fresh learner (empty feature cache), so it pays
-for decoding, resizing, the backbone, adaptation and scoring. The floor is taken before
+for decoding, resizing, the backbone, adaptation and scoring. The process keeps freed
+memory for reuse, as the command line does (fewseg/allocator.py). The floor is taken before
 and after each evaluation and averaged, which absorbs slow drifts of a shared machine.
 """
 
@@ -19,6 +20,7 @@ import time
 
 import torch
 
+from fewseg.allocator import retain_freed_memory
 from fewseg.data.spec import open_source
 from fewseg.engine.evaluate import EvaluationSettings, evaluate
 from fewseg.episodes.sample_cache import resized_samples
@@ -54,6 +56,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    retain_freed_memory()  # as `fewseg` does at start
 
     source = open_source(args.dataset)
     plan = episode_plan(source, source.fold_split(args.fold).test, args.shots, args.episodes, 0)

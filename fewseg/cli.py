@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fewseg import __version__
+from fewseg.allocator import retain_freed_memory
 from fewseg.errors import FewSegError
 
 
@@ -429,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    retain_freed_memory()
     try:
         return args.run(args)
     except FewSegError as error:

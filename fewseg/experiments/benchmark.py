@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from fewseg.allocator import retain_freed_memory
 from fewseg.data.source import SegmentationSource
 from fewseg.data.spec import open_source
 from fewseg.engine.evaluate import EvaluationSettings, evaluation_report
@@ -237,6 +238,7 @@ def finished_report(
 
 def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
+    retain_freed_memory()  # as the command line does in its own process
 
 
 def _run_tasks(
