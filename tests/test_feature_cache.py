@@ -180,3 +180,39 @@ def test_a_copied_cache_has_its_own_lock_and_entries() -> None:
     copied = copy.deepcopy(cache)
     assert copied._lock is not cache._lock and copied.backbone is not cache.backbone
     assert torch.equal(copied(images), cache(images)) and copied.hits == 1
+
+
+def test_derived_values_are_computed_once_per_image_and_kept_with_its_features() -> None:
+    torch.manual_seed(0)
+    cache = FeatureCache(CountingBackbone())
+    images = torch.randn(3, 3, 8, 8)
+    calls: list[int] = []
+
+    def doubled(features: torch.Tensor) -> torch.Tensor:
+        calls.append(features.shape[0])
+        return features * 2
+
+    first = cache.derived(images[:2], "doubled", 1, doubled)
+    again = cache.derived(images, "doubled", 1, doubled)
+    assert calls == [2, 1]  # the misses of each call in one batch; image 2 only, then
+    assert torch.equal(first, cache(images[:2]) * 2)
+    assert torch.equal(again, cache(images) * 2)
+    features_bytes = 4 * 4 * 4 * 4
+    assert cache._bytes == 3 * 2 * features_bytes  # features and derived values both count
+    renewed = cache.derived(images[:1], "doubled", 2, lambda f: f * 3)  # another version
+    assert torch.equal(renewed, cache(images[:1]) * 3)
+    assert cache._bytes == 3 * 2 * features_bytes  # replaced, not added
+
+
+def test_derived_values_go_with_their_entry() -> None:
+    torch.manual_seed(0)
+    one_entry = 2 * 4 * 4 * 4 * 4  # features and one derived value of the same size
+    cache = FeatureCache(CountingBackbone(), max_bytes=2 * one_entry)
+    images = torch.randn(3, 3, 8, 8)
+    for i in range(3):
+        cache.derived(images[i : i + 1], "copy", 0, lambda f: f.clone())
+    assert len(cache._entries) == 2 and cache._bytes == 2 * one_entry  # the first evicted
+    cache.clear()
+    assert cache._bytes == 0
+    cache.derived(images[:1], "copy", 0, lambda f: f.clone())
+    assert cache._bytes == one_entry

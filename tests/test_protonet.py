@@ -140,6 +140,32 @@ def test_prediction_is_the_pipeline_at_input_resolution() -> None:
     torch.testing.assert_close(logits.softmax(dim=1), resized.softmax(dim=1))
 
 
+def test_the_neck_runs_once_per_image_for_its_current_parameters() -> None:
+    torch.manual_seed(0)
+    learner = ProtoNet(tiny_config(scale_init=7.0), Pool())
+    calls: list[int] = []
+    learner.neck.register_forward_hook(lambda _, inputs, __: calls.append(len(inputs[0])))
+    generator = torch.Generator().manual_seed(1)
+    support = random_episode(generator, shots=2, size=16).support
+    query = torch.randn(1, 3, 16, 16, generator=generator)
+    predict = learner.adapt(support)
+    logits = predict(query)
+    assert torch.equal(predict(query), logits)
+    assert torch.equal(learner.adapt(support)(query), logits)
+    assert calls == [2, 1]  # the two support images, then the query: once each
+    with torch.no_grad():
+        learner.neck[2].bias.add_(0.5)  # a changed neck (an optimizer step, say)
+    changed = learner.adapt(support)(query)
+    assert calls == [2, 1, 2, 1]
+    with torch.no_grad():
+        prototypes = shot_prototypes(
+            learner.neck(F.avg_pool2d(support.images, 2)), support.masks, support.ignore
+        )
+        coarse = cosine_logits(learner.neck(F.avg_pool2d(query, 2)), prototypes, 7.0)
+    resized = F.interpolate(coarse, (16, 16), mode="bilinear")
+    torch.testing.assert_close(changed[:, 1], resized[:, 1] - resized[:, 0])
+
+
 def test_scale_is_learnable_and_stays_positive() -> None:
     torch.manual_seed(0)
     learner = ProtoNet(tiny_config())

@@ -73,13 +73,25 @@ class ProtoNet(Learner):
         logits = cosine_logits(features, prototypes, self.scale)
         return bilinear_resize(logits, size)
 
+    def prediction_embedding(self, images: torch.Tensor) -> torch.Tensor:
+        """:meth:`embed` without gradients. With a frozen encoder the neck's output is kept
+        with the image's cached features, for the neck's current parameters: an evaluation
+        meets each image in many episodes, and the neck costs more than the rest of a
+        prediction."""
+        if not self.encoder.frozen:
+            with torch.no_grad():
+                return self.embed(images)
+        version = tuple((p.data_ptr(), p._version) for p in self.neck.parameters())
+        return self.feature_cache.derived(images, "neck", version, self.neck)
+
     @torch.no_grad()
     def adapt(self, support: SupportSet) -> Predictor:
-        prototypes = shot_prototypes(self.embed(support.images), support.masks, support.ignore)
+        embedded = self.prediction_embedding(support.images)
+        prototypes = shot_prototypes(embedded, support.masks, support.ignore)
 
         @torch.no_grad()
         def predict(query_images: torch.Tensor) -> torch.Tensor:
-            logits = cosine_logits(self.embed(query_images), prototypes, self.scale)
+            logits = cosine_logits(self.prediction_embedding(query_images), prototypes, self.scale)
             return prediction_logits(logits, query_images.shape[-2:])
 
         return predict

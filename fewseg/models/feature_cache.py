@@ -14,8 +14,8 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -33,7 +33,7 @@ def image_key(image: torch.Tensor) -> bytes:
     return hashlib.blake2b(data, digest_size=20, person=b"fewseg-img").digest() + shape
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Entry:
     """An image's features and the image itself, to confirm a hit.
 
@@ -49,7 +49,13 @@ class _Entry:
     image: torch.Tensor
     version: int
     features: torch.Tensor
-    nbytes: int
+    nbytes: int  # of what the entry holds besides the derived values
+    # name → (version, value): see FeatureCache.derived
+    derived: dict[str, tuple[Hashable, torch.Tensor]] = field(default_factory=dict)
+    dropped: bool = False  # evicted or cleared: its bytes no longer count
+
+    def total_bytes(self) -> int:
+        return self.nbytes + sum(value.nbytes for _, value in self.derived.values())
 
     @classmethod
     def of(cls, image: torch.Tensor, features: torch.Tensor) -> _Entry:
@@ -109,32 +115,35 @@ class FeatureCache:
 
     def clear(self) -> None:
         with self._lock:
+            for entry in self._entries.values():
+                entry.dropped = True
             self._entries.clear()
             self._keys_by_identity.clear()
             self._bytes = 0
 
-    def _find(self, key: bytes, image: torch.Tensor) -> torch.Tensor | None:
+    def _find(self, key: bytes, image: torch.Tensor) -> _Entry | None:
         cached = self._entries.get(key)
         if cached is None or not cached.holds(image):
             return None
         self._entries.move_to_end(key)
-        return cached.features
+        return cached
 
-    def _find_kept(self, image: torch.Tensor) -> torch.Tensor | None:
-        """The features of ``image`` if it is a kept tensor, unchanged: no hashing."""
+    def _find_kept(self, image: torch.Tensor) -> _Entry | None:
+        """The entry of ``image`` if it is a kept tensor, unchanged: no hashing."""
         key = self._keys_by_identity.get(identity(image))
         cached = self._entries.get(key) if key is not None else None
         if cached is None or not cached.is_kept(image):
             return None
         self._entries.move_to_end(key)
-        return cached.features
+        return cached
 
     def _drop(self, key: bytes, entry: _Entry) -> None:
-        self._bytes -= entry.nbytes
+        entry.dropped = True
+        self._bytes -= entry.total_bytes()
         if self._keys_by_identity.get(identity(entry.image)) == key:
             del self._keys_by_identity[identity(entry.image)]
 
-    def _store(self, key: bytes, image: torch.Tensor, features: torch.Tensor) -> None:
+    def _store(self, key: bytes, image: torch.Tensor, features: torch.Tensor) -> _Entry:
         stale = self._entries.pop(key, None)  # same sampled values, another image: replaced
         if stale is not None:
             self._drop(key, stale)
@@ -142,6 +151,10 @@ class FeatureCache:
         self._entries[key] = entry
         self._keys_by_identity[identity(entry.image)] = key
         self._bytes += entry.nbytes
+        self._evict()
+        return entry
+
+    def _evict(self) -> None:
         while self._bytes > self.max_bytes and len(self._entries) > 1:
             self._drop(*self._entries.popitem(last=False))
 
@@ -152,6 +165,51 @@ class FeatureCache:
         images; those not cached go through the backbone together, in one batch (with
         ``backbone_options``). When all of them miss, the backbone's output is returned as
         it is, without a copy."""
+        entries, computed = self._entries_of(images, backbone_options)
+        if computed is not None:
+            return computed
+        return _batch([entry.features for entry in entries])
+
+    def derived(
+        self,
+        images: torch.Tensor | Sequence[torch.Tensor],
+        name: str,
+        version: Hashable,
+        transform: Callable[[torch.Tensor], torch.Tensor],
+        **backbone_options: Any,
+    ) -> torch.Tensor:
+        """``transform(features)`` of ``images``, computed once per image and kept with its
+        features under ``name``, without gradients: say, a frozen neck after the backbone
+        during an evaluation. A stored value of another ``version`` is replaced: pass what
+        identifies the transform's state (its parameters' addresses and versions). Images
+        whose value is missing are transformed together, in one batch."""
+        entries, _ = self._entries_of(images, backbone_options)
+        values: list[torch.Tensor | None] = [None] * len(entries)
+        with self._lock:
+            for i, entry in enumerate(entries):
+                stored = entry.derived.get(name)
+                if stored is not None and stored[0] == version:
+                    values[i] = stored[1]
+        missing = [i for i, value in enumerate(values) if value is None]
+        if missing:
+            with torch.no_grad():
+                computed = transform(_batch([entries[i].features for i in missing]))
+            with self._lock:
+                for i, value in zip(missing, computed, strict=True):
+                    entry = entries[i]
+                    old = entry.derived.get(name)
+                    entry.derived[name] = (version, value)
+                    if not entry.dropped:
+                        self._bytes += value.nbytes - (old[1].nbytes if old is not None else 0)
+                    values[i] = value
+                self._evict()
+        return _batch([value for value in values if value is not None])
+
+    def _entries_of(
+        self, images: torch.Tensor | Sequence[torch.Tensor], backbone_options: dict[str, Any]
+    ) -> tuple[list[_Entry], torch.Tensor | None]:
+        """The entry of each image (computing the missing features in one batch) and, when
+        every image missed, the backbone's output."""
         if not self.backbone.frozen:
             raise ValueError("FeatureCache needs a frozen backbone: features would go stale")
         with torch.no_grad():
@@ -164,20 +222,22 @@ class FeatureCache:
             missing = [i for i, f in enumerate(found) if f is None]
             self.hits += len(images) - len(missing)
             self.misses += len(missing)
-            if not missing:
-                return found[0][None] if len(found) == 1 else torch.stack(found)
-            if isinstance(images, torch.Tensor):
-                batch = images[missing]
-            else:
-                batch = torch.stack([images[i] for i in missing])
-            computed = self.backbone(batch, **backbone_options)
-            with self._lock:
-                for i, features in zip(missing, computed, strict=True):
-                    self._store(keys[i], images[i], features)
-                    found[i] = features
-            if len(missing) == len(found):
-                return computed
-            return torch.stack(found)
+            computed = None
+            if missing:
+                if isinstance(images, torch.Tensor):
+                    batch = images[missing]
+                else:
+                    batch = torch.stack([images[i] for i in missing])
+                computed = self.backbone(batch, **backbone_options)
+                with self._lock:
+                    for i, features in zip(missing, computed, strict=True):
+                        found[i] = self._store(keys[i], images[i], features)
+            entries = [entry for entry in found if entry is not None]
+            return entries, computed if len(missing) == len(entries) else None
+
+
+def _batch(rows: list[torch.Tensor]) -> torch.Tensor:
+    return rows[0][None] if len(rows) == 1 else torch.stack(rows)
 
 
 def encode(
