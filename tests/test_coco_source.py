@@ -130,6 +130,17 @@ def test_mask_is_union_of_instances(coco_root: Path) -> None:
     assert not sample.ignore.any()
 
 
+@pytest.mark.parametrize(("image_id", "class_index"), [("7", 0), ("12", 1), ("12", 0)])
+def test_masks_alone_equal_those_of_a_full_load(
+    coco_root: Path, image_id: str, class_index: int
+) -> None:
+    source = open_coco(coco_root)
+    sample = source.load(image_id, class_index)
+    mask, ignore = source.load_masks(image_id, class_index)
+    np.testing.assert_array_equal(mask, sample.mask)
+    np.testing.assert_array_equal(ignore, sample.ignore)
+
+
 def test_crowd_region_outside_instances_is_ignored(coco_root: Path) -> None:
     sample = open_coco(coco_root).load("12", 1)
     mask = np.zeros((H, W), dtype=bool)

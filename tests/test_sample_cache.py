@@ -10,7 +10,7 @@ from fewseg.data.synthetic import SyntheticSource
 from fewseg.episodes import Episode, load_episode
 from fewseg.episodes.sample_cache import ByteBudgetLRU, ResizedSamples, resized_samples
 from fewseg.episodes.tensors import load_resized_episode
-from fewseg.episodes.transforms import resize_transform
+from fewseg.episodes.transforms import resize_transform, sample_to_tensors
 
 
 class CountingSource(SyntheticSource):
@@ -19,6 +19,12 @@ class CountingSource(SyntheticSource):
     def __init__(self) -> None:
         super().__init__(seed=3, images_per_class=2, size=64)
         self.loads = 0
+        self.mask_loads = 0
+
+    def load_masks(self, image_id: str, class_index: int) -> tuple[np.ndarray, np.ndarray]:
+        self.mask_loads += 1
+        self.loads -= 1  # counted as a mask load only
+        return super().load_masks(image_id, class_index)
 
     def load(self, image_id: str, class_index: int) -> ClassSample:
         self.loads += 1
@@ -82,6 +88,19 @@ def test_classes_of_one_image_have_their_own_masks() -> None:
     assert ignore_b_again is samples.load(image_id, b, 16)[2]
     assert ignore_b_again.dtype == torch.bool and mask_b.dtype == torch.float32
     assert (samples.hits, samples.misses) == (2, 2)
+
+
+def test_a_second_class_of_a_held_image_reads_its_masks_alone() -> None:
+    source = CountingSource()
+    image_id, a, b = two_class_image(source)
+    samples = ResizedSamples(source)
+    samples.load(image_id, a, 16)
+    assert (source.loads, source.mask_loads) == (1, 0)
+    _, mask_b, ignore_b = samples.load(image_id, b, 16)
+    assert (source.loads, source.mask_loads) == (1, 1)  # the image was not decoded again
+    _, fresh_mask, fresh_ignore = sample_to_tensors(source.load(image_id, b), resize_transform(16))
+    assert torch.equal(mask_b, fresh_mask) and torch.equal(ignore_b, fresh_ignore)
+    assert mask_b.dtype == fresh_mask.dtype and ignore_b.dtype == fresh_ignore.dtype
 
 
 def test_the_memo_is_one_per_source() -> None:

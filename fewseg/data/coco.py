@@ -200,14 +200,20 @@ class CocoSource(SegmentationSource):
 
     def load(self, image_id: str, class_index: int) -> ClassSample:
         record = self._image_record(image_id)
+        image = read_rgb(self.images_dir / record["file_name"])
+        mask, ignore = self.load_masks(image_id, class_index)
+        check_same_size(image, mask, f"{self.annotation_file} (image {record['file_name']})")
+        return ClassSample(image=image, mask=mask, ignore=ignore)
+
+    def load_masks(self, image_id: str, class_index: int) -> tuple[np.ndarray, np.ndarray]:
+        """From the annotations alone (at the size the image record gives)."""
+        record = self._image_record(image_id)
         if not 0 <= class_index < len(self._classes):
             raise FewSegError(f"coco: no class with index {class_index}")
-        image = read_rgb(self.images_dir / record["file_name"])
         key = (record["id"], class_index)
         mask = self._decode(record["id"], self._instances.get(key, []))
         crowd = self._decode(record["id"], self._crowds.get(key, []))
-        check_same_size(image, mask, f"{self.annotation_file} (image {record['file_name']})")
-        return ClassSample(image=image, mask=mask, ignore=crowd & ~mask)
+        return mask, crowd & ~mask
 
 
 @SOURCES.register("coco", "COCO instances json + images folder; COCO-20i folds")

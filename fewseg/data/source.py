@@ -115,6 +115,12 @@ class SegmentationSource(ABC):
     def load(self, image_id: str, class_index: int) -> ClassSample:
         """The image ``image_id`` with the mask of class ``class_index``."""
 
+    def load_masks(self, image_id: str, class_index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(mask, ignore) of :meth:`load`, for a caller that holds the image already.
+        Sources that can read a mask without decoding its image override this."""
+        sample = self.load(image_id, class_index)
+        return sample.mask, sample.ignore
+
     def settings(self) -> dict[str, Any]:
         """What identifies this source in a report."""
         return {"kind": self.kind, "min_mask_pixels": self.min_mask_pixels}

@@ -17,7 +17,7 @@ from typing import Generic, TypeVar
 import torch
 
 from fewseg.data.source import SegmentationSource
-from fewseg.episodes.transforms import resize_transform, sample_to_tensors
+from fewseg.episodes.transforms import masks_to_tensors, resize_transform, sample_to_tensors
 
 DEFAULT_BUDGET_BYTES = 3 << 30
 
@@ -76,14 +76,19 @@ class ResizedSamples:
         """The same tensor objects on every hit: callers must not modify them in place."""
         image = self._images.get((image_id, size))
         masks = self._masks.get((image_id, class_index, size))
-        if image is None or masks is None:
+        if image is None:
             self.misses += 1
             sample = self.source.load(image_id, class_index)
-            fresh, foreground, ignore = sample_to_tensors(sample, resize_transform(size))
-            if image is None:  # else keep the tensor others already hold: one object per image
-                image = fresh.contiguous()
-                self._images.put((image_id, size), image)
-            masks = (foreground, ignore)
+            image, *fresh_masks = sample_to_tensors(sample, resize_transform(size))
+            image = image.contiguous()
+            self._images.put((image_id, size), image)
+            masks = tuple(fresh_masks)  # the same as any kept ones
+            self._masks.put((image_id, class_index, size), masks)
+        elif masks is None:  # the image of another class: its masks alone
+            self.misses += 1
+            masks = masks_to_tensors(
+                *self.source.load_masks(image_id, class_index), resize_transform(size)
+            )
             self._masks.put((image_id, class_index, size), masks)
         else:
             self.hits += 1

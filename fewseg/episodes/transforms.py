@@ -47,13 +47,26 @@ def sample_to_tensors(
     sample: ClassSample, transform: v2.Transform
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(image [3,S,S] normalised float, mask [S,S] float in {0,1}, ignore [S,S] bool)."""
-    label = np.where(sample.ignore, IGNORE_LABEL, sample.mask.astype(np.uint8)).astype(np.uint8)
     image = tv_tensors.Image(torch.from_numpy(np.array(sample.image, copy=True)).permute(2, 0, 1))
-    mask = tv_tensors.Mask(torch.from_numpy(label)[None])
-    image, mask = transform(image, mask)
-    label_map = mask[0].as_subclass(torch.Tensor)
-    ignore = label_map == IGNORE_LABEL
-    foreground = (label_map == 1).float()
+    image, label_map = transform(image, _label_map(sample.mask, sample.ignore))
     # the resize keeps the decoded image's channels-last layout; planar channels
     # normalise faster
-    return normalise(image.as_subclass(torch.Tensor).contiguous()), foreground, ignore
+    return normalise(image.as_subclass(torch.Tensor).contiguous()), *_split_labels(label_map)
+
+
+def masks_to_tensors(
+    mask: np.ndarray, ignore: np.ndarray, transform: v2.Transform
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (mask, ignore) of :func:`sample_to_tensors` without the image, for a transform
+    that depends on nothing random (the evaluation's resize)."""
+    return _split_labels(transform(_label_map(mask, ignore)))
+
+
+def _label_map(mask: np.ndarray, ignore: np.ndarray) -> tv_tensors.Mask:
+    label = np.where(ignore, IGNORE_LABEL, mask.astype(np.uint8)).astype(np.uint8)
+    return tv_tensors.Mask(torch.from_numpy(label)[None])
+
+
+def _split_labels(label_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    labels = label_map[0].as_subclass(torch.Tensor)
+    return (labels == 1).float(), labels == IGNORE_LABEL
