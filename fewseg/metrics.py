@@ -9,6 +9,7 @@ neither. The state is two [2, n_classes] tensors, so it all-reduces across proce
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -37,6 +38,41 @@ def intersection_union(
     return intersection.double(), union.double()
 
 
+@dataclass(frozen=True)
+class GroundTruth:
+    """One image's target and ignore mask, prepared once for the predictions of every
+    episode that queries it: :meth:`intersection_union` then equals
+    :func:`intersection_union` for two counts per prediction."""
+
+    valid: torch.Tensor  # bool: not ignored
+    valid_target: torch.Tensor  # bool: foreground and not ignored
+    n_valid: int
+    n_target: int
+
+    @classmethod
+    def of(cls, target: torch.Tensor, ignore: torch.Tensor) -> GroundTruth:
+        valid = ~ignore
+        valid_target = target.bool() & valid
+        return cls(
+            valid,
+            valid_target,
+            int(torch.count_nonzero(valid)),
+            int(torch.count_nonzero(valid_target)),
+        )
+
+    def intersection_union(self, prediction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        predicted = int(torch.count_nonzero(prediction & self.valid))
+        both_fg = int(torch.count_nonzero(prediction & self.valid_target))
+        target_only = self.n_target - both_fg
+        prediction_only = predicted - both_fg
+        both_bg = self.n_valid - both_fg - target_only - prediction_only
+        outside = target_only + prediction_only
+        return (
+            torch.tensor([both_bg, both_fg], dtype=torch.float64),
+            torch.tensor([both_bg + outside, both_fg + outside], dtype=torch.float64),
+        )
+
+
 class SegmentationScores:
     """Accumulates per-class intersection/union over episodes."""
 
@@ -55,7 +91,15 @@ class SegmentationScores:
         target: torch.Tensor,
         ignore: torch.Tensor,
     ) -> None:
-        intersection, union = intersection_union(prediction, target, ignore)
+        self._add_counts(class_index, *intersection_union(prediction, target, ignore))
+
+    def update_with(self, class_index: int, prediction: torch.Tensor, truth: GroundTruth) -> None:
+        """:meth:`update` against a prepared ground truth."""
+        self._add_counts(class_index, *truth.intersection_union(prediction))
+
+    def _add_counts(
+        self, class_index: int, intersection: torch.Tensor, union: torch.Tensor
+    ) -> None:
         column = self._column[class_index]
         self.intersection[:, column] += intersection.cpu()
         self.union[:, column] += union.cpu()

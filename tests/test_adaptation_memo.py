@@ -1,3 +1,5 @@
+import threading
+
 import pytest
 import torch
 
@@ -58,3 +60,20 @@ def test_memoised_evaluation_scores_exactly_as_adapting_every_episode(learner_na
     assert (memo.misses, memo.hits) == (len(distinct), len(plan.episodes) - len(distinct))
     assert torch.equal(memoised.intersection, plain.intersection)
     assert torch.equal(memoised.union, plain.union)
+
+
+def test_threads_share_the_memo_and_every_call_is_counted_once():
+    memo = AdaptationMemo(capacity=4)
+    keys = [f"k{i % 6}" for i in range(300)]
+
+    def use(offset: int) -> None:
+        for key in keys[offset:] + keys[:offset]:
+            assert memo.predictor(key, lambda k=key: lambda q, k=k: k)(None) == key
+
+    threads = [threading.Thread(target=use, args=(i * 7,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert memo.hits + memo.misses == 4 * len(keys)
+    assert len(memo) == 4

@@ -1,3 +1,5 @@
+import threading
+
 import pytest
 import torch
 
@@ -27,3 +29,27 @@ def test_predicting_on_the_scoring_thread_scores_as_predicting_in_order(
     assert torch.equal(concurrent.intersection, in_order.intersection)
     assert torch.equal(concurrent.union, in_order.union)
     assert concurrent.union.sum() > 0
+
+
+def test_the_main_thread_runs_the_backbone_and_the_scoring_thread_adapts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    torch.manual_seed(0)
+    source = open_source("synthetic:images=4,size=64")
+    learner = LEARNERS.get("baseline")(LearnerConfig(pretrained=False))
+    encoding_threads: set[str] = set()
+    adapting_threads: set[str] = set()
+    learner.backbone.register_forward_hook(
+        lambda *_: encoding_threads.add(threading.current_thread().name)
+    )
+    adapt = learner.adapt
+
+    def recorded_adapt(support):
+        adapting_threads.add(threading.current_thread().name)
+        return adapt(support)
+
+    monkeypatch.setattr(learner, "adapt", recorded_adapt)
+    plan = episode_plan(source, source.fold_split("0").test, 1, 20, seed=1)
+    score_plan(learner, source, plan, EvaluationSettings("0", 1, 20, 64, progress=False))
+    assert encoding_threads == {threading.main_thread().name}
+    assert adapting_threads and threading.main_thread().name not in adapting_threads

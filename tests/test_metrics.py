@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from fewseg.metrics import SegmentationScores, intersection_union
+from fewseg.metrics import GroundTruth, SegmentationScores, intersection_union
 
 
 def row(*values: int) -> torch.Tensor:
@@ -35,6 +35,32 @@ def test_ignored_pixels_count_in_neither() -> None:
     assert union.tolist() == [5, 2]
     _, union_without_ignore = intersection_union(prediction, target, torch.zeros_like(ignore))
     assert union_without_ignore.tolist() == [6, 3]
+
+
+@pytest.mark.parametrize("episode", EPISODES)
+def test_a_prepared_ground_truth_counts_as_intersection_union(episode) -> None:
+    _, prediction, target, ignore = episode
+    truth = GroundTruth.of(target, ignore)
+    for counts, expected in zip(
+        truth.intersection_union(prediction),
+        intersection_union(prediction, target, ignore),
+        strict=True,
+    ):
+        assert counts.dtype == expected.dtype and torch.equal(counts, expected)
+
+
+def test_prepared_counts_equal_intersection_union_on_random_maps() -> None:
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        prediction, target = (torch.rand(9, 7, generator=g) > 0.5 for _ in range(2))
+        ignore = torch.rand(9, 7, generator=g) > 0.8
+        truth = GroundTruth.of(target.float(), ignore)
+        for counts, expected in zip(
+            truth.intersection_union(prediction),
+            intersection_union(prediction, target, ignore),
+            strict=True,
+        ):
+            assert torch.equal(counts, expected)
 
 
 def test_per_class_accumulation_not_mean_of_episodes() -> None:

@@ -5,7 +5,13 @@ import threading
 import pytest
 import torch
 
-from fewseg.engine.scoring import QueuedQuery, ScoringQueue, foreground_prediction, score_query
+from fewseg.engine.scoring import (
+    GroundTruths,
+    QueuedQuery,
+    ScoringQueue,
+    foreground_prediction,
+    score_query,
+)
 from fewseg.metrics import SegmentationScores
 
 CLASSES = (3, 7)
@@ -31,7 +37,7 @@ def random_queries(n: int, seed: int = 0) -> list[QueuedQuery]:
 def in_order(queries: list[QueuedQuery]) -> SegmentationScores:
     scores = SegmentationScores(CLASSES)
     for query in queries:
-        score_query(scores, query)
+        score_query(scores, query, GroundTruths())
     return scores
 
 
@@ -118,3 +124,15 @@ def test_scores_add_by_hand() -> None:
     assert a.episodes.tolist() == [2.0, 0.0]
     with pytest.raises(ValueError, match="different classes"):
         a.add(SegmentationScores((3,)))
+
+
+def test_a_query_image_met_again_reuses_its_prepared_ground_truth() -> None:
+    truths = GroundTruths(capacity=2)
+    mask, ignore = torch.ones(3, 3), torch.zeros(3, 3, dtype=torch.bool)
+    first = truths.get(mask, ignore)
+    assert truths.get(mask, ignore) is first
+    assert truths.get(mask.clone(), ignore) is not first  # another tensor: another entry
+    mask[0, 0] = 0  # changed in place: a new version, prepared again
+    changed = truths.get(mask, ignore)
+    assert changed is not first and changed.n_target == 8 and first.n_target == 9
+    assert len(truths._entries) == 2  # the capacity

@@ -8,6 +8,7 @@ sets, while a 1000-episode list (times several seeds) draws many more episodes f
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
@@ -17,13 +18,18 @@ DEFAULT_CAPACITY = 512  # predictors kept (a head's adapted weights are a few hu
 
 
 class AdaptationMemo:
-    """Predictors by support-set key, least recently used out first."""
+    """Predictors by support-set key, least recently used out first.
+
+    Safe to use from several threads (an evaluation adapts on its scoring threads); two
+    threads that miss the same key at once both adapt, and the later predictor is kept.
+    """
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
         if capacity < 0:
             raise ValueError(f"capacity must be >= 0, got {capacity}")
         self.capacity = capacity
         self._predictors: OrderedDict[Hashable, Predictor] = OrderedDict()
+        self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
@@ -31,15 +37,18 @@ class AdaptationMemo:
         return len(self._predictors)
 
     def predictor(self, key: Hashable, adapt: Callable[[], Predictor]) -> Predictor:
-        found = self._predictors.get(key)
-        if found is not None:
-            self.hits += 1
-            self._predictors.move_to_end(key)
-            return found
-        self.misses += 1
+        with self._lock:
+            found = self._predictors.get(key)
+            if found is not None:
+                self.hits += 1
+                self._predictors.move_to_end(key)
+                return found
+            self.misses += 1
         predictor = adapt()
         if self.capacity:
-            self._predictors[key] = predictor
-            if len(self._predictors) > self.capacity:
-                self._predictors.popitem(last=False)
+            with self._lock:
+                self._predictors[key] = predictor
+                self._predictors.move_to_end(key)
+                if len(self._predictors) > self.capacity:
+                    self._predictors.popitem(last=False)
         return predictor

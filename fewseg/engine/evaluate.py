@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +19,7 @@ from fewseg.engine.adaptation_memo import AdaptationMemo
 from fewseg.engine.scoring import QueuedQuery, ScoringQueue
 from fewseg.episodes.prefetch import prefetched
 from fewseg.episodes.sampler import EpisodePlan, episode_plan
-from fewseg.episodes.tensors import EpisodeDataset, EpisodeTensors
+from fewseg.episodes.tensors import EpisodeDataset, EpisodeTensors, SupportSet
 from fewseg.learners.base import Learner, Predictor
 from fewseg.metrics import SegmentationScores
 
@@ -79,20 +79,21 @@ def score_plan(
     learner.eval()
     quiet = not settings.progress or not distributed.is_main()
     bar = tqdm(loader, desc=description, unit="ep", total=len(dataset), disable=quiet, leave=False)
-    # Scoring runs on a second thread, behind adaptation, and so does prediction where the
-    # learner allows it: the main thread adapts and puts the query's features in the
-    # learner's cache, where the prediction finds them.
+    # Scoring runs on a second thread, behind the main thread. Where the learner allows it,
+    # so do adaptation and prediction: the main thread then only puts the features of the
+    # episode's images in the learner's cache (the backbone is the bulk of an evaluation),
+    # where the scoring thread finds them.
     with ScoringQueue(plan.classes_used, SCORING_BACKLOG) as queue:
         for planned, episode in zip(dataset.episodes, bar, strict=True):
-            support = episode.support
-            predict = memo.predictor(
-                (planned.class_index, planned.support),
-                lambda: learner.adapt(support.to(device)),  # noqa: B023 (called at once)
-            )
+            support = episode.support.to(device)
             query = episode.query_image[None].to(device)
+            key = (planned.class_index, planned.support)
             if learner.concurrent_prediction:
+                learner.cache_features(support.images)
                 learner.cache_features(query)
+                predict = _adapted_when_called(memo, key, learner, support)
             else:
+                predict = memo.predictor(key, lambda: learner.adapt(support))  # noqa: B023
                 predict = _predicted(predict(query))
             queue.put(
                 QueuedQuery(
@@ -101,6 +102,14 @@ def score_plan(
             )
         scores = queue.finish()
     return distributed.all_reduce_scores(scores)
+
+
+def _adapted_when_called(
+    memo: AdaptationMemo, key: Hashable, learner: Learner, support: SupportSet
+) -> Predictor:
+    """A predictor that adapts to ``support`` (or finds it adapted) on the thread that
+    predicts."""
+    return lambda query: memo.predictor(key, lambda: learner.adapt(support))(query)
 
 
 def _predicted(logits: torch.Tensor) -> Predictor:

@@ -10,7 +10,7 @@ integers, so their sum does not depend on which thread scored which episode.
 from __future__ import annotations
 
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -18,7 +18,7 @@ from types import TracebackType
 import torch
 
 from fewseg.learners.base import Predictor
-from fewseg.metrics import SegmentationScores
+from fewseg.metrics import GroundTruth, SegmentationScores
 from fewseg.threads import use_one_torch_thread
 
 
@@ -36,9 +36,43 @@ class QueuedQuery:
     ignore: torch.Tensor  # [H,W] bool
 
 
-def score_query(scores: SegmentationScores, query: QueuedQuery) -> None:
+_TruthKey = tuple[int, int, int, int]
+
+
+class GroundTruths:
+    """The prepared ground truth of the query images met, least recently used out first.
+
+    Found by the identity of the mask tensors: the evaluation's samples hand out the same
+    tensors for every episode of an image. An entry keeps those tensors referenced, so no
+    other tensor can take their address meanwhile, and an in-place change (a new version)
+    is a miss."""
+
+    def __init__(self, capacity: int = 256) -> None:
+        self.capacity = capacity
+        # key → (truth, mask, ignore): the tensors are kept only to hold their addresses
+        self._entries: OrderedDict[_TruthKey, tuple[GroundTruth, torch.Tensor, torch.Tensor]] = (
+            OrderedDict()
+        )
+        self._lock = threading.Lock()
+
+    def get(self, mask: torch.Tensor, ignore: torch.Tensor) -> GroundTruth:
+        key = (id(mask), mask._version, id(ignore), ignore._version)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+                return entry[0]
+        truth = GroundTruth.of(mask, ignore)
+        with self._lock:
+            self._entries[key] = (truth, mask, ignore)
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+        return truth
+
+
+def score_query(scores: SegmentationScores, query: QueuedQuery, truths: GroundTruths) -> None:
     prediction = foreground_prediction(query.predict(query.image))[0].cpu()
-    scores.update(query.class_index, prediction, query.mask.bool(), query.ignore)
+    scores.update_with(query.class_index, prediction, truths.get(query.mask, query.ignore))
 
 
 class ScoringQueue:
@@ -55,6 +89,7 @@ class ScoringQueue:
         self._closed = False
         self._error: BaseException | None = None
         self._worker_scores = SegmentationScores(self._classes)
+        self._truths = GroundTruths()
         self._thread = threading.Thread(target=self._work, name="fewseg-score", daemon=True)
         self._thread.start()
 
@@ -72,7 +107,7 @@ class ScoringQueue:
         scores = SegmentationScores(self._classes)
         self._close()
         while (query := self._take(newest=True)) is not None:
-            score_query(scores, query)
+            score_query(scores, query, self._truths)
         self._thread.join()
         self._raise_worker_error()
         scores.add(self._worker_scores)
@@ -112,7 +147,7 @@ class ScoringQueue:
         use_one_torch_thread()
         try:
             while (query := self._take(newest=False)) is not None:
-                score_query(self._worker_scores, query)
+                score_query(self._worker_scores, query, self._truths)
         except BaseException as exc:  # handed to the thread that puts or finishes
             with self._changed:
                 self._error = exc
