@@ -1,6 +1,6 @@
 """The frozen encoder on the main thread beside a helper thread doing small matrix
 products (as the evaluation's scoring thread does): the helper with its default torch
-threading, and after ``fewseg.threads.use_one_torch_thread``.
+threading, and after ``fewseg.threads.set_up_helper_thread``.
 
     .venv/bin/python benchmarks/helper_thread.py     # 60 images of 400x400, one thread
 
@@ -18,7 +18,7 @@ import time
 import torch
 
 from fewseg.models.backbones import BACKBONES
-from fewseg.threads import use_one_torch_thread
+from fewseg.threads import set_up_helper_thread
 
 
 def main() -> None:
@@ -44,7 +44,7 @@ def main() -> None:
 
         def helper() -> None:
             if one_thread:
-                use_one_torch_thread()
+                set_up_helper_thread()
             rows, coarse = torch.randn(args.size, 25), torch.randn(2, 25, 25)
             while not stop.is_set():
                 rows @ coarse @ rows.T  # an upsampled prediction
@@ -60,7 +60,7 @@ def main() -> None:
     runs = {
         "alone": encode_all,
         "beside a helper, default threading": lambda: beside_helper(False),
-        "beside a helper, use_one_torch_thread": lambda: beside_helper(True),
+        "beside a helper, set_up_helper_thread": lambda: beside_helper(True),
     }
     encode_all()  # warm-up
     times: dict[str, list[float]] = {name: [] for name in runs}

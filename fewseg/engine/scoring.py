@@ -19,7 +19,7 @@ import torch
 
 from fewseg.learners.base import Predictor
 from fewseg.metrics import GroundTruth, SegmentationScores
-from fewseg.threads import use_one_torch_thread
+from fewseg.threads import set_up_helper_thread
 
 
 def foreground_prediction(logits: torch.Tensor) -> torch.Tensor:
@@ -144,7 +144,7 @@ class ScoringQueue:
             return query
 
     def _work(self) -> None:
-        use_one_torch_thread()
+        set_up_helper_thread()
         try:
             while (query := self._take(newest=False)) is not None:
                 score_query(self._worker_scores, query, self._truths)

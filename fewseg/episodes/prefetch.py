@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
-from fewseg.threads import use_one_torch_thread
+from fewseg.threads import set_up_helper_thread
 
 T = TypeVar("T")
 
@@ -22,7 +22,7 @@ def prefetched(items: Sequence[T], ahead: int = 4) -> Iterator[T]:
     if ahead < 1:
         raise ValueError(f"ahead must be >= 1, got {ahead}")
     pool = ThreadPoolExecutor(
-        max_workers=1, thread_name_prefix="fewseg-prefetch", initializer=use_one_torch_thread
+        max_workers=1, thread_name_prefix="fewseg-prefetch", initializer=set_up_helper_thread
     )
     try:
         pending: deque[Future[T]] = deque()
