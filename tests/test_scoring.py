@@ -93,6 +93,36 @@ def test_the_caller_scores_what_waits_when_it_finishes() -> None:
     assert scored_by.count(threading.current_thread().name) == 5
 
 
+def test_a_caller_that_finds_the_backlog_full_scores_the_newest_waiting_query() -> None:
+    release, started = threading.Event(), threading.Event()
+    scored: list[tuple[int, str]] = []
+    queries = random_queries(7)
+
+    def record(index: int) -> QueuedQuery:
+        query = queries[index]
+
+        def predict(image: torch.Tensor) -> torch.Tensor:
+            if index == 0:
+                started.set()
+                release.wait(timeout=10)
+            scored.append((index, threading.current_thread().name))
+            return query.predict(image)
+
+        return QueuedQuery(query.class_index, predict, query.image, query.mask, query.ignore)
+
+    caller = threading.current_thread().name
+    with ScoringQueue(CLASSES, backlog=2) as queue:
+        queue.put(record(0))  # holds the worker
+        assert started.wait(timeout=10)
+        for index in range(1, 7):
+            queue.put(record(index))
+        assert scored == [(i, caller) for i in (2, 3, 4, 5)]  # no wait for the worker
+        release.set()
+        scores = queue.finish()
+    assert_same_scores(scores, in_order(queries))
+    assert sorted(i for i, _ in scored) == list(range(7))
+
+
 def test_an_error_while_scoring_is_raised_to_the_caller() -> None:
     def broken(_: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("prediction failed")

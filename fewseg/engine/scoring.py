@@ -76,8 +76,9 @@ def score_query(scores: SegmentationScores, query: QueuedQuery, truths: GroundTr
 
 
 class ScoringQueue:
-    """At most ``backlog`` queries wait (which bounds the memory they hold). Use as a
-    context manager; :meth:`finish` returns the scores of every query put."""
+    """At most ``backlog`` queries wait (which bounds the memory they hold): a caller that
+    puts one more scores the newest waiting one itself rather than wait for the worker.
+    Use as a context manager; :meth:`finish` returns the scores of every query put."""
 
     def __init__(self, classes: Sequence[int], backlog: int) -> None:
         if backlog < 1:
@@ -89,27 +90,30 @@ class ScoringQueue:
         self._closed = False
         self._error: BaseException | None = None
         self._worker_scores = SegmentationScores(self._classes)
+        self._caller_scores = SegmentationScores(self._classes)  # the thread that puts
         self._truths = GroundTruths()
         self._thread = threading.Thread(target=self._work, name="fewseg-score", daemon=True)
         self._thread.start()
 
     def put(self, query: QueuedQuery) -> None:
         with self._changed:
-            while len(self._queries) >= self._backlog and self._error is None:
-                self._changed.wait()
             self._raise_worker_error()
+            waiting = self._queries.pop() if len(self._queries) >= self._backlog else None
             self._queries.append(query)
             self._changed.notify_all()
+        if waiting is not None:
+            score_query(self._caller_scores, waiting, self._truths)
 
     def finish(self) -> SegmentationScores:
         """Scores the queries still waiting together with the worker, then returns the
         scores of all of them (an error raised while scoring is raised here)."""
-        scores = SegmentationScores(self._classes)
         self._close()
         while (query := self._take(newest=True)) is not None:
-            score_query(scores, query, self._truths)
+            score_query(self._caller_scores, query, self._truths)
         self._thread.join()
         self._raise_worker_error()
+        scores = SegmentationScores(self._classes)
+        scores.add(self._caller_scores)
         scores.add(self._worker_scores)
         return scores
 
