@@ -11,6 +11,7 @@ from fewseg.learners.baseline import PrototypeBaseline
 from fewseg.learners.config import LearnerConfig
 from fewseg.learners.prototypes import (
     cosine_logits,
+    feature_norms,
     mask_weights,
     masked_average_pool,
     prediction_logits,
@@ -97,3 +98,39 @@ def test_baseline_labels_pixels_by_nearest_prototype() -> None:
     logits = learner.adapt(support)(query_image[None])
     assert logits.shape == (1, 2, 4, 4)
     assert torch.equal(logits[0, 1] > logits[0, 0], query_mask)
+
+
+def test_cosine_logits_with_kept_norms_equal_those_without() -> None:
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(2, 5, 3, 4, generator=g)
+    features[0, :, 0, 0] = 0  # a zero vector: norm clamped as F.normalize clamps it
+    prototypes = torch.randn(2, 5, generator=g)
+    norms = feature_norms(features)
+    torch.testing.assert_close(norms, features.norm(dim=1, keepdim=True).clamp_min(1e-12))
+    kept = cosine_logits(features, prototypes, 3.0, norms)
+    assert torch.equal(kept, cosine_logits(features, prototypes, 3.0))
+    expected = 3.0 * torch.einsum(
+        "bchw,pc->bphw", F.normalize(features, dim=1), F.normalize(prototypes, dim=1)
+    )
+    torch.testing.assert_close(kept, expected)
+
+
+def test_the_baseline_computes_each_query_images_norms_once(monkeypatch) -> None:
+    import fewseg.learners.baseline as baseline_module
+
+    calls: list[int] = []
+
+    def counted(features: torch.Tensor) -> torch.Tensor:
+        calls.append(len(features))
+        return feature_norms(features)
+
+    monkeypatch.setattr(baseline_module, "feature_norms", counted)
+    learner = PrototypeBaseline(LearnerConfig(pretrained=False))
+    g = torch.Generator().manual_seed(0)
+    mask = torch.zeros(1, 32, 32)
+    mask[:, 8:24, 8:24] = 1
+    support = SupportSet(torch.randn(1, 3, 32, 32, generator=g), mask, mask.bool() & False)
+    query = torch.randn(1, 3, 32, 32, generator=g)
+    first = learner.adapt(support)(query)
+    assert torch.equal(learner.adapt(support)(query), first)
+    assert calls == [1]

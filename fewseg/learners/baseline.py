@@ -9,7 +9,12 @@ import torch
 from fewseg.episodes.tensors import SupportSet
 from fewseg.learners.base import LEARNERS, Learner, Predictor, build_backbone
 from fewseg.learners.config import LearnerConfig
-from fewseg.learners.prototypes import cosine_logits, prediction_logits, shot_prototypes
+from fewseg.learners.prototypes import (
+    cosine_logits,
+    feature_norms,
+    prediction_logits,
+    shot_prototypes,
+)
 from fewseg.models.backbones import Backbone
 from fewseg.models.feature_cache import FeatureCache
 
@@ -39,7 +44,8 @@ class PrototypeBaseline(Learner):
 
         @torch.no_grad()
         def predict(query_images: torch.Tensor) -> torch.Tensor:
-            logits = cosine_logits(self.features(query_images), prototypes, COSINE_SCALE)
+            norms = self.features.derived(query_images, "norms", None, feature_norms)
+            logits = cosine_logits(self.features(query_images), prototypes, COSINE_SCALE, norms)
             return prediction_logits(logits, query_images.shape[-2:])
 
         return predict

@@ -45,18 +45,27 @@ def shot_prototypes(
     return (per_shot * present.unsqueeze(-1)).sum(dim=0) / counts.unsqueeze(-1)
 
 
+def feature_norms(features: torch.Tensor) -> torch.Tensor:
+    """Per-pixel norms of [B,C,h,w] features, clamped at 1e-12 as ``F.normalize`` does:
+    [B,1,h,w]. A sum of squares: a norm reduction over the channel dimension of contiguous
+    features is several times slower."""
+    return features.square().sum(dim=1, keepdim=True).sqrt().clamp_min(1e-12)
+
+
 def cosine_logits(
-    features: torch.Tensor, prototypes: torch.Tensor, scale: float | torch.Tensor
+    features: torch.Tensor,
+    prototypes: torch.Tensor,
+    scale: float | torch.Tensor,
+    norms: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """scale · cos(feature, prototype) per pixel: [B,C,h,w] and [P,C] → [B,P,h,w].
 
-    As ``F.normalize`` (norms clamped at 1e-12), but the feature norms divide the dot
-    products instead of the features: a reduction over the channel dimension of
-    contiguous [B,C,h,w] features is several times slower than a sum of squares."""
+    As ``F.normalize``, but the feature norms divide the dot products instead of the
+    features. ``norms``: :func:`feature_norms` of ``features``, where the caller keeps
+    them (an evaluation meets each query image in many episodes)."""
     prototypes = F.normalize(prototypes, dim=1)
     dots = torch.einsum("bchw,pc->bphw", features, prototypes)
-    norms = features.square().sum(dim=1, keepdim=True).sqrt().clamp_min(1e-12)
-    return scale * (dots / norms)
+    return scale * (dots / (feature_norms(features) if norms is None else norms))
 
 
 def prediction_logits(logits: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
