@@ -174,7 +174,7 @@ class CocoSource(SegmentationSource):
         rle = self._union(anns)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # pycocotools vs numpy 2
-            return mask_utils.decode(rle).astype(bool)
+            return mask_utils.decode(rle).astype(bool, order="C")  # decoded column-major
 
     def _count(self, anns: list[dict[str, Any]]) -> int:
         if self.min_mask_pixels > 0:
