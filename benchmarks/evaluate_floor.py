@@ -15,8 +15,11 @@ and after each evaluation and averaged, which absorbs slow drifts of a shared ma
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
+import threading
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -38,6 +41,26 @@ def floor_seconds(images: list[torch.Tensor], backbone: torch.nn.Module) -> floa
     return time.perf_counter() - start
 
 
+def main_thread_encoder_seconds(learner: torch.nn.Module) -> Callable[[], float]:
+    """Hooks the learner's frozen encoder: the returned function gives the CPU time the main
+    thread has spent in it since."""
+    spent = {"total": 0.0, "start": 0.0}
+    main = threading.main_thread()
+
+    def before(*_: object) -> None:
+        if threading.current_thread() is main:
+            spent["start"] = time.thread_time()
+
+    def after(*_: object) -> None:
+        if threading.current_thread() is main:
+            spent["total"] += time.thread_time() - spent["start"]
+
+    for cache in learner.feature_caches():
+        cache.backbone.register_forward_pre_hook(before)
+        cache.backbone.register_forward_hook(after)
+    return lambda: spent["total"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="coco:../shared/data/coco-mini")
@@ -49,6 +72,17 @@ def main() -> None:
     parser.add_argument("--learners", default="baseline,protonet")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument(
+        "--malloc-defaults",
+        action="store_true",
+        help="leave glibc's malloc settings at their defaults (the command line changes them: "
+        "fewseg/allocator.py)",
+    )
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also print where the main thread's time went and the helper threads' CPU time",
+    )
+    parser.add_argument(
         "--compare-in-order",
         action="store_true",
         help="also time each learner that predicts on the scoring thread with prediction "
@@ -56,7 +90,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    retain_freed_memory()  # as `fewseg` does at start
+    if not args.malloc_defaults:
+        retain_freed_memory()  # as `fewseg` does at start
 
     source = open_source(args.dataset)
     plan = episode_plan(source, source.fold_split(args.fold).test, args.shots, args.episodes, 0)
@@ -88,9 +123,14 @@ def main() -> None:
             learner.concurrent_prediction = False  # this instance only
             label = f"{name} (prediction in order)"
         fresh_source = open_source(args.dataset)
+        encoder_seconds = main_thread_encoder_seconds(learner)
+        usage = resource.getrusage(resource.RUSAGE_THREAD)
+        main_cpu, process_cpu = time.thread_time(), time.process_time()
         start = time.perf_counter()
         result = evaluate(learner, fresh_source, settings, [0])
         seconds = time.perf_counter() - start
+        main_cpu, process_cpu = time.thread_time() - main_cpu, time.process_time() - process_cpu
+        ended = resource.getrusage(resource.RUSAGE_THREAD)
         after = floor_seconds(images, backbone)
         floor = statistics.fmean([before, after])
         print(
@@ -99,6 +139,16 @@ def main() -> None:
             f"(mIoU {result['miou']:.2f})",
             flush=True,
         )
+        if args.breakdown:
+            print(
+                f"{'':30s} main thread: CPU {main_cpu:.2f} s (encoder {encoder_seconds():.2f} s, "
+                f"other {main_cpu - encoder_seconds():.2f} s; kernel "
+                f"{ended.ru_stime - usage.ru_stime:.2f} s, "
+                f"{ended.ru_minflt - usage.ru_minflt} page faults), "
+                f"not running {seconds - main_cpu:.2f} s; helper threads: CPU "
+                f"{process_cpu - main_cpu:.2f} s",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
