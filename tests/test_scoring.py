@@ -47,9 +47,10 @@ def assert_same_scores(a: SegmentationScores, b: SegmentationScores) -> None:
     assert torch.equal(a.episodes, b.episodes)
 
 
-def test_foreground_prediction_ties_go_to_background() -> None:
-    logits = torch.tensor([[[[1.0, 2.0, 0.5]]], [[[1.0, 1.0, 0.7]]]]).transpose(0, 1)
-    assert foreground_prediction(logits).tolist() == [[[False, False, True]]]
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_foreground_prediction_ties_go_to_background(dtype: torch.dtype) -> None:
+    logits = torch.tensor([[[[1.0, 2.0, 0.5]]], [[[1.0, 1.0, 0.75]]]], dtype=dtype)
+    assert foreground_prediction(logits.transpose(0, 1)).tolist() == [[[False, False, True]]]
 
 
 @pytest.mark.parametrize("backlog", [1, 3, 100])

@@ -85,15 +85,19 @@ def score_plan(
     # where the scoring thread finds them.
     with ScoringQueue(plan.classes_used, SCORING_BACKLOG) as queue:
         for planned, episode in zip(dataset.episodes, bar, strict=True):
-            support = episode.support.to(device)
+            support = episode.support
             query = episode.query_image[None].to(device)
             key = (planned.class_index, planned.support)
             if learner.concurrent_prediction:
+                support = support.to(device)
                 learner.cache_features(support.images)
                 learner.cache_features(query)
                 predict = _adapted_when_called(memo, key, learner, support)
             else:
-                predict = memo.predictor(key, lambda: learner.adapt(support))  # noqa: B023
+                predict = memo.predictor(
+                    key,
+                    lambda: learner.adapt(support.to(device)),  # noqa: B023 (called at once)
+                )
                 predict = _predicted(predict(query))
             queue.put(
                 QueuedQuery(
