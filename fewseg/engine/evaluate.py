@@ -5,6 +5,8 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Hashable, Iterable, Sequence
+from concurrent.futures import Future
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +18,7 @@ from fewseg import __version__
 from fewseg.data.source import FoldSplit, SegmentationSource
 from fewseg.engine import distributed
 from fewseg.engine.adaptation_memo import AdaptationMemo
+from fewseg.engine.encoding import ParallelEncoding
 from fewseg.engine.scoring import QueuedQuery, ScoringQueue
 from fewseg.episodes.prefetch import prefetched
 from fewseg.episodes.sampler import EpisodePlan, episode_plan
@@ -82,16 +85,25 @@ def score_plan(
     # Scoring runs on a second thread, behind the main thread. Where the learner allows it,
     # so do adaptation and prediction: the main thread then only puts the features of the
     # episode's images in the learner's cache (the backbone is the bulk of an evaluation),
-    # where the scoring thread finds them.
-    with ScoringQueue(plan.classes_used, SCORING_BACKLOG) as queue:
+    # where the scoring thread finds them; with several torch threads, encoder threads do
+    # that, and the main thread hands out the images.
+    encoders = torch.get_num_threads() if _encodes_ahead(learner, device) else 1
+    with (
+        ScoringQueue(plan.classes_used, SCORING_BACKLOG) as queue,
+        ParallelEncoding(learner, encoders) if encoders > 1 else nullcontext() as encoding,
+    ):
         for planned, episode in zip(dataset.episodes, bar, strict=True):
             support = episode.support
             query = episode.query_image[None].to(device)
             key = (planned.class_index, planned.support)
+            ready: list[Future[None]] = []
             if learner.concurrent_prediction:
                 support = support.to(device)
-                learner.cache_features(support.images)
-                learner.cache_features(query)
+                if encoding is not None:
+                    ready = encoding.submit([*support.images, query[0]])
+                else:
+                    learner.cache_features(support.images)
+                    learner.cache_features(query)
                 predict = _adapted_when_called(memo, key, learner, support)
             else:
                 predict = memo.predictor(
@@ -101,11 +113,25 @@ def score_plan(
                 predict = _predicted(predict(query))
             queue.put(
                 QueuedQuery(
-                    episode.class_index, predict, query, episode.query_mask, episode.query_ignore
+                    episode.class_index,
+                    predict,
+                    query,
+                    episode.query_mask,
+                    episode.query_ignore,
+                    ready,
                 )
             )
         scores = queue.finish()
     return distributed.all_reduce_scores(scores)
+
+
+def _encodes_ahead(learner: Learner, device: torch.device) -> bool:
+    """Whether encoder threads can put the episodes' features in the learner's caches."""
+    return (
+        device.type == "cpu"
+        and learner.concurrent_prediction
+        and any(cache.backbone.frozen for cache in learner.feature_caches())
+    )
 
 
 def _adapted_when_called(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -41,6 +42,7 @@ class QueuedQuery:
     image: torch.Tensor  # [1,3,H,W], on the learner's device
     mask: torch.Tensor  # [H,W]
     ignore: torch.Tensor  # [H,W] bool
+    ready: Sequence[Future[None]] = ()  # to wait for first (the encoding of its images)
 
 
 _TruthKey = tuple[int, int, int, int]
@@ -78,6 +80,8 @@ class GroundTruths:
 
 
 def score_query(scores: SegmentationScores, query: QueuedQuery, truths: GroundTruths) -> None:
+    for future in query.ready:
+        future.result()
     prediction = foreground_prediction(query.predict(query.image))[0]
     scores.update_with(query.class_index, prediction, truths.get(query.mask, query.ignore))
 
