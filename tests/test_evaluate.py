@@ -3,10 +3,11 @@ import threading
 import pytest
 import torch
 
+from fewseg.data.source import SegmentationSource
 from fewseg.data.spec import open_source
 from fewseg.engine.evaluate import EvaluationSettings, score_plan
 from fewseg.episodes.sampler import episode_plan
-from fewseg.learners.base import LEARNERS
+from fewseg.learners.base import LEARNERS, Learner
 from fewseg.learners.config import LearnerConfig
 
 
@@ -31,12 +32,16 @@ def test_predicting_on_the_scoring_thread_scores_as_predicting_in_order(
     assert concurrent.union.sum() > 0
 
 
+def synthetic_baseline() -> tuple[SegmentationSource, Learner]:
+    torch.manual_seed(0)
+    source = open_source("synthetic:images=4,size=64")
+    return source, LEARNERS.get("baseline")(LearnerConfig(pretrained=False))
+
+
 def test_the_main_thread_runs_the_backbone_and_the_scoring_thread_adapts(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    torch.manual_seed(0)
-    source = open_source("synthetic:images=4,size=64")
-    learner = LEARNERS.get("baseline")(LearnerConfig(pretrained=False))
+    source, learner = synthetic_baseline()
     encoding_threads: set[str] = set()
     adapting_threads: set[str] = set()
     learner.backbone.register_forward_hook(
@@ -58,9 +63,7 @@ def test_the_main_thread_runs_the_backbone_and_the_scoring_thread_adapts(
 def test_with_several_torch_threads_encoder_threads_encode_each_image_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    torch.manual_seed(0)
-    source = open_source("synthetic:images=4,size=64")
-    learner = LEARNERS.get("baseline")(LearnerConfig(pretrained=False))
+    source, learner = synthetic_baseline()
     encoded: list[tuple[str, int]] = []
     learner.backbone.register_forward_hook(
         lambda _, inputs, __: encoded.append((threading.current_thread().name, len(inputs[0])))
