@@ -128,3 +128,28 @@ def test_a_tuple_entry_counts_the_bytes_of_its_tensors() -> None:
     assert len(lru) == 2
     lru.put("b", torch.zeros(4))  # 64 bytes: the pair, least recently used, goes
     assert lru.get("pair") is None and len(lru) == 2
+
+
+def test_a_support_sets_rows_are_the_held_images_and_are_found_without_hashing(
+    monkeypatch,
+) -> None:
+    import fewseg.models.feature_cache as feature_cache
+    from fewseg.learners.baseline import PrototypeBaseline
+    from fewseg.learners.config import LearnerConfig
+
+    source = CountingSource()
+    c = 0
+    ids = source.images_of(c)[:3]
+    first = load_resized_episode(source, Episode(c, ids[0], (ids[1], ids[2])), 16)
+    again = load_resized_episode(source, Episode(c, ids[1], (ids[2], ids[1])), 16)
+    samples = resized_samples(source)
+    assert first.support.rows[0] is samples.load(ids[1], c, 16)[0]
+    assert again.support.rows[1] is first.support.rows[0]  # the same tensor, not a copy
+    assert torch.equal(torch.stack(first.support.rows), first.support.images)
+    learner = PrototypeBaseline(LearnerConfig(pretrained=False))
+    learner.cache_features(first.support.encoder_images())
+    hashed: list[int] = []
+    key = feature_cache.image_key
+    monkeypatch.setattr(feature_cache, "image_key", lambda image: hashed.append(1) or key(image))
+    learner.cache_features(again.support.encoder_images())
+    assert hashed == [] and learner.features.hits == 2

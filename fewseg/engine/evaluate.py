@@ -100,9 +100,9 @@ def score_plan(
             if learner.concurrent_prediction:
                 support = support.to(device)
                 if encoding is not None:
-                    ready = encoding.submit([*support.images, query[0]])
+                    ready = encoding.submit([*support.encoder_images(), query[0]])
                 else:
-                    learner.cache_features(support.images)
+                    learner.cache_features(support.encoder_images())
                     learner.cache_features(query)
                 predict = _adapted_when_called(memo, key, learner, support)
             else:

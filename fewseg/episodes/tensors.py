@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -17,18 +17,33 @@ from fewseg.episodes.transforms import sample_to_tensors
 
 @dataclass
 class SupportSet:
-    """K labelled examples: images [K,3,H,W], masks [K,H,W] in {0,1}, ignore [K,H,W] bool."""
+    """K labelled examples: images [K,3,H,W], masks [K,H,W] in {0,1}, ignore [K,H,W] bool.
+
+    ``rows``: the shots' images [3,H,W] as the loader holds them, when ``images`` stacks
+    copies of them; a feature cache finds those by identity, where a row of ``images``, a
+    new tensor each episode, has to be hashed and compared.
+    """
 
     images: torch.Tensor
     masks: torch.Tensor
     ignore: torch.Tensor
+    rows: tuple[torch.Tensor, ...] = ()
 
     @property
     def shots(self) -> int:
         return self.images.shape[0]
 
+    def encoder_images(self) -> torch.Tensor | Sequence[torch.Tensor]:
+        """The images to pass to a feature cache: ``rows`` where there are, else ``images``."""
+        return self.rows if self.rows else self.images
+
     def to(self, device: torch.device | str) -> SupportSet:
-        return SupportSet(self.images.to(device), self.masks.to(device), self.ignore.to(device))
+        return SupportSet(
+            self.images.to(device),
+            self.masks.to(device),
+            self.ignore.to(device),
+            tuple(row.to(device) for row in self.rows),
+        )
 
 
 @dataclass
@@ -65,7 +80,7 @@ Sample = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # image, foreground, i
 def _episode_tensors(episode: Episode, load: Callable[[str], Sample]) -> EpisodeTensors:
     images, masks, ignores = zip(*(load(i) for i in episode.support), strict=True)
     query_image, query_mask, query_ignore = load(episode.query)
-    support = SupportSet(_batch(images), _batch(masks), _batch(ignores))
+    support = SupportSet(_batch(images), _batch(masks), _batch(ignores), images)
     return EpisodeTensors(episode.class_index, support, query_image, query_mask, query_ignore)
 
 

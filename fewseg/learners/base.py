@@ -48,7 +48,7 @@ class Learner(nn.Module, ABC):
         """The caches of frozen-backbone features this learner keeps (attributes)."""
         return [value for value in vars(self).values() if isinstance(value, FeatureCache)]
 
-    def cache_features(self, images: torch.Tensor) -> None:
+    def cache_features(self, images: torch.Tensor | Sequence[torch.Tensor]) -> None:
         """Compute and keep the encoder features of ``images`` in each of this learner's
         caches whose backbone is frozen; otherwise nothing. The evaluation calls it for each
         query on its main thread, then predicts on its scoring thread, where the features

@@ -40,7 +40,8 @@ class PrototypeBaseline(Learner):
 
     @torch.no_grad()
     def adapt(self, support: SupportSet) -> Predictor:
-        prototypes = shot_prototypes(self.features(support.images), support.masks, support.ignore)
+        features = self.features(support.encoder_images())
+        prototypes = shot_prototypes(features, support.masks, support.ignore)
 
         @torch.no_grad()
         def predict(query_images: torch.Tensor) -> torch.Tensor:

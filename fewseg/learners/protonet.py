@@ -61,7 +61,7 @@ class ProtoNet(Learner):
     def scale(self) -> torch.Tensor:
         return self.log_scale.exp()
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
+    def embed(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
         """Neck features [B,hidden,h,w] (see :func:`fewseg.models.feature_cache.encode`)."""
         features = encode(self.encoder, self.feature_cache, images)
         return self.neck(features)
@@ -73,20 +73,22 @@ class ProtoNet(Learner):
         logits = cosine_logits(features, prototypes, self.scale)
         return bilinear_resize(logits, size)
 
-    def prediction_embedding(self, images: torch.Tensor) -> torch.Tensor:
+    def prediction_embedding(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
         """:meth:`embed` without gradients. With a frozen encoder the neck's output is kept
         with the image's cached features, for the neck's current parameters: an evaluation
         meets each image in many episodes, and the neck costs more than the rest of a
         prediction."""
         if not self.encoder.frozen:
             with torch.no_grad():
-                return self.embed(images)
+                return self.embed(
+                    images if isinstance(images, torch.Tensor) else torch.stack(images)
+                )
         version = tuple((p.data_ptr(), p._version) for p in self.neck.parameters())
         return self.feature_cache.derived(images, "neck", version, self.neck)
 
     @torch.no_grad()
     def adapt(self, support: SupportSet) -> Predictor:
-        embedded = self.prediction_embedding(support.images)
+        embedded = self.prediction_embedding(support.encoder_images())
         prototypes = shot_prototypes(embedded, support.masks, support.ignore)
 
         @torch.no_grad()
