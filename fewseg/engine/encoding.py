@@ -23,10 +23,6 @@ from fewseg.models.feature_cache import Identity, identity
 REMEMBERED = 1024  # images whose encoding is remembered (done or running)
 
 
-def _one_torch_thread() -> None:
-    torch.set_num_threads(1)
-
-
 class ParallelEncoding:
     """Use as a context manager. :meth:`submit` returns, per image, the future of its
     encoding: the one already running or done for an image met before (the same tensor,
@@ -36,7 +32,10 @@ class ParallelEncoding:
         self._learner = learner
         self._caller_threads = torch.get_num_threads()
         self._pool = ThreadPoolExecutor(
-            workers, thread_name_prefix="fewseg-encode", initializer=_one_torch_thread
+            workers,
+            thread_name_prefix="fewseg-encode",
+            initializer=torch.set_num_threads,
+            initargs=(1,),
         )
         # identity → (image, its version, future); the image is kept referenced, so no
         # other tensor can take its address while it is remembered

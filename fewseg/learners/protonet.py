@@ -80,9 +80,7 @@ class ProtoNet(Learner):
         prediction."""
         if not self.encoder.frozen:
             with torch.no_grad():
-                return self.embed(
-                    images if isinstance(images, torch.Tensor) else torch.stack(images)
-                )
+                return self.embed(images)
         version = tuple((p.data_ptr(), p._version) for p in self.neck.parameters())
         return self.feature_cache.derived(images, "neck", version, self.neck)
 
