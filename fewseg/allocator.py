@@ -5,9 +5,9 @@ above its mmap threshold (128 KiB at start, then the size of the largest such bl
 from fresh pages, and gives back free memory at the top of a heap beyond twice that. A
 network's activations are such blocks: when the evaluation's loading and scoring threads
 allocate and free image-sized tensors beside it, the encoder on the main thread kept
-touching fresh pages. One 1000-episode evaluation of coco-mini took 520k-880k page faults
-on its main thread, 1.2-1.7 s of kernel time, and the encoder ran slower between them
-(docs/performance.md); with the settings below, 55k. The cost is memory the process keeps
+touching fresh pages. One 1000-episode evaluation of coco-mini took 242k-880k page faults
+on its main thread, 0.5-1.7 s of kernel time, and the encoder ran slower between them
+(docs/performance.md); with the settings below, 54-55k. The cost is memory the process keeps
 after freeing it: at most ``TRIM_THRESHOLD_BYTES`` at the top of each heap.
 """
 

@@ -82,7 +82,7 @@ class ResizedSamples:
             image, *fresh_masks = sample_to_tensors(sample, resize_transform(size))
             image = image.contiguous()
             self._images.put((image_id, size), image)
-            masks = tuple(fresh_masks)  # the same as any kept ones
+            masks = tuple(fresh_masks)  # equal to any kept for this class, replaced
             self._masks.put((image_id, class_index, size), masks)
         elif masks is None:  # the image of another class: its masks alone
             self.misses += 1

@@ -51,8 +51,8 @@ class Learner(nn.Module, ABC):
     def cache_features(self, images: torch.Tensor | Sequence[torch.Tensor]) -> None:
         """Compute and keep the encoder features of ``images`` in each of this learner's
         caches whose backbone is frozen; otherwise nothing. The evaluation calls it for each
-        query on its main thread, then predicts on its scoring thread, where the features
-        are found."""
+        episode's images (on its main thread, or on encoder threads), then adapts and
+        predicts on its scoring thread, where the features are found."""
         for cache in self.feature_caches():
             if cache.backbone.frozen:
                 cache(images)
