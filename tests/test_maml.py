@@ -18,7 +18,6 @@ from fewseg.learners.config import LearnerConfig
 from fewseg.learners.inner_loop import adapt_parameters
 from fewseg.learners.losses import foreground_bce
 from fewseg.learners.maml import EARLY_BATCH_PIXELS, MAML, learning_rate_key
-from fewseg.models.segmenter import two_class_logits
 
 SIZE = 24
 STEP = 1e-6
@@ -280,14 +279,14 @@ def test_meta_sgd_rates_are_used_at_test_time() -> None:
     predicted = learner.adapt(task.support)(task.query_image[None])
     params = hand_adapted(learner, task.support, meta_sgd_rates(learner), 2)
     expected = functional_call(learner.model, params, (task.query_image[None],))
-    torch.testing.assert_close(predicted, two_class_logits(expected), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(predicted, expected, rtol=1e-9, atol=1e-12)
 
     with torch.no_grad():
         for rate in learner.learning_rates.values():
             rate.zero_()
         unadapted = learner.model(task.query_image[None])
     predicted = learner.adapt(task.support)(task.query_image[None])
-    torch.testing.assert_close(predicted, two_class_logits(unadapted), rtol=0, atol=0)
+    torch.testing.assert_close(predicted, unadapted, rtol=0, atol=0)
 
 
 def test_registry_and_anil_parameters() -> None:

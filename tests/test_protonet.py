@@ -117,9 +117,9 @@ def test_query_pixels_get_the_scaled_cosine_to_each_prototype() -> None:
     expected[0, 0, :, :2] = 10.0
     expected[0, 1, :, 2] = 10.0
     expected[0, :, :, 3] = 10.0 / math.sqrt(2)
-    # predictions carry the margin: (0, l1 - l0), the same softmax and argmax
-    assert (logits[:, 0] == 0).all()
-    torch.testing.assert_close(logits[:, 1], expected[:, 1] - expected[:, 0])
+    # predictions are the foreground logit against background 0: l1 - l0
+    assert logits.shape == (1, 1, 4, 4)
+    torch.testing.assert_close(logits[:, 0], expected[:, 1] - expected[:, 0])
 
 
 def test_prediction_is_the_pipeline_at_input_resolution() -> None:
@@ -134,10 +134,10 @@ def test_prediction_is_the_pipeline_at_input_resolution() -> None:
             learner.neck(F.avg_pool2d(support.images, 2)), support.masks, support.ignore
         )
         coarse = cosine_logits(learner.neck(F.avg_pool2d(queries, 2)), prototypes, 7.0)
-    assert logits.shape == (2, 2, 16, 16)
+    assert logits.shape == (2, 1, 16, 16)
     resized = F.interpolate(coarse, (16, 16), mode="bilinear")
-    torch.testing.assert_close(logits[:, 1] - logits[:, 0], resized[:, 1] - resized[:, 0])
-    torch.testing.assert_close(logits.softmax(dim=1), resized.softmax(dim=1))
+    torch.testing.assert_close(logits[:, 0], resized[:, 1] - resized[:, 0])
+    torch.testing.assert_close(logits[:, 0].sigmoid(), resized.softmax(dim=1)[:, 1])
 
 
 def test_the_neck_runs_once_per_image_for_its_current_parameters() -> None:
@@ -163,7 +163,7 @@ def test_the_neck_runs_once_per_image_for_its_current_parameters() -> None:
         )
         coarse = cosine_logits(learner.neck(F.avg_pool2d(query, 2)), prototypes, 7.0)
     resized = F.interpolate(coarse, (16, 16), mode="bilinear")
-    torch.testing.assert_close(changed[:, 1], resized[:, 1] - resized[:, 0])
+    torch.testing.assert_close(changed[:, 0], resized[:, 1] - resized[:, 0])
 
 
 def test_scale_is_learnable_and_stays_positive() -> None:

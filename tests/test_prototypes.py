@@ -11,7 +11,9 @@ from fewseg.learners.baseline import PrototypeBaseline
 from fewseg.learners.config import LearnerConfig
 from fewseg.learners.prototypes import (
     cosine_logits,
+    cosine_margin,
     feature_norms,
+    margin_direction,
     mask_weights,
     masked_average_pool,
     prediction_logits,
@@ -65,14 +67,34 @@ def test_cosine_logits_equal_normalised_dot_products() -> None:
     assert (cosine_logits(features, prototypes, 4.0)[0, :, 1, 2] == 0).all()
 
 
+def test_cosine_margin_is_the_difference_of_the_two_cosine_logits() -> None:
+    torch.manual_seed(0)
+    features = torch.randn(2, 16, 5, 7)
+    features[1, :, 3, 4] = 0.0
+    prototypes = torch.randn(2, 16)
+    two = cosine_logits(features, prototypes, 4.0)
+    direction = margin_direction(prototypes)
+    torch.testing.assert_close(
+        direction, F.normalize(prototypes[1], dim=0) - F.normalize(prototypes[0], dim=0)
+    )
+    margin = cosine_margin(features, direction, 4.0)
+    assert margin.shape == (2, 1, 5, 7)
+    torch.testing.assert_close(margin, two[:, 1:] - two[:, :1])
+    assert (margin[1, :, 3, 4] == 0).all()
+    torch.testing.assert_close(
+        cosine_margin(features, direction, 4.0, feature_norms(features)), margin
+    )
+
+
 def test_prediction_logits_are_the_resized_margin() -> None:
     torch.manual_seed(0)
-    logits = torch.randn(2, 2, 5, 6)
-    predicted = prediction_logits(logits, (20, 18))
-    resized = F.interpolate(logits, (20, 18), mode="bilinear")
-    assert (predicted[:, 0] == 0).all()
-    torch.testing.assert_close(predicted[:, 1], resized[:, 1] - resized[:, 0])
-    torch.testing.assert_close(predicted.softmax(dim=1), resized.softmax(dim=1))
+    features, prototypes = torch.randn(2, 16, 5, 6), torch.randn(2, 16)
+    predicted = prediction_logits(features, margin_direction(prototypes), 3.0, (20, 18))
+    resized = F.interpolate(cosine_logits(features, prototypes, 3.0), (20, 18), mode="bilinear")
+    assert predicted.shape == (2, 1, 20, 18)
+    torch.testing.assert_close(predicted[:, 0], resized[:, 1] - resized[:, 0])
+    two_class = torch.cat([torch.zeros_like(predicted), predicted], dim=1)
+    torch.testing.assert_close(two_class.softmax(dim=1), resized.softmax(dim=1))
 
 
 class Identity(Backbone):
@@ -96,8 +118,8 @@ def test_baseline_labels_pixels_by_nearest_prototype() -> None:
     learner = PrototypeBaseline(LearnerConfig(backbone="identity"), Identity())
     support = SupportSet(support_image[None], support_mask[None], torch.zeros(1, 4, 4).bool())
     logits = learner.adapt(support)(query_image[None])
-    assert logits.shape == (1, 2, 4, 4)
-    assert torch.equal(logits[0, 1] > logits[0, 0], query_mask)
+    assert logits.shape == (1, 1, 4, 4)
+    assert torch.equal(logits[0, 0] > 0, query_mask)
 
 
 def test_cosine_logits_with_kept_norms_equal_those_without() -> None:

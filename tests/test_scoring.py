@@ -12,6 +12,7 @@ from fewseg.engine.scoring import (
     foreground_prediction,
     score_query,
 )
+from fewseg.errors import FewSegError
 from fewseg.metrics import SegmentationScores
 
 CLASSES = (3, 7)
@@ -50,7 +51,15 @@ def assert_same_scores(a: SegmentationScores, b: SegmentationScores) -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_foreground_prediction_ties_go_to_background(dtype: torch.dtype) -> None:
     logits = torch.tensor([[[[1.0, 2.0, 0.5]]], [[[1.0, 1.0, 0.75]]]], dtype=dtype)
-    assert foreground_prediction(logits.transpose(0, 1)).tolist() == [[[False, False, True]]]
+    two_class = logits.transpose(0, 1)  # [1,2,1,3] (background, foreground)
+    assert foreground_prediction(two_class).tolist() == [[[False, False, True]]]
+    foreground = two_class[:, 1:] - two_class[:, :1]  # [1,1,1,3]: 0, -1, 0.25
+    assert foreground_prediction(foreground).tolist() == [[[False, False, True]]]
+
+
+def test_foreground_prediction_names_a_wrong_shape() -> None:
+    with pytest.raises(FewSegError, match=r"shape \(1, 3, 2, 2\)"):
+        foreground_prediction(torch.zeros(1, 3, 2, 2))
 
 
 @pytest.mark.parametrize("backlog", [1, 3, 100])

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from imagefiles import box_mask, files_under, save, scene, support_pair
 from PIL import Image
 from tiny_training import TINY_TRAINING
@@ -18,7 +19,12 @@ from tiny_training import TINY_TRAINING
 from fewseg.cli import main
 from fewseg.data.user_images import decode_mask, read_support_pair
 from fewseg.engine.config import resolve_config
-from fewseg.engine.segment import SegmentSettings, prepare_inputs, segment
+from fewseg.engine.segment import (
+    SegmentSettings,
+    foreground_and_confidence,
+    prepare_inputs,
+    segment,
+)
 from fewseg.engine.train import train
 from fewseg.episodes.tensors import SupportSet
 from fewseg.learners.base import Learner, Predictor
@@ -426,3 +432,16 @@ def test_support_foreground_that_vanishes_at_the_inference_size(
         f"fewseg: error: {mask}: the mask's foreground vanishes at 8x8; pass a larger --size\n"
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_foreground_and_confidence_read_one_or_two_class_logits() -> None:
+    torch.manual_seed(0)
+    two_class = torch.randn(2, 5, 7)
+    resized = F.interpolate(two_class[None], (11, 9), mode="bilinear")[0]
+    expected_foreground = (resized[1] > resized[0]).numpy()
+    expected_confidence = resized.softmax(dim=0).max(dim=0).values.numpy()
+    for logits in (two_class, two_class[1:] - two_class[:1]):
+        foreground, confidence = foreground_and_confidence(logits, 11, 9)
+        assert foreground.shape == confidence.shape == (11, 9)
+        np.testing.assert_array_equal(foreground, expected_foreground)
+        np.testing.assert_allclose(confidence, expected_confidence, rtol=1e-6)

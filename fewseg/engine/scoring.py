@@ -21,18 +21,20 @@ import torch
 
 from fewseg.learners.base import Predictor
 from fewseg.metrics import GroundTruth, SegmentationScores
+from fewseg.models.segmenter import foreground_logit
 from fewseg.threads import set_up_helper_thread
 
 
 def foreground_prediction(logits: torch.Tensor) -> torch.Tensor:
-    """[B,2,H,W] (background, foreground) logits → [B,H,W] bool; ties go to background.
+    """A predictor's logits (:data:`fewseg.learners.base.Predictor`) → [B,H,W] bool: a
+    positive foreground log-odds; ties go to background.
 
     Compared by NumPy on the CPU: torch's comparison took ten times as long here
     (130 against 12 µs at 400x400)."""
-    logits = logits.detach().cpu()
-    if logits.dtype not in (torch.float32, torch.float64):  # NumPy has no bfloat16
-        logits = logits.float()
-    return torch.from_numpy(np.greater(logits[:, 1].numpy(), logits[:, 0].numpy()))
+    log_odds = foreground_logit(logits.detach()).cpu()
+    if log_odds.dtype not in (torch.float32, torch.float64):  # NumPy has no bfloat16
+        log_odds = log_odds.float()
+    return torch.from_numpy(np.greater(log_odds.numpy(), 0))
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from fewseg.episodes.transforms import resize_transform, sample_to_tensors
 from fewseg.errors import FewSegError
 from fewseg.fileio import atomic_write
 from fewseg.learners.base import Learner
+from fewseg.models.segmenter import foreground_logit
 
 DEFAULT_SIZE = 400  # without a checkpoint or --size: the evaluation size for real data
 JPEG_QUALITY = 90
@@ -103,12 +104,12 @@ def query_tensor(image: np.ndarray, size: int) -> torch.Tensor:
 def foreground_and_confidence(
     logits: torch.Tensor, height: int, width: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """[2,h,w] (background, foreground) logits → foreground bool [H,W] and max(p_fg, p_bg)
-    [H,W], the logits resized bilinearly to (H, W) first; ties go to background."""
-    resized = F.interpolate(logits[None].float(), (height, width), mode="bilinear")[0]
-    foreground = resized[1] > resized[0]
-    confidence = torch.softmax(resized, dim=0).max(dim=0).values
-    return foreground.numpy(), confidence.numpy()
+    """One image's logits ([1,h,w] foreground or [2,h,w] (background, foreground), as a
+    predictor returns them) → foreground bool [H,W] and max(p_fg, p_bg) [H,W], the
+    foreground's log-odds resized bilinearly to (H, W) first; ties go to background."""
+    log_odds = foreground_logit(logits[None].float())[None]
+    resized = F.interpolate(log_odds, (height, width), mode="bilinear")[0, 0]
+    return (resized > 0).numpy(), torch.sigmoid(resized.abs()).numpy()
 
 
 Writer = Callable[[BinaryIO], None]

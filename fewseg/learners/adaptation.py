@@ -21,7 +21,7 @@ from fewseg.learners.config import LearnerConfig
 from fewseg.learners.inner_loop import LossFunction, Params, adapt_parameters
 from fewseg.learners.losses import balanced_pixel_weights, weighted_bce
 from fewseg.models.feature_cache import FeatureCache, encode
-from fewseg.models.segmenter import Segmenter, two_class_logits
+from fewseg.models.segmenter import Segmenter
 from fewseg.models.upsample import bilinear_resize
 
 HEAD_PREFIX = "head."
@@ -150,6 +150,6 @@ class GradientAdaptedSegmenter(Learner):
         @torch.no_grad()
         def predict(query_images: torch.Tensor) -> torch.Tensor:
             size = query_images.shape[-2:]
-            return two_class_logits(self.logits(adapted, self.inputs(query_images), size))
+            return self.logits(adapted, self.inputs(query_images), size)
 
         return predict

@@ -17,7 +17,9 @@ from fewseg.models.feature_cache import FeatureCache
 from fewseg.registry import Registry
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
-"""Query images [B,3,H,W] → logits [B,2,H,W] (background, foreground) at input resolution."""
+"""Query images [B,3,H,W] → logits at input resolution: foreground logits [B,1,H,W] (the
+log-odds of foreground, what fewseg's learners return) or (background, foreground) logits
+[B,2,H,W]; :func:`fewseg.models.segmenter.foreground_logit` reads either."""
 
 
 class Learner(nn.Module, ABC):

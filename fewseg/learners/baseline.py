@@ -10,8 +10,8 @@ from fewseg.episodes.tensors import SupportSet
 from fewseg.learners.base import LEARNERS, Learner, Predictor, build_backbone
 from fewseg.learners.config import LearnerConfig
 from fewseg.learners.prototypes import (
-    cosine_logits,
     feature_norms,
+    margin_direction,
     prediction_logits,
     shot_prototypes,
 )
@@ -41,13 +41,15 @@ class PrototypeBaseline(Learner):
     @torch.no_grad()
     def adapt(self, support: SupportSet) -> Predictor:
         features = self.features(support.encoder_images())
-        prototypes = shot_prototypes(features, support.masks, support.ignore)
+        direction = margin_direction(shot_prototypes(features, support.masks, support.ignore))
 
         @torch.no_grad()
         def predict(query_images: torch.Tensor) -> torch.Tensor:
             norms = self.features.derived(query_images, "norms", None, feature_norms)
-            logits = cosine_logits(self.features(query_images), prototypes, COSINE_SCALE, norms)
-            return prediction_logits(logits, query_images.shape[-2:])
+            features = self.features(query_images)
+            return prediction_logits(
+                features, direction, COSINE_SCALE, query_images.shape[-2:], norms
+            )
 
         return predict
 

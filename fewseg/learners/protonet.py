@@ -23,7 +23,12 @@ from fewseg.errors import FewSegError
 from fewseg.learners.base import LEARNERS, Learner, Predictor, build_backbone
 from fewseg.learners.config import LearnerConfig
 from fewseg.learners.losses import two_class_cross_entropy
-from fewseg.learners.prototypes import cosine_logits, prediction_logits, shot_prototypes
+from fewseg.learners.prototypes import (
+    cosine_logits,
+    margin_direction,
+    prediction_logits,
+    shot_prototypes,
+)
 from fewseg.models.backbones import Backbone
 from fewseg.models.feature_cache import FeatureCache, encode
 from fewseg.models.upsample import bilinear_resize
@@ -87,12 +92,12 @@ class ProtoNet(Learner):
     @torch.no_grad()
     def adapt(self, support: SupportSet) -> Predictor:
         embedded = self.prediction_embedding(support.encoder_images())
-        prototypes = shot_prototypes(embedded, support.masks, support.ignore)
+        direction = margin_direction(shot_prototypes(embedded, support.masks, support.ignore))
 
         @torch.no_grad()
         def predict(query_images: torch.Tensor) -> torch.Tensor:
-            logits = cosine_logits(self.prediction_embedding(query_images), prototypes, self.scale)
-            return prediction_logits(logits, query_images.shape[-2:])
+            embedded = self.prediction_embedding(query_images)
+            return prediction_logits(embedded, direction, self.scale, query_images.shape[-2:])
 
         return predict
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fewseg.models.segmenter import two_class_logits
 from fewseg.models.upsample import bilinear_resize
 
 
@@ -68,8 +67,37 @@ def cosine_logits(
     return scale * (dots / (feature_norms(features) if norms is None else norms))
 
 
-def prediction_logits(logits: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
-    """Two-class logits [B,2,h,w] → [B,2,H,W] for prediction: (0, l₁ − l₀), bilinearly
-    resized. Resizing is linear and the softmax shift-invariant, so the probabilities and
-    the argmax are those of the resized (l₀, l₁), for half the resizing."""
-    return two_class_logits(bilinear_resize(logits[:, 1:] - logits[:, :1], size))
+def margin_direction(prototypes: torch.Tensor) -> torch.Tensor:
+    """(background, foreground) prototypes [2,C] → the difference of the normalised
+    prototypes [C], foreground minus background: what :func:`cosine_margin` takes."""
+    unit = F.normalize(prototypes, dim=1)
+    return unit[1] - unit[0]
+
+
+def cosine_margin(
+    features: torch.Tensor,
+    direction: torch.Tensor,
+    scale: float | torch.Tensor,
+    norms: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The foreground logit of :func:`cosine_logits` against a background logit of 0:
+    features [B,C,h,w] → [B,1,h,w], scale · (cos(feature, foreground) − cos(feature,
+    background)). ``direction``: :func:`margin_direction` of the prototypes, one product
+    where the two logits take two."""
+    batch, _, height, width = features.shape
+    dots = torch.matmul(direction, features.flatten(2)).view(batch, 1, height, width)
+    return scale * (dots / (feature_norms(features) if norms is None else norms))
+
+
+def prediction_logits(
+    features: torch.Tensor,
+    direction: torch.Tensor,
+    scale: float | torch.Tensor,
+    size: tuple[int, int] | torch.Size,
+    norms: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Foreground logits [B,1,H,W] for prediction: :func:`cosine_margin`, bilinearly resized
+    to ``size``. Resizing is linear and the softmax shift-invariant, so the probabilities
+    and the argmax are those of the resized two-class :func:`cosine_logits`, for half the
+    resizing and no background map."""
+    return bilinear_resize(cosine_margin(features, direction, scale, norms), size)

@@ -18,7 +18,6 @@ from fewseg.learners.adaptation import GradientAdaptedSegmenter
 from fewseg.learners.base import LEARNERS, Predictor
 from fewseg.learners.config import LearnerConfig
 from fewseg.learners.inner_loop import LossFunction, Params
-from fewseg.models.segmenter import two_class_logits
 
 INNER_OPTIMIZERS = ("sgd", "adam")
 
@@ -118,7 +117,7 @@ class Reptile(GradientAdaptedSegmenter):
         @torch.no_grad()
         def predict(query_images: torch.Tensor) -> torch.Tensor:
             size = query_images.shape[-2:]
-            return two_class_logits(self.logits(adapted, self.inputs(query_images), size))
+            return self.logits(adapted, self.inputs(query_images), size)
 
         return predict
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fewseg.errors import FewSegError
 from fewseg.models.backbones import Backbone
 from fewseg.models.upsample import bilinear_resize
 
@@ -45,6 +46,13 @@ class Segmenter(nn.Module):
         return bilinear_resize(logits, images.shape[-2:])
 
 
-def two_class_logits(foreground: torch.Tensor) -> torch.Tensor:
-    """[B,1,H,W] foreground logit → [B,2,H,W] (background 0, foreground logit)."""
-    return torch.cat([torch.zeros_like(foreground), foreground], dim=1)
+def foreground_logit(logits: torch.Tensor) -> torch.Tensor:
+    """A predictor's output → the foreground's log-odds [B,H,W]: from foreground logits
+    [B,1,H,W] (against a background logit of 0) as they are, from (background, foreground)
+    logits [B,2,H,W] their difference."""
+    if logits.dim() != 4 or logits.shape[1] not in (1, 2):
+        raise FewSegError(
+            f"a predictor returned logits of shape {tuple(logits.shape)}; expected "
+            "[B,1,H,W] foreground or [B,2,H,W] (background, foreground) logits"
+        )
+    return logits[:, 0] if logits.shape[1] == 1 else logits[:, 1] - logits[:, 0]
