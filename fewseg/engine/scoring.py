@@ -10,7 +10,7 @@ integers, so their sum does not depend on which thread scored which episode.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -19,6 +19,7 @@ from types import TracebackType
 import numpy as np
 import torch
 
+from fewseg.identity_memo import IdentityMemo
 from fewseg.learners.base import Predictor
 from fewseg.metrics import GroundTruth, SegmentationScores
 from fewseg.models.segmenter import foreground_logit
@@ -47,45 +48,19 @@ class QueuedQuery:
     ready: Sequence[Future[None]] = ()  # to wait for first (the encoding of its images)
 
 
-_TruthKey = tuple[int, int, int, int]
-
-
-class GroundTruths:
-    """The prepared ground truth of the query images met, least recently used out first.
-
-    Found by the identity of the mask tensors: the evaluation's samples hand out the same
-    tensors for every episode of an image. An entry keeps those tensors referenced, so no
-    other tensor can take their address meanwhile, and an in-place change (a new version)
-    is a miss."""
+class GroundTruths(IdentityMemo[GroundTruth]):
+    """The prepared ground truth of the query images met, found by the identity of their
+    (mask, ignore) tensors: ``get((mask, ignore))``."""
 
     def __init__(self, capacity: int = 256) -> None:
-        self.capacity = capacity
-        # key → (truth, mask, ignore): the tensors are kept only to hold their addresses
-        self._entries: OrderedDict[_TruthKey, tuple[GroundTruth, torch.Tensor, torch.Tensor]] = (
-            OrderedDict()
-        )
-        self._lock = threading.Lock()
-
-    def get(self, mask: torch.Tensor, ignore: torch.Tensor) -> GroundTruth:
-        key = (id(mask), mask._version, id(ignore), ignore._version)
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None:
-                self._entries.move_to_end(key)
-                return entry[0]
-        truth = GroundTruth.of(mask, ignore)
-        with self._lock:
-            self._entries[key] = (truth, mask, ignore)
-            while len(self._entries) > self.capacity:
-                self._entries.popitem(last=False)
-        return truth
+        super().__init__(GroundTruth.of, capacity)
 
 
 def score_query(scores: SegmentationScores, query: QueuedQuery, truths: GroundTruths) -> None:
     for future in query.ready:
         future.result()
     prediction = foreground_prediction(query.predict(query.image))[0]
-    scores.update_with(query.class_index, prediction, truths.get(query.mask, query.ignore))
+    scores.update_with(query.class_index, prediction, truths.get((query.mask, query.ignore)))
 
 
 class ScoringQueue:
