@@ -22,6 +22,7 @@ from fewseg.data.source import (
 from fewseg.data.synthetic import SyntheticSource
 from fewseg.episodes import Episode, episode_plan, load_episode
 from fewseg.episodes.sampler import usable_classes
+from fewseg.episodes.tensors import SupportSet
 from fewseg.episodes.transforms import resize_transform
 from fewseg.errors import FewSegError
 
@@ -333,3 +334,32 @@ def test_synthetic_plans_use_only_test_classes(synthetic: SyntheticSource) -> No
             images = (episode.query, *episode.support)
             assert len(set(images)) == 3
             assert set(images) <= set(synthetic.images_of(episode.class_index))
+
+
+def test_a_support_set_of_shots_stacks_its_rows_when_asked() -> None:
+    g = torch.Generator().manual_seed(0)
+    images = [torch.randn(3, 4, 5, generator=g) for _ in range(3)]
+    masks = [(torch.rand(4, 5, generator=g) > 0.5).float() for _ in range(3)]
+    ignore = [torch.rand(4, 5, generator=g) > 0.8 for _ in range(3)]
+    support = SupportSet.of_shots(images, masks, ignore)
+    assert support.shots == 3 and support._images is None  # nothing stacked yet
+    assert support.encoder_images() == tuple(images)  # the rows themselves
+    assert torch.equal(support.images, torch.stack(images))
+    assert support.images is support.images  # stacked once
+    assert torch.equal(support.masks, torch.stack(masks))
+    assert torch.equal(support.ignore, torch.stack(ignore))
+    assert support.mask_rows[1] is masks[1] and support.ignore_rows[2] is ignore[2]
+    moved = support.to("cpu")
+    assert moved.rows[0] is images[0] and moved.mask_rows[0] is masks[0]
+    one = SupportSet.of_shots(images[:1], masks[:1], ignore[:1])
+    assert one.images.data_ptr() == images[0].data_ptr()  # one shot: a view, no copy
+    assert one.images.shape == (1, 3, 4, 5) and one.masks.shape == (1, 4, 5)
+    with pytest.raises(ValueError, match="one mask and ignore map per image"):
+        SupportSet.of_shots(images, masks[:2], ignore)
+
+
+def test_a_support_set_of_stacked_tensors_has_no_rows() -> None:
+    images, masks = torch.zeros(2, 3, 4, 4), torch.zeros(2, 4, 4)
+    support = SupportSet(images, masks, masks.bool())
+    assert support.shots == 2 and support.encoder_images() is images
+    assert support.mask_rows == () and support.to("cpu").images is images

@@ -15,35 +15,88 @@ from fewseg.episodes.sampler import Episode
 from fewseg.episodes.transforms import sample_to_tensors
 
 
-@dataclass
 class SupportSet:
     """K labelled examples: images [K,3,H,W], masks [K,H,W] in {0,1}, ignore [K,H,W] bool.
 
-    ``rows``: the shots' images [3,H,W] as the loader holds them, when ``images`` stacks
-    copies of them; a feature cache finds those by identity, where a row of ``images``, a
-    new tensor each episode, has to be hashed and compared.
+    Made from those stacked tensors, or by :meth:`of_shots` from each shot's tensors as the
+    loader holds them (``rows``, ``mask_rows``, ``ignore_rows``): the stacked tensors are
+    then made when first asked for (a single shot's are views), and a feature cache or a
+    memo finds the shots by identity, where a row of a stacked tensor, new each episode,
+    would have to be hashed and compared.
     """
 
-    images: torch.Tensor
-    masks: torch.Tensor
-    ignore: torch.Tensor
-    rows: tuple[torch.Tensor, ...] = ()
+    def __init__(
+        self,
+        images: torch.Tensor,
+        masks: torch.Tensor,
+        ignore: torch.Tensor,
+        rows: tuple[torch.Tensor, ...] = (),
+    ) -> None:
+        self._images: torch.Tensor | None = images
+        self._masks: torch.Tensor | None = masks
+        self._ignore: torch.Tensor | None = ignore
+        self.rows = rows
+        self.mask_rows: tuple[torch.Tensor, ...] = ()
+        self.ignore_rows: tuple[torch.Tensor, ...] = ()
+
+    @classmethod
+    def of_shots(
+        cls,
+        images: Sequence[torch.Tensor],
+        masks: Sequence[torch.Tensor],
+        ignore: Sequence[torch.Tensor],
+    ) -> SupportSet:
+        """From each shot's image [3,H,W], mask [H,W] and ignore [H,W]."""
+        if not len(images) == len(masks) == len(ignore) > 0:
+            raise ValueError("a support set needs one mask and ignore map per image")
+        support = cls.__new__(cls)
+        support._images = support._masks = support._ignore = None
+        support.rows, support.mask_rows, support.ignore_rows = (
+            tuple(images),
+            tuple(masks),
+            tuple(ignore),
+        )
+        return support
+
+    @property
+    def images(self) -> torch.Tensor:
+        if self._images is None:
+            self._images = _batch(self.rows)
+        return self._images
+
+    @property
+    def masks(self) -> torch.Tensor:
+        if self._masks is None:
+            self._masks = _batch(self.mask_rows)
+        return self._masks
+
+    @property
+    def ignore(self) -> torch.Tensor:
+        if self._ignore is None:
+            self._ignore = _batch(self.ignore_rows)
+        return self._ignore
 
     @property
     def shots(self) -> int:
-        return self.images.shape[0]
+        return len(self.rows) if self.rows else self.images.shape[0]
 
     def encoder_images(self) -> torch.Tensor | Sequence[torch.Tensor]:
         """The images to pass to a feature cache: ``rows`` where there are, else ``images``."""
         return self.rows if self.rows else self.images
 
     def to(self, device: torch.device | str) -> SupportSet:
+        if self.mask_rows:
+            shots = (self.rows, self.mask_rows, self.ignore_rows)
+            return SupportSet.of_shots(*([t.to(device) for t in ts] for ts in shots))
         return SupportSet(
             self.images.to(device),
             self.masks.to(device),
             self.ignore.to(device),
             tuple(row.to(device) for row in self.rows),
         )
+
+    def __repr__(self) -> str:
+        return f"SupportSet(shots={self.shots}, images={tuple(self.images.shape)})"
 
 
 @dataclass
@@ -78,13 +131,12 @@ Sample = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # image, foreground, i
 
 
 def _episode_tensors(episode: Episode, load: Callable[[str], Sample]) -> EpisodeTensors:
-    images, masks, ignores = zip(*(load(i) for i in episode.support), strict=True)
+    support = SupportSet.of_shots(*zip(*(load(i) for i in episode.support), strict=True))
     query_image, query_mask, query_ignore = load(episode.query)
-    support = SupportSet(_batch(images), _batch(masks), _batch(ignores), images)
     return EpisodeTensors(episode.class_index, support, query_image, query_mask, query_ignore)
 
 
-def _batch(tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
+def _batch(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """Stack; a single tensor becomes a view (1-shot support sets are not copied)."""
     return tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)
 
