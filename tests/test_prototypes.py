@@ -18,6 +18,8 @@ from fewseg.learners.prototypes import (
     masked_average_pool,
     prediction_logits,
     shot_prototypes,
+    shot_weights_memo,
+    support_mask_weights,
 )
 from fewseg.models.backbones import Backbone
 
@@ -29,6 +31,40 @@ def test_mask_weights_are_cell_fractions() -> None:
     weights = mask_weights(masks, ignore, (2, 2))
     assert weights[0, 1].tolist() == [[0.75, 0.0], [0.0, 0.25]]
     assert weights[0, 0].tolist() == [[0.25, 1.0], [1.0, 0.5]]
+
+
+def test_mask_weights_equal_adaptive_average_pooling() -> None:
+    g = torch.Generator().manual_seed(0)
+    masks = (torch.rand(3, 37, 41, generator=g) > 0.5).float()
+    ignore = torch.rand(3, 37, 41, generator=g) > 0.8
+    valid = (~ignore).float()
+    pooled = F.adaptive_avg_pool2d(torch.stack([valid, masks * valid], dim=1), (5, 6))
+    expected = torch.stack([pooled[:, 0] - pooled[:, 1], pooled[:, 1]], dim=1)
+    torch.testing.assert_close(mask_weights(masks, ignore, (5, 6)), expected)
+
+
+def test_support_mask_weights_are_kept_per_shot() -> None:
+    g = torch.Generator().manual_seed(0)
+    shots = [
+        (
+            torch.randn(3, 8, 8, generator=g),
+            (torch.rand(8, 8, generator=g) > 0.5).float(),
+            torch.rand(8, 8, generator=g) > 0.9,
+        )
+        for _ in range(3)
+    ]
+    memo = shot_weights_memo()
+    first = SupportSet.of_shots(*zip(*shots[:2], strict=True))
+    second = SupportSet.of_shots(*zip(*shots[1:], strict=True))  # shares the second shot
+    for support in (first, second):
+        weights = support_mask_weights(support, (4, 4), memo)
+        torch.testing.assert_close(weights, mask_weights(support.masks, support.ignore, (4, 4)))
+    assert len(memo) == 3  # three distinct shots, each pooled once
+    stacked = SupportSet(first.images, first.masks, first.ignore)  # no shots to find
+    torch.testing.assert_close(
+        support_mask_weights(stacked, (4, 4), memo), support_mask_weights(first, (4, 4), memo)
+    )
+    assert len(memo) == 3
 
 
 def test_masked_average_pool_by_hand() -> None:

@@ -1,11 +1,16 @@
-"""Bilinear resizing by interpolation matrices equals F.interpolate, values and gradients."""
+"""Bilinear resizing and adaptive average pooling by matrices equal torch's (and gradients)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.func import grad, vmap
 
-from fewseg.models.upsample import bilinear_resize, interpolation_matrix
+from fewseg.models.upsample import (
+    adaptive_average_pool,
+    average_pooling_matrix,
+    bilinear_resize,
+    interpolation_matrix,
+)
 
 
 @pytest.mark.parametrize(
@@ -43,3 +48,18 @@ def test_composes_with_vmap_and_grad() -> None:
     batched = vmap(grad(loss))(x)
     looped = torch.stack([grad(loss)(t) for t in x])
     torch.testing.assert_close(batched, looped)
+
+
+@pytest.mark.parametrize(("size_in", "size_out"), [(400, 25), (401, 26), (97, 13), (5, 3), (3, 5)])
+def test_adaptive_average_pool_equals_torchs(size_in: int, size_out: int) -> None:
+    x = torch.rand(2, 3, size_in, size_in + 2, dtype=torch.float64)
+    expected = F.adaptive_avg_pool2d(x, (size_out, size_out + 1))
+    pooled = adaptive_average_pool(x, (size_out, size_out + 1))
+    torch.testing.assert_close(pooled, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_average_pooling_windows_by_hand() -> None:
+    # 5 → 3: windows [0, 2), [1, 4), [3, 5)
+    matrix = average_pooling_matrix(5, 3, torch.float64, torch.device("cpu"))
+    expected = [[0.5, 0.5, 0, 0, 0], [0, 1 / 3, 1 / 3, 1 / 3, 0], [0, 0, 0, 0.5, 0.5]]
+    torch.testing.assert_close(matrix, torch.tensor(expected, dtype=torch.float64))

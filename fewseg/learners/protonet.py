@@ -28,6 +28,9 @@ from fewseg.learners.prototypes import (
     margin_direction,
     prediction_logits,
     shot_prototypes,
+    shot_weights_memo,
+    support_mask_weights,
+    weighted_prototypes,
 )
 from fewseg.models.backbones import Backbone
 from fewseg.models.feature_cache import FeatureCache, encode
@@ -55,6 +58,7 @@ class ProtoNet(Learner):
             )
         self.encoder = backbone if backbone is not None else build_backbone(config)
         self.feature_cache = FeatureCache(self.encoder)
+        self.shot_weights = shot_weights_memo()
         self.neck = nn.Sequential(
             nn.Conv2d(self.encoder.out_channels, config.hidden, 3, padding=1),
             nn.ReLU(inplace=True),
@@ -92,7 +96,8 @@ class ProtoNet(Learner):
     @torch.no_grad()
     def adapt(self, support: SupportSet) -> Predictor:
         embedded = self.prediction_embedding(support.encoder_images())
-        direction = margin_direction(shot_prototypes(embedded, support.masks, support.ignore))
+        weights = support_mask_weights(support, embedded.shape[-2:], self.shot_weights)
+        direction = margin_direction(weighted_prototypes(embedded, weights))
 
         @torch.no_grad()
         def predict(query_images: torch.Tensor) -> torch.Tensor:

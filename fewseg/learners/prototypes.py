@@ -10,17 +10,50 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fewseg.models.upsample import bilinear_resize
+from fewseg.episodes.tensors import SupportSet
+from fewseg.identity_memo import IdentityMemo
+from fewseg.models.upsample import adaptive_average_pool, bilinear_resize
 
 
 def mask_weights(masks: torch.Tensor, ignore: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Per-cell background/foreground fractions at feature resolution: [K, 2, h, w].
+    """Per-cell background/foreground fractions at feature resolution: [K, 2, h, w]
+    (adaptive average pooling).
 
-    ``masks`` [K,H,W] in {0,1}; ignored pixels count as neither class.
+    ``masks`` [K,H,W] in {0,1}, ``ignore`` [K,H,W] bool; ignored pixels count as neither
+    class.
     """
-    valid = (~ignore).float()
-    pooled = F.adaptive_avg_pool2d(torch.stack([valid, masks.float() * valid], dim=1), size)
-    return torch.stack([pooled[:, 0] - pooled[:, 1], pooled[:, 1]], dim=1)  # bg = valid − fg
+    valid = (~ignore).view(torch.uint8).float()  # from uint8: a fraction of bool's time here
+    foreground = adaptive_average_pool(masks.float() * valid, size)
+    return torch.stack([adaptive_average_pool(valid, size) - foreground, foreground], dim=1)
+
+
+def shot_mask_weights(
+    mask: torch.Tensor, ignore: torch.Tensor, size: tuple[int, int]
+) -> torch.Tensor:
+    """:func:`mask_weights` of one shot's mask [H,W] and ignore [H,W]: [1, 2, h, w]."""
+    return mask_weights(mask[None], ignore[None], size)
+
+
+SHOT_WEIGHTS_KEPT = 256
+"""Shots whose mask weights a learner keeps (each entry holds its shot's masks)."""
+
+
+def shot_weights_memo() -> IdentityMemo[torch.Tensor]:
+    """The memo :func:`support_mask_weights` takes."""
+    return IdentityMemo(shot_mask_weights, SHOT_WEIGHTS_KEPT)
+
+
+def support_mask_weights(
+    support: SupportSet, size: tuple[int, int], memo: IdentityMemo[torch.Tensor]
+) -> torch.Tensor:
+    """:func:`mask_weights` of a support set, [K, 2, h, w]; those of a support set made of
+    shots (:meth:`SupportSet.of_shots`) are found in or added to ``memo`` (an
+    :class:`IdentityMemo` of :func:`shot_mask_weights`) shot by shot: an evaluation meets
+    each labelled image in many support sets."""
+    if not support.mask_rows:
+        return mask_weights(support.masks, support.ignore, size)
+    shots = zip(support.mask_rows, support.ignore_rows, strict=True)
+    return torch.cat([memo.get(labels, tuple(size)) for labels in shots])
 
 
 def masked_average_pool(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -37,7 +70,11 @@ def shot_prototypes(
     features: torch.Tensor, masks: torch.Tensor, ignore: torch.Tensor
 ) -> torch.Tensor:
     """Background and foreground prototypes averaged over the shots that contain them: [2, C]."""
-    weights = mask_weights(masks, ignore, features.shape[-2:])
+    return weighted_prototypes(features, mask_weights(masks, ignore, features.shape[-2:]))
+
+
+def weighted_prototypes(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """:func:`shot_prototypes` from the shots' :func:`mask_weights`."""
     per_shot = masked_average_pool(features, weights)
     present = (weights.sum(dim=(-2, -1)) > 0).float()  # [K, P]
     counts = present.sum(dim=0).clamp_min(1.0)  # [P]
