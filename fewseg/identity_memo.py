@@ -21,24 +21,32 @@ class IdentityMemo(Generic[T]):
     """``get(tensors, *extra)`` → ``compute(*tensors, *extra)``, remembered for the given
     tensor objects (and hashable ``extra``), least recently used out first. An entry keeps
     its tensors referenced, so no other tensor can take their identity meanwhile, and an
-    in-place change (a new version) is a miss. Thread-safe; a copy or a pickle starts
-    empty."""
+    in-place change (a new version) is a miss. ``compute`` is given here or per call.
+    Thread-safe; a copy or a pickle starts empty."""
 
-    def __init__(self, compute: Callable[..., T], capacity: int) -> None:
+    def __init__(self, compute: Callable[..., T] | None, capacity: int) -> None:
         self.compute = compute
         self.capacity = capacity
         # key → (value, the tensors, kept only to hold their identities)
         self._entries: OrderedDict[Hashable, tuple[T, tuple[torch.Tensor, ...]]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, tensors: tuple[torch.Tensor, ...], *extra: Hashable) -> T:
+    def get(
+        self,
+        tensors: tuple[torch.Tensor, ...],
+        *extra: Hashable,
+        compute: Callable[..., T] | None = None,
+    ) -> T:
         key = (*((id(t), t._version) for t in tensors), *extra)
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
                 self._entries.move_to_end(key)
                 return entry[0]
-        value = self.compute(*tensors, *extra)
+        compute = compute or self.compute
+        if compute is None:
+            raise ValueError("IdentityMemo.get needs a compute function")
+        value = compute(*tensors, *extra)
         with self._lock:
             self._entries[key] = (value, tensors)
             while len(self._entries) > self.capacity:

@@ -349,8 +349,10 @@ def test_a_support_set_of_shots_stacks_its_rows_when_asked() -> None:
     assert torch.equal(support.masks, torch.stack(masks))
     assert torch.equal(support.ignore, torch.stack(ignore))
     assert support.mask_rows[1] is masks[1] and support.ignore_rows[2] is ignore[2]
-    moved = support.to("cpu")
-    assert moved.rows[0] is images[0] and moved.mask_rows[0] is masks[0]
+    assert support.to("cpu") is support  # already there
+    moved = support.to("meta")
+    assert moved.shots == 3 and moved.rows[0].device.type == "meta"
+    assert moved.mask_rows[2].device.type == moved.ignore_rows[0].device.type == "meta"
     one = SupportSet.of_shots(images[:1], masks[:1], ignore[:1])
     assert one.images.data_ptr() == images[0].data_ptr()  # one shot: a view, no copy
     assert one.images.shape == (1, 3, 4, 5) and one.masks.shape == (1, 4, 5)

@@ -4,6 +4,7 @@ import copy
 import pickle
 import threading
 
+import pytest
 import torch
 
 from fewseg.identity_memo import IdentityMemo
@@ -79,3 +80,12 @@ def test_threads_get_consistent_values() -> None:
     for t in threads:
         t.join()
     assert results == [8.0] * 8
+
+
+def test_compute_given_per_call() -> None:
+    memo: IdentityMemo[float] = IdentityMemo(None, capacity=4)
+    a = torch.ones(3)
+    assert memo.get((a,), 2.0, compute=lambda t, scale: float(t.sum()) * scale) == 6.0
+    assert memo.get((a,), 2.0, compute=lambda t, scale: -1.0) == 6.0  # found, not computed
+    with pytest.raises(ValueError, match="needs a compute function"):
+        memo.get((torch.ones(1),))

@@ -293,3 +293,30 @@ def test_adam_steps_reduce_the_loss_of_a_fixed_batch(
         optimizer.step()
     assert all(math.isfinite(x) for x in losses)
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_kept_shot_pools_follow_the_neck() -> None:
+    torch.manual_seed(0)
+    learner = ProtoNet(tiny_config(scale_init=7.0), Pool())
+    generator = torch.Generator().manual_seed(1)
+    stacked = random_episode(generator, shots=2, size=16).support
+    support = SupportSet.of_shots(
+        stacked.images.unbind(), stacked.masks.unbind(), stacked.ignore.unbind()
+    )
+    query = torch.randn(1, 3, 16, 16, generator=generator)
+
+    def reference() -> torch.Tensor:
+        with torch.no_grad():
+            prototypes = shot_prototypes(
+                learner.neck(F.avg_pool2d(stacked.images, 2)), stacked.masks, stacked.ignore
+            )
+            coarse = cosine_logits(learner.neck(F.avg_pool2d(query, 2)), prototypes, 7.0)
+        resized = F.interpolate(coarse, (16, 16), mode="bilinear")
+        return resized[:, 1] - resized[:, 0]
+
+    torch.testing.assert_close(learner.adapt(support)(query)[:, 0], reference())
+    assert len(learner.shot_pools) == 2
+    with torch.no_grad():
+        learner.neck[2].bias.add_(0.5)  # the shots' pooled features are stale now
+    torch.testing.assert_close(learner.adapt(support)(query)[:, 0], reference())
+    assert len(learner.shot_pools) == 4

@@ -1,6 +1,7 @@
 """Prototype and cosine math against hand-computed values."""
 
 import math
+from collections.abc import Sequence
 
 import pytest
 import torch
@@ -17,9 +18,9 @@ from fewseg.learners.prototypes import (
     mask_weights,
     masked_average_pool,
     prediction_logits,
+    shot_pools_memo,
     shot_prototypes,
-    shot_weights_memo,
-    support_mask_weights,
+    support_prototypes,
 )
 from fewseg.models.backbones import Backbone
 
@@ -43,7 +44,7 @@ def test_mask_weights_equal_adaptive_average_pooling() -> None:
     torch.testing.assert_close(mask_weights(masks, ignore, (5, 6)), expected)
 
 
-def test_support_mask_weights_are_kept_per_shot() -> None:
+def test_support_prototypes_pool_each_shot_once() -> None:
     g = torch.Generator().manual_seed(0)
     shots = [
         (
@@ -53,18 +54,29 @@ def test_support_mask_weights_are_kept_per_shot() -> None:
         )
         for _ in range(3)
     ]
-    memo = shot_weights_memo()
+    shots[2][1].zero_()  # a shot without foreground: left out of that prototype
+    encoded: list[int] = []
+
+    def features_of(images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        encoded.append(len(images))
+        stacked = images if isinstance(images, torch.Tensor) else torch.stack(list(images))
+        return F.avg_pool2d(stacked, 2)
+
+    memo = shot_pools_memo()
     first = SupportSet.of_shots(*zip(*shots[:2], strict=True))
     second = SupportSet.of_shots(*zip(*shots[1:], strict=True))  # shares the second shot
     for support in (first, second):
-        weights = support_mask_weights(support, (4, 4), memo)
-        torch.testing.assert_close(weights, mask_weights(support.masks, support.ignore, (4, 4)))
-    assert len(memo) == 3  # three distinct shots, each pooled once
+        expected = shot_prototypes(features_of(support.images), support.masks, support.ignore)
+        torch.testing.assert_close(support_prototypes(support, features_of, memo), expected)
+    assert encoded == [2, 1, 1, 2, 1]  # each shot pooled once: its image encoded once
+    assert len(memo) == 3
+    support_prototypes(first, features_of, memo, version="other weights")  # pooled again
+    assert encoded[5:] == [1, 1] and len(memo) == 5
     stacked = SupportSet(first.images, first.masks, first.ignore)  # no shots to find
     torch.testing.assert_close(
-        support_mask_weights(stacked, (4, 4), memo), support_mask_weights(first, (4, 4), memo)
+        support_prototypes(stacked, features_of, memo), support_prototypes(first, features_of, memo)
     )
-    assert len(memo) == 3
+    assert encoded[7:] == [2] and len(memo) == 5
 
 
 def test_masked_average_pool_by_hand() -> None:

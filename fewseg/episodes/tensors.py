@@ -85,8 +85,13 @@ class SupportSet:
         return self.rows if self.rows else self.images
 
     def to(self, device: torch.device | str) -> SupportSet:
+        """On ``device``: itself when all its tensors are there already (as
+        ``Tensor.to``; an evaluation calls this per episode, and each tensor's own call
+        costs more than the check)."""
         if self.mask_rows:
             shots = (self.rows, self.mask_rows, self.ignore_rows)
+            if all(t.device == torch.device(device) for ts in shots for t in ts):
+                return self
             return SupportSet.of_shots(*([t.to(device) for t in ts] for ts in shots))
         return SupportSet(
             self.images.to(device),

@@ -13,9 +13,8 @@ from fewseg.learners.prototypes import (
     feature_norms,
     margin_direction,
     prediction_logits,
-    shot_weights_memo,
-    support_mask_weights,
-    weighted_prototypes,
+    shot_pools_memo,
+    support_prototypes,
 )
 from fewseg.models.backbones import Backbone
 from fewseg.models.feature_cache import FeatureCache
@@ -39,13 +38,11 @@ class PrototypeBaseline(Learner):
         self.backbone = backbone if backbone is not None else build_backbone(config)
         self.backbone.freeze()
         self.features = FeatureCache(self.backbone)
-        self.shot_weights = shot_weights_memo()
+        self.shot_pools = shot_pools_memo()
 
     @torch.no_grad()
     def adapt(self, support: SupportSet) -> Predictor:
-        features = self.features(support.encoder_images())
-        weights = support_mask_weights(support, features.shape[-2:], self.shot_weights)
-        direction = margin_direction(weighted_prototypes(features, weights))
+        direction = margin_direction(support_prototypes(support, self.features, self.shot_pools))
 
         @torch.no_grad()
         def predict(query_images: torch.Tensor) -> torch.Tensor:

@@ -27,10 +27,9 @@ from fewseg.learners.prototypes import (
     cosine_logits,
     margin_direction,
     prediction_logits,
+    shot_pools_memo,
     shot_prototypes,
-    shot_weights_memo,
-    support_mask_weights,
-    weighted_prototypes,
+    support_prototypes,
 )
 from fewseg.models.backbones import Backbone
 from fewseg.models.feature_cache import FeatureCache, encode
@@ -58,7 +57,7 @@ class ProtoNet(Learner):
             )
         self.encoder = backbone if backbone is not None else build_backbone(config)
         self.feature_cache = FeatureCache(self.encoder)
-        self.shot_weights = shot_weights_memo()
+        self.shot_pools = shot_pools_memo()
         self.neck = nn.Sequential(
             nn.Conv2d(self.encoder.out_channels, config.hidden, 3, padding=1),
             nn.ReLU(inplace=True),
@@ -90,14 +89,23 @@ class ProtoNet(Learner):
         if not self.encoder.frozen:
             with torch.no_grad():
                 return self.embed(images)
-        version = tuple((p.data_ptr(), p._version) for p in self.neck.parameters())
-        return self.feature_cache.derived(images, "neck", version, self.neck)
+        return self.feature_cache.derived(images, "neck", self._neck_version(), self.neck)
+
+    def _neck_version(self) -> tuple[tuple[int, int], ...]:
+        """What identifies the neck's parameters: their addresses and versions."""
+        return tuple((p.data_ptr(), p._version) for p in self.neck.parameters())
 
     @torch.no_grad()
     def adapt(self, support: SupportSet) -> Predictor:
-        embedded = self.prediction_embedding(support.encoder_images())
-        weights = support_mask_weights(support, embedded.shape[-2:], self.shot_weights)
-        direction = margin_direction(weighted_prototypes(embedded, weights))
+        # a trained encoder's features are not kept, nor are the shots' pooled features
+        kept = self.encoder.frozen
+        prototypes = support_prototypes(
+            support,
+            self.prediction_embedding,
+            self.shot_pools if kept else None,
+            self._neck_version() if kept else None,
+        )
+        direction = margin_direction(prototypes)
 
         @torch.no_grad()
         def predict(query_images: torch.Tensor) -> torch.Tensor:

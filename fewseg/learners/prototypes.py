@@ -7,6 +7,8 @@ background and foreground prototypes.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -27,35 +29,6 @@ def mask_weights(masks: torch.Tensor, ignore: torch.Tensor, size: tuple[int, int
     return torch.stack([adaptive_average_pool(valid, size) - foreground, foreground], dim=1)
 
 
-def shot_mask_weights(
-    mask: torch.Tensor, ignore: torch.Tensor, size: tuple[int, int]
-) -> torch.Tensor:
-    """:func:`mask_weights` of one shot's mask [H,W] and ignore [H,W]: [1, 2, h, w]."""
-    return mask_weights(mask[None], ignore[None], size)
-
-
-SHOT_WEIGHTS_KEPT = 256
-"""Shots whose mask weights a learner keeps (each entry holds its shot's masks)."""
-
-
-def shot_weights_memo() -> IdentityMemo[torch.Tensor]:
-    """The memo :func:`support_mask_weights` takes."""
-    return IdentityMemo(shot_mask_weights, SHOT_WEIGHTS_KEPT)
-
-
-def support_mask_weights(
-    support: SupportSet, size: tuple[int, int], memo: IdentityMemo[torch.Tensor]
-) -> torch.Tensor:
-    """:func:`mask_weights` of a support set, [K, 2, h, w]; those of a support set made of
-    shots (:meth:`SupportSet.of_shots`) are found in or added to ``memo`` (an
-    :class:`IdentityMemo` of :func:`shot_mask_weights`) shot by shot: an evaluation meets
-    each labelled image in many support sets."""
-    if not support.mask_rows:
-        return mask_weights(support.masks, support.ignore, size)
-    shots = zip(support.mask_rows, support.ignore_rows, strict=True)
-    return torch.cat([memo.get(labels, tuple(size)) for labels in shots])
-
-
 def masked_average_pool(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Weighted mean feature per shot and class: features [K,C,h,w], weights [K,P,h,w] → [K,P,C].
 
@@ -70,15 +43,60 @@ def shot_prototypes(
     features: torch.Tensor, masks: torch.Tensor, ignore: torch.Tensor
 ) -> torch.Tensor:
     """Background and foreground prototypes averaged over the shots that contain them: [2, C]."""
-    return weighted_prototypes(features, mask_weights(masks, ignore, features.shape[-2:]))
+    return combined_prototypes(_pools(features, mask_weights(masks, ignore, features.shape[-2:])))
 
 
-def weighted_prototypes(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """:func:`shot_prototypes` from the shots' :func:`mask_weights`."""
-    per_shot = masked_average_pool(features, weights)
-    present = (weights.sum(dim=(-2, -1)) > 0).float()  # [K, P]
+ShotPool = tuple[torch.Tensor, torch.Tensor]
+"""Shots' pooled features [K,2,C] and whether each shot has each class [K,2] (0 or 1)."""
+
+
+def _pools(features: torch.Tensor, weights: torch.Tensor) -> ShotPool:
+    present = (weights.sum(dim=(-2, -1)) > 0).to(features.dtype)
+    return masked_average_pool(features, weights), present
+
+
+def combined_prototypes(pools: ShotPool) -> torch.Tensor:
+    """The shots' pooled features → the prototypes of :func:`shot_prototypes`."""
+    per_shot, present = pools
     counts = present.sum(dim=0).clamp_min(1.0)  # [P]
     return (per_shot * present.unsqueeze(-1)).sum(dim=0) / counts.unsqueeze(-1)
+
+
+SHOT_POOLS_KEPT = 256
+"""Shots whose pooled features a learner keeps; an entry holds the shot's image and masks,
+which an evaluation's samples hold anyway (fewseg.episodes.sample_cache)."""
+
+
+def shot_pools_memo() -> IdentityMemo[ShotPool]:
+    """The memo :func:`support_prototypes` takes."""
+    return IdentityMemo(None, SHOT_POOLS_KEPT)
+
+
+def support_prototypes(
+    support: SupportSet,
+    features_of: Callable[[Sequence[torch.Tensor] | torch.Tensor], torch.Tensor],
+    memo: IdentityMemo[ShotPool] | None,
+    version: Hashable = None,
+) -> torch.Tensor:
+    """:func:`shot_prototypes` of a support set, with ``features_of(images)`` its features.
+
+    For a support set made of shots (:meth:`SupportSet.of_shots`) each shot's pooled
+    features are found in or added to ``memo`` (:func:`shot_pools_memo`) by the identity of
+    the shot's tensors and ``version``, which must identify what ``features_of`` computes
+    (None for a frozen backbone): an evaluation meets each labelled image in many support
+    sets, and pooling K shots' features took longer than predicting a query.
+    """
+    if memo is None or not support.mask_rows:
+        features = features_of(support.encoder_images())
+        return shot_prototypes(features, support.masks, support.ignore)
+
+    def pool(image: torch.Tensor, mask: torch.Tensor, ignore: torch.Tensor, _: object) -> ShotPool:
+        features = features_of([image])
+        return _pools(features, mask_weights(mask[None], ignore[None], features.shape[-2:]))
+
+    shots = zip(support.rows, support.mask_rows, support.ignore_rows, strict=True)
+    pools = [memo.get(shot, version, compute=pool) for shot in shots]
+    return combined_prototypes((torch.cat([p[0] for p in pools]), torch.cat([p[1] for p in pools])))
 
 
 def feature_norms(features: torch.Tensor) -> torch.Tensor:
