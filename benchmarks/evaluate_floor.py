@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/evaluate_floor.py                # coco-mini, 1000 1-shot
     .venv/bin/python benchmarks/evaluate_floor.py --learners baseline,protonet,maml
+    .venv/bin/python benchmarks/evaluate_floor.py --threads 1 --repeats 5   # medians
 
 The floor is measured in the same process and thread setting: every distinct image of the
 episode list, preprocessed beforehand, passed once through the frozen backbone (batch of
@@ -9,7 +10,10 @@ one, as the feature cache passes them). The evaluation is timed from cold: a fre
 opened source (nothing decoded yet) and a fresh learner (empty feature cache), so it pays
 for decoding, resizing, the backbone, adaptation and scoring. The process keeps freed
 memory for reuse, as the command line does (fewseg/allocator.py). The floor is taken before
-and after each evaluation and averaged, which absorbs slow drifts of a shared machine.
+and after each evaluation and averaged, which absorbs slow drifts of a shared machine; with
+``--repeats N`` the learners' evaluations take turns N times and the last lines give each
+learner's median ratio, which a single run on a shared machine does not settle (one
+evaluation's ratio moved by ±0.2 between runs minutes apart).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import resource
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -61,7 +65,7 @@ def main_thread_encoder_seconds(learner: torch.nn.Module) -> Callable[[], float]
     return lambda: spent["total"]
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="coco:../shared/data/coco-mini")
     parser.add_argument("--fold", default="0")
@@ -83,12 +87,15 @@ def main() -> None:
         help="also print where the main thread's time went and the helper threads' CPU time",
     )
     parser.add_argument(
+        "--repeats", type=int, default=1, help="evaluations per learner, taking turns"
+    )
+    parser.add_argument(
         "--compare-in-order",
         action="store_true",
         help="also time each learner that predicts on the scoring thread with prediction "
         "kept on the main thread, in order (the evaluation before that change)",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if not args.malloc_defaults:
         retain_freed_memory()  # as `fewseg` does at start
@@ -109,10 +116,13 @@ def main() -> None:
     settings = EvaluationSettings(
         fold=args.fold, shots=args.shots, episodes=args.episodes, size=args.size, progress=False
     )
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     runs = [(name, True) for name in args.learners.split(",")]
     if args.compare_in_order:
         runs += [(name, False) for name, _ in runs]
-    for name, concurrent in runs:
+    ratios: dict[str, list[float]] = {}
+    for name, concurrent in runs * args.repeats:
         before = floor_seconds(images, backbone)
         torch.manual_seed(0)
         learner = LEARNERS.get(name)(LearnerConfig(backbone=args.backbone))
@@ -133,6 +143,7 @@ def main() -> None:
         ended = resource.getrusage(resource.RUSAGE_THREAD)
         after = floor_seconds(images, backbone)
         floor = statistics.fmean([before, after])
+        ratios.setdefault(label, []).append(seconds / floor)
         print(
             f"{label:30s} evaluate {seconds:6.1f} s  floor {floor:6.1f} s "
             f"({before:.1f} / {after:.1f})  ratio evaluate/floor = {seconds / floor:.2f}  "
@@ -148,6 +159,13 @@ def main() -> None:
                 f"not running {seconds - main_cpu:.2f} s; helper threads: CPU "
                 f"{process_cpu - main_cpu:.2f} s",
                 flush=True,
+            )
+    if args.repeats > 1:
+        for label, values in ratios.items():
+            listed = ", ".join(f"{r:.2f}" for r in values)
+            print(
+                f"{label:30s} median ratio evaluate/floor = {statistics.median(values):.2f} "
+                f"over {len(values)} runs ({listed})"
             )
 
 
