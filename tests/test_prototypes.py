@@ -77,6 +77,9 @@ def test_support_prototypes_pool_each_shot_once() -> None:
         support_prototypes(stacked, features_of, memo), support_prototypes(first, features_of, memo)
     )
     assert encoded[7:] == [2] and len(memo) == 5
+    elsewhere = first.to("meta")  # copies made per episode: nothing to find again
+    assert support_prototypes(elsewhere, features_of, memo).shape == (2, 3)
+    assert len(memo) == 5
 
 
 def test_masked_average_pool_by_hand() -> None:

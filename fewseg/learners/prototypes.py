@@ -84,9 +84,11 @@ def support_prototypes(
     features are found in or added to ``memo`` (:func:`shot_pools_memo`) by the identity of
     the shot's tensors and ``version``, which must identify what ``features_of`` computes
     (None for a frozen backbone): an evaluation meets each labelled image in many support
-    sets, and pooling K shots' features took longer than predicting a query.
+    sets, and pooling K shots' features took longer than predicting a query. Shots on
+    another device than the CPU are not kept: an evaluation copies each episode's tensors
+    there anew, so they would never be found again.
     """
-    if memo is None or not support.mask_rows:
+    if memo is None or not support.mask_rows or support.rows[0].device.type != "cpu":
         features = features_of(support.encoder_images())
         return shot_prototypes(features, support.masks, support.ignore)
 
