@@ -119,9 +119,8 @@ def cosine_logits(
     As ``F.normalize``, but the feature norms divide the dot products instead of the
     features. ``norms``: :func:`feature_norms` of ``features``, where the caller keeps
     them (an evaluation meets each query image in many episodes)."""
-    prototypes = F.normalize(prototypes, dim=1)
-    dots = torch.einsum("bchw,pc->bphw", features, prototypes)
-    return scale * (dots / (feature_norms(features) if norms is None else norms))
+    dots = torch.einsum("bchw,pc->bphw", features, F.normalize(prototypes, dim=1))
+    return _divided_by_norms(dots, features, scale, norms)
 
 
 def margin_direction(prototypes: torch.Tensor) -> torch.Tensor:
@@ -143,6 +142,16 @@ def cosine_margin(
     where the two logits take two."""
     batch, _, height, width = features.shape
     dots = torch.matmul(direction, features.flatten(2)).view(batch, 1, height, width)
+    return _divided_by_norms(dots, features, scale, norms)
+
+
+def _divided_by_norms(
+    dots: torch.Tensor,
+    features: torch.Tensor,
+    scale: float | torch.Tensor,
+    norms: torch.Tensor | None,
+) -> torch.Tensor:
+    """scale · dots / ‖feature‖ per pixel; ``norms`` when the caller keeps them."""
     return scale * (dots / (feature_norms(features) if norms is None else norms))
 
 
