@@ -343,6 +343,8 @@ def test_a_support_set_of_shots_stacks_its_rows_when_asked() -> None:
     ignore = [torch.rand(4, 5, generator=g) > 0.8 for _ in range(3)]
     support = SupportSet.of_shots(images, masks, ignore)
     assert support.shots == 3 and support._images is None  # nothing stacked yet
+    assert repr(support) == "SupportSet(shots=3, image=(3, 4, 5))"
+    assert support._images is None  # not even for that
     assert support.encoder_images() == tuple(images)  # the rows themselves
     assert torch.equal(support.images, torch.stack(images))
     assert support.images is support.images  # stacked once
@@ -364,4 +366,6 @@ def test_a_support_set_of_stacked_tensors_has_no_rows() -> None:
     images, masks = torch.zeros(2, 3, 4, 4), torch.zeros(2, 4, 4)
     support = SupportSet(images, masks, masks.bool())
     assert support.shots == 2 and support.encoder_images() is images
-    assert support.mask_rows == () and support.to("cpu").images is images
+    assert support.mask_rows == () and support.to("cpu") is support
+    moved = support.to("meta")
+    assert moved.images.device.type == moved.masks.device.type == "meta"

@@ -88,11 +88,15 @@ class SupportSet:
         """On ``device``: itself when all its tensors are there already (as
         ``Tensor.to``; an evaluation calls this per episode, and each tensor's own call
         costs more than the check)."""
+        device = torch.device(device)
         if self.mask_rows:
             shots = (self.rows, self.mask_rows, self.ignore_rows)
-            if all(t.device == torch.device(device) for ts in shots for t in ts):
+            if all(t.device == device for ts in shots for t in ts):
                 return self
             return SupportSet.of_shots(*([t.to(device) for t in ts] for ts in shots))
+        stacked = (self.images, self.masks, self.ignore, *self.rows)
+        if all(t.device == device for t in stacked):
+            return self
         return SupportSet(
             self.images.to(device),
             self.masks.to(device),
@@ -100,8 +104,9 @@ class SupportSet:
             tuple(row.to(device) for row in self.rows),
         )
 
-    def __repr__(self) -> str:
-        return f"SupportSet(shots={self.shots}, images={tuple(self.images.shape)})"
+    def __repr__(self) -> str:  # without stacking the shots
+        image = self.rows[0].shape if self.rows else self.images.shape[1:]
+        return f"SupportSet(shots={self.shots}, image={tuple(image)})"
 
 
 @dataclass
