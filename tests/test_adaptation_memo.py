@@ -77,3 +77,58 @@ def test_threads_share_the_memo_and_every_call_is_counted_once():
         thread.join()
     assert memo.hits + memo.misses == 4 * len(keys)
     assert len(memo) == 4
+
+
+def test_a_key_being_adapted_is_waited_for_not_adapted_again():
+    memo = AdaptationMemo()
+    started, release = threading.Event(), threading.Event()
+    calls: list[str] = []
+
+    def slow_adapt():
+        calls.append("adapt")
+        started.set()
+        assert release.wait(timeout=10)
+        return lambda q: ("adapted", q)
+
+    results: list[object] = []
+    first = threading.Thread(target=lambda: results.append(memo.predictor("k", slow_adapt)))
+    first.start()
+    assert started.wait(timeout=10)
+    second = threading.Thread(target=lambda: results.append(memo.predictor("k", slow_adapt)))
+    second.start()
+    release.set()
+    first.join()
+    second.join()
+    assert calls == ["adapt"]
+    assert len(results) == 2 and results[0] is results[1]
+    assert (memo.misses, memo.hits) == (1, 1)
+
+
+def test_a_failed_adaptation_reaches_its_waiters_and_is_not_kept():
+    memo = AdaptationMemo()
+    started, release = threading.Event(), threading.Event()
+
+    def failing_adapt():
+        started.set()
+        assert release.wait(timeout=10)
+        raise RuntimeError("bad support set")
+
+    errors: list[BaseException] = []
+
+    def ask():
+        try:
+            memo.predictor("k", failing_adapt)
+        except RuntimeError as error:
+            errors.append(error)
+
+    first = threading.Thread(target=ask)
+    first.start()
+    assert started.wait(timeout=10)
+    second = threading.Thread(target=ask)
+    second.start()
+    release.set()
+    first.join()
+    second.join()
+    assert [str(e) for e in errors] == ["bad support set"] * 2
+    assert memo.predictor("k", lambda: lambda q: q)(3) == 3  # adapted afresh
+    assert len(memo) == 1
