@@ -10,23 +10,24 @@ finds it (docs/performance.md).
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 
 import torch
 
+from fewseg.identity_memo import IdentityMemo
 from fewseg.learners.base import Learner
-from fewseg.models.feature_cache import Identity, identity
 
-REMEMBERED = 1024  # images whose encoding is remembered (done or running)
+REMEMBERED = 1024
+"""Images whose encoding is remembered, done or running: more than an evaluation keeps
+running (its scoring backlog bounds that), so a running one is never forgotten."""
 
 
 class ParallelEncoding:
     """Use as a context manager. :meth:`submit` returns, per image, the future of its
-    encoding: the one already running or done for an image met before (the same tensor,
-    unchanged), else a new one."""
+    encoding: the one already running or done for an image met before (the same tensor
+    object, unchanged), else a new one."""
 
     def __init__(self, learner: Learner, workers: int) -> None:
         self._learner = learner
@@ -37,27 +38,14 @@ class ParallelEncoding:
             initializer=torch.set_num_threads,
             initargs=(1,),
         )
-        # identity → (image, its version, future); the image is kept referenced, so no
-        # other tensor can take its address while it is remembered
-        self._submitted: OrderedDict[Identity, tuple[torch.Tensor, int, Future[None]]] = (
-            OrderedDict()
-        )
+        self._submitted: IdentityMemo[Future[None]] = IdentityMemo(self._encode, REMEMBERED)
+
+    def _encode(self, image: torch.Tensor) -> Future[None]:
+        return self._pool.submit(self._learner.cache_features, image[None])
 
     def submit(self, images: Sequence[torch.Tensor]) -> list[Future[None]]:
         """``images``: [3,H,W] tensors on the learner's device."""
-        futures = []
-        for image in images:
-            key = identity(image)
-            submitted = self._submitted.get(key)
-            if submitted is None or submitted[1] != image._version:
-                future = self._pool.submit(self._learner.cache_features, image[None])
-                submitted = (image, image._version, future)
-                self._submitted[key] = submitted
-            self._submitted.move_to_end(key)
-            futures.append(submitted[2])
-        while len(self._submitted) > REMEMBERED and next(iter(self._submitted.values()))[2].done():
-            self._submitted.popitem(last=False)
-        return futures
+        return [self._submitted.get((image,)) for image in images]
 
     def __enter__(self) -> ParallelEncoding:
         # the caller's own small operations (scoring a query when the backlog is full) on

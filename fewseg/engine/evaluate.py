@@ -100,7 +100,8 @@ def score_plan(
             if learner.concurrent_prediction:
                 support = support.to(device)
                 if encoding is not None:
-                    ready = encoding.submit([*support.encoder_images(), query[0]])
+                    # the loader's own tensors, met again by identity (on the CPU)
+                    ready = encoding.submit([*support.encoder_images(), episode.query_image])
                 else:
                     learner.cache_features(support.encoder_images())
                     learner.cache_features(query)
