@@ -63,3 +63,23 @@ def test_average_pooling_windows_by_hand() -> None:
     matrix = average_pooling_matrix(5, 3, torch.float64, torch.device("cpu"))
     expected = [[0.5, 0.5, 0, 0, 0], [0, 1 / 3, 1 / 3, 1 / 3, 0], [0, 0, 0, 0.5, 0.5]]
     torch.testing.assert_close(matrix, torch.tensor(expected, dtype=torch.float64))
+
+
+def test_second_order_grad_twice_with_matrices_built_inside_the_transforms() -> None:
+    # The matrices are first built inside the inner grad; the second call reuses them.
+    interpolation_matrix.cache_clear()
+    average_pooling_matrix.cache_clear()
+
+    def loss(t: torch.Tensor) -> torch.Tensor:
+        return adaptive_average_pool(bilinear_resize(t, (9, 9)), (2, 2)).pow(2).sum()
+
+    def after_one_step(t: torch.Tensor) -> torch.Tensor:
+        return loss(t - 0.1 * grad(loss)(t))
+
+    x = torch.randn(1, 1, 3, 3, dtype=torch.float64)
+    first, second = grad(after_one_step)(x), grad(after_one_step)(x)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    matrix = interpolation_matrix(3, 9, torch.float64, torch.device("cpu"))
+    assert not torch._C._functorch.is_functorch_wrapped_tensor(matrix)
+    expected = F.interpolate(x, (9, 9), mode="bilinear")
+    torch.testing.assert_close(bilinear_resize(x, (9, 9)), expected, rtol=0, atol=1e-12)

@@ -12,13 +12,32 @@ average pooling is separable the same way, and as two products it takes a fracti
 
 from __future__ import annotations
 
-from functools import lru_cache
+from collections.abc import Callable
+from functools import lru_cache, wraps
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 
-@lru_cache(maxsize=64)
+def constant(build: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``build``, cached by its arguments, and run outside any ``torch.func`` transform
+    (``torch._C._DisableFuncTorch``, as torch does for its random number state). A matrix
+    first built inside one (the batched inner loop's ``vmap`` and ``grad``) would otherwise
+    be kept as that transform's wrapper, and a later nested ``grad`` using it failed on
+    functorch's internal assertion "escaped?"."""
+    cached = lru_cache(maxsize=64)(build)
+
+    @wraps(build)
+    def matrix(*args: Any) -> torch.Tensor:
+        with torch._C._DisableFuncTorch():
+            return cached(*args)
+
+    matrix.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
+    return matrix
+
+
+@constant
 def interpolation_matrix(
     size_in: int, size_out: int, dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:
@@ -28,7 +47,7 @@ def interpolation_matrix(
     return resized[0].T.contiguous().to(dtype=dtype, device=device)
 
 
-@lru_cache(maxsize=64)
+@constant
 def average_pooling_matrix(
     size_in: int, size_out: int, dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:
