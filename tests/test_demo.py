@@ -77,5 +77,8 @@ def test_running_the_demo_again_reuses_its_trained_models(tmp_path: Path) -> Non
     assert checkpoint.stat().st_mtime_ns == written  # nothing retrained
     assert [r.reports[1]["miou"] for r in again] == [r.reports[1]["miou"] for r in first]
     plan_file.write_text(PLAN.replace("hidden: 8", "hidden: 16"))
-    with pytest.raises(FewSegError, match=r"fomaml/checkpoint\.pt: cannot resume with different"):
+    with pytest.raises(
+        FewSegError,
+        match=r"fomaml/checkpoint\.pt: cannot resume with different learner option hidden$",
+    ):
         run_demo(read_plan(plan_file), tmp_path / "out", progress=False)

@@ -121,6 +121,36 @@ def test_resume_refuses_a_different_run(tmp_path: Path) -> None:
         train(config, learner_config, tmp_path, progress=False)
 
 
+def test_resume_names_the_changed_learner_option(tmp_path: Path) -> None:
+    config, learner_config = tiny_config(steps=2)
+    train(config, learner_config, tmp_path, progress=False)
+    longer, _ = tiny_config(steps=4)
+    _, wider = tiny_config(hidden=2 * learner_config.hidden)
+    with pytest.raises(
+        FewSegError, match=r"checkpoint\.pt: cannot resume with different learner option hidden$"
+    ):
+        train(longer, wider, tmp_path, resume=True, progress=False)
+
+
+def test_resumes_a_checkpoint_written_before_an_option_existed(tmp_path: Path) -> None:
+    """Options added to fewseg after a checkpoint was written count as their defaults."""
+    config, learner_config = tiny_config(steps=2)
+    train(config, learner_config, tmp_path, progress=False)
+    path = tmp_path / "checkpoint.pt"
+    state = torch.load(path, weights_only=False)
+    del state["learner_config"]["loss_size"], state["train_config"]["min_mask_pixels"]
+    torch.save(state, path)
+    longer, _ = tiny_config(steps=3)
+    train(longer, learner_config, tmp_path, resume=True, progress=False)
+    assert read_checkpoint(tmp_path)["step"] == 3
+    state = torch.load(path, weights_only=False)
+    del state["learner_config"]["loss_size"]
+    torch.save(state, path)
+    _, other = tiny_config(loss_size=learner_config.loss_size + 8)
+    with pytest.raises(FewSegError, match="cannot resume with different learner option loss_size"):
+        train(tiny_config(steps=4)[0], other, tmp_path, resume=True, progress=False)
+
+
 def test_checkpoint_is_safe_and_errors_are_one_line(tmp_path: Path) -> None:
     config, learner_config = tiny_config(steps=1)
     train(config, learner_config, tmp_path / "run", progress=False)

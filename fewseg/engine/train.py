@@ -310,13 +310,23 @@ def check_resumable(
 def check_same_run(
     state: dict[str, Any], config: TrainConfig, learner_config: LearnerConfig, path: Path
 ) -> None:
-    """Only a run's length and bookkeeping may differ from its checkpoint's."""
-    saved = state["train_config"]
-    current = asdict(config)
-    changed = sorted(
-        k for k in current if k not in RESUME_MAY_CHANGE and saved.get(k) != current[k]
+    """Only a run's length and bookkeeping may differ from its checkpoint's. An option the
+    checkpoint lacks was added to fewseg after it was written and counts as its default,
+    the value that keeps the behaviour it had before (as when the learner is restored)."""
+    changed = changed_options(state["train_config"], asdict(config), asdict(TrainConfig()))
+    changed = [k for k in changed if k not in RESUME_MAY_CHANGE]
+    learner_changes = changed_options(
+        state["learner_config"], learner_config.to_dict(), asdict(LearnerConfig())
     )
-    if state["learner_config"] != learner_config.to_dict():
-        changed.append("learner options")
+    changed += [f"learner option {k}" for k in learner_changes]
     if changed:
         raise FewSegError(f"{path}: cannot resume with different {', '.join(changed)}")
+
+
+def changed_options(
+    saved: dict[str, Any], current: dict[str, Any], defaults: dict[str, Any]
+) -> list[str]:
+    """The options of ``current`` whose value differs from ``saved``'s, an option missing
+    from ``saved`` standing for its value in ``defaults``, sorted."""
+    saved = {**defaults, **saved}
+    return sorted(k for k, v in current.items() if saved.get(k) != v)
