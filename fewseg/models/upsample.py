@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 
-def constant(build: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+def cached_outside_transforms(build: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     """``build``, cached by its arguments, and run outside any ``torch.func`` transform
     (``torch._C._DisableFuncTorch``, as torch does for its random number state). A matrix
     first built inside one (the batched inner loop's ``vmap`` and ``grad``) would otherwise
@@ -37,7 +37,7 @@ def constant(build: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     return matrix
 
 
-@constant
+@cached_outside_transforms
 def interpolation_matrix(
     size_in: int, size_out: int, dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:
@@ -47,7 +47,7 @@ def interpolation_matrix(
     return resized[0].T.contiguous().to(dtype=dtype, device=device)
 
 
-@constant
+@cached_outside_transforms
 def average_pooling_matrix(
     size_in: int, size_out: int, dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:
