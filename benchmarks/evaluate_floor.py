@@ -96,6 +96,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "kept on the main thread, in order (the evaluation before that change)",
     )
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     torch.set_num_threads(args.threads)
     if not args.malloc_defaults:
         retain_freed_memory()  # as `fewseg` does at start
@@ -116,8 +118,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = EvaluationSettings(
         fold=args.fold, shots=args.shots, episodes=args.episodes, size=args.size, progress=False
     )
-    if args.repeats < 1:
-        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     runs = [(name, True) for name in args.learners.split(",")]
     if args.compare_in_order:
         runs += [(name, False) for name, _ in runs]

@@ -204,6 +204,21 @@ def test_derived_values_are_computed_once_per_image_and_kept_with_its_features()
     assert cache._bytes == 3 * 2 * features_bytes  # replaced, not added
 
 
+def test_features_and_derived_values_in_one_lookup() -> None:
+    torch.manual_seed(0)
+    backbone = CountingBackbone()
+    cache = FeatureCache(backbone)
+    images = torch.randn(3, 3, 8, 8)
+    features, halved = cache.features_and_derived(images[:2], "halved", 0, lambda f: f / 2)
+    assert backbone.calls == 2 and cache.misses == 2 and cache.hits == 0
+    assert torch.equal(features, cache(images[:2])) and torch.equal(halved, features / 2)
+    hits = cache.hits
+    features, halved = cache.features_and_derived(images, "halved", 0, lambda f: f / 2)
+    assert backbone.calls == 3  # image 2 alone
+    assert cache.hits == hits + 2 and cache.misses == 3  # one lookup per image
+    assert torch.equal(features, cache(images)) and torch.equal(halved, features / 2)
+
+
 def test_derived_values_go_with_their_entry() -> None:
     torch.manual_seed(0)
     one_entry = 2 * 4 * 4 * 4 * 4  # features and one derived value of the same size

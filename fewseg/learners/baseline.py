@@ -46,8 +46,9 @@ class PrototypeBaseline(Learner):
 
         @torch.no_grad()
         def predict(query_images: torch.Tensor) -> torch.Tensor:
-            norms = self.features.derived(query_images, "norms", None, feature_norms)
-            features = self.features(query_images)
+            features, norms = self.features.features_and_derived(
+                query_images, "norms", None, feature_norms
+            )
             return prediction_logits(
                 features, direction, COSINE_SCALE, query_images.shape[-2:], norms
             )

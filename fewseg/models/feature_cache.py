@@ -183,7 +183,18 @@ class FeatureCache:
         during an evaluation. A stored value of another ``version`` is replaced: pass what
         identifies the transform's state (its parameters' addresses and versions). Images
         whose value is missing are transformed together, in one batch."""
-        entries, _ = self._entries_of(images, backbone_options)
+        return self.features_and_derived(images, name, version, transform, **backbone_options)[1]
+
+    def features_and_derived(
+        self,
+        images: torch.Tensor | Sequence[torch.Tensor],
+        name: str,
+        version: Hashable,
+        transform: Callable[[torch.Tensor], torch.Tensor],
+        **backbone_options: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, :meth:`derived` values) of ``images``, found in one lookup."""
+        entries, computed = self._entries_of(images, backbone_options)
         values: list[torch.Tensor | None] = [None] * len(entries)
         with self._lock:
             for i, entry in enumerate(entries):
@@ -193,9 +204,9 @@ class FeatureCache:
         missing = [i for i, value in enumerate(values) if value is None]
         if missing:
             with torch.no_grad():
-                computed = transform(_batch([entries[i].features for i in missing]))
+                transformed = transform(_batch([entries[i].features for i in missing]))
             with self._lock:
-                for i, value in zip(missing, computed, strict=True):
+                for i, value in zip(missing, transformed, strict=True):
                     entry = entries[i]
                     old = entry.derived.get(name)
                     entry.derived[name] = (version, value)
@@ -203,7 +214,8 @@ class FeatureCache:
                         self._bytes += value.nbytes - (old[1].nbytes if old is not None else 0)
                     values[i] = value
                 self._evict()
-        return _batch([value for value in values if value is not None])
+        features = computed if computed is not None else _batch([e.features for e in entries])
+        return features, _batch([value for value in values if value is not None])
 
     def _entries_of(
         self, images: torch.Tensor | Sequence[torch.Tensor], backbone_options: dict[str, Any]
