@@ -20,9 +20,10 @@ import time
 
 import torch
 
-from fewseg.episodes.tensors import SupportSet
-from fewseg.learners import LEARNERS
-from fewseg.learners.config import LearnerConfig
+from fewseg.engine.features import FeatureStore
+from fewseg.episodes.image_keys import name_images
+from fewseg.episodes.tensors import LabelledImages
+from fewseg.learners import build_learner
 
 
 def parse_variants(text: str) -> list[tuple[int, int]]:
@@ -47,20 +48,23 @@ def main() -> None:
     for shots in (int(k) for k in args.shots.split(",")):
         images = torch.randn(shots, 3, args.size, args.size, generator=generator)
         masks = (torch.rand(shots, args.size, args.size, generator=generator) > 0.7).long()
-        support = SupportSet(images, masks, torch.zeros_like(masks, dtype=torch.bool))
-        query = torch.randn(1, 3, args.size, args.size, generator=generator)
+        name_images(images, [f"support {k}" for k in range(shots)])
+        support = LabelledImages(images, masks, torch.zeros_like(masks, dtype=torch.bool))
+        query = name_images(torch.randn(1, 3, args.size, args.size, generator=generator), ["q"])
         learners = {}
         for hidden, loss_size in parse_variants(args.variants):
             torch.manual_seed(0)
-            config = LearnerConfig(
-                backbone=args.backbone,
-                hidden=hidden,
-                loss_size=loss_size,
-                inner_steps=args.inner_steps,
-                inner_lr=0.5,
-            )
-            learner = LEARNERS.get(args.learner)(config).eval()
-            learner.adapt(support)(query)  # caches the features, warms up
+            options = {
+                "backbone": args.backbone,
+                "hidden": hidden,
+                "loss_size": loss_size,
+                "inner_steps": args.inner_steps,
+                "inner_lr": 0.5,
+            }
+            learner = build_learner(args.learner, options).eval()
+            # the features kept, as in an evaluation that has met every image
+            learner.encoder.attach(FeatureStore())
+            learner.adapt(support)(query)  # computes the features, warms up
             learners[(hidden, loss_size)] = learner
         times: dict[tuple[int, int], list[float]] = {v: [] for v in learners}
         for _ in range(args.rounds):

@@ -6,8 +6,8 @@
 
 The floor is measured in the same process and thread setting: every distinct image of the
 episode list, preprocessed beforehand, passed once through the frozen backbone (batch of
-one, as the feature cache passes them). The evaluation is timed from cold: a freshly
-opened source (nothing decoded yet) and a fresh learner (empty feature cache), so it pays
+one, as the engine's encoder threads pass them). The evaluation is timed from cold: a freshly
+opened source (nothing decoded yet) and a fresh learner (no features kept), so it pays
 for decoding, resizing, the backbone, adaptation and scoring. The process keeps freed
 memory for reuse, as the command line does (fewseg/allocator.py). The floor is taken before
 and after each evaluation and averaged, which absorbs slow drifts of a shared machine; with
@@ -32,8 +32,7 @@ from fewseg.data.spec import open_source
 from fewseg.engine.evaluate import EvaluationSettings, evaluate
 from fewseg.episodes.sample_cache import resized_samples
 from fewseg.episodes.sampler import episode_plan
-from fewseg.learners import LEARNERS
-from fewseg.learners.config import LearnerConfig
+from fewseg.learners import build_learner
 from fewseg.models.backbones import BACKBONES
 
 
@@ -46,8 +45,8 @@ def floor_seconds(images: list[torch.Tensor], backbone: torch.nn.Module) -> floa
 
 
 def main_thread_encoder_seconds(learner: torch.nn.Module) -> Callable[[], float]:
-    """Hooks the learner's frozen encoder: the returned function gives the CPU time the main
-    thread has spent in it since."""
+    """Hooks the learner's encoder: the returned function gives the CPU time the main thread
+    has spent in it since."""
     spent = {"total": 0.0, "start": 0.0}
     main = threading.main_thread()
 
@@ -59,9 +58,8 @@ def main_thread_encoder_seconds(learner: torch.nn.Module) -> Callable[[], float]
         if threading.current_thread() is main:
             spent["total"] += time.thread_time() - spent["start"]
 
-    for cache in learner.feature_caches():
-        cache.backbone.register_forward_pre_hook(before)
-        cache.backbone.register_forward_hook(after)
+    learner.encoder.register_forward_pre_hook(before)
+    learner.encoder.register_forward_hook(after)
     return lambda: spent["total"]
 
 
@@ -89,12 +87,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--repeats", type=int, default=1, help="evaluations per learner, taking turns"
     )
-    parser.add_argument(
-        "--compare-in-order",
-        action="store_true",
-        help="also time each learner that predicts on the scoring thread with prediction "
-        "kept on the main thread, in order (the evaluation before that change)",
-    )
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
@@ -118,26 +110,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = EvaluationSettings(
         fold=args.fold, shots=args.shots, episodes=args.episodes, size=args.size, progress=False
     )
-    runs = [(name, True) for name in args.learners.split(",")]
-    if args.compare_in_order:
-        runs += [(name, False) for name, _ in runs]
     ratios: dict[str, list[float]] = {}
-    for name, concurrent in runs * args.repeats:
+    for label in args.learners.split(",") * args.repeats:
         before = floor_seconds(images, backbone)
         torch.manual_seed(0)
-        learner = LEARNERS.get(name)(LearnerConfig(backbone=args.backbone))
-        label = name
-        if not concurrent:
-            if not learner.concurrent_prediction:
-                continue
-            learner.concurrent_prediction = False  # this instance only
-            label = f"{name} (prediction in order)"
+        learner = build_learner(label, {"backbone": args.backbone})
         fresh_source = open_source(args.dataset)
         encoder_seconds = main_thread_encoder_seconds(learner)
         usage = resource.getrusage(resource.RUSAGE_THREAD)
         main_cpu, process_cpu = time.thread_time(), time.process_time()
         start = time.perf_counter()
-        result = evaluate(learner, fresh_source, settings, [0])
+        result = evaluate(learner, fresh_source, args.dataset, settings, [0])
         seconds = time.perf_counter() - start
         main_cpu, process_cpu = time.thread_time() - main_cpu, time.process_time() - process_cpu
         ended = resource.getrusage(resource.RUSAGE_THREAD)
@@ -147,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(
             f"{label:30s} evaluate {seconds:6.1f} s  floor {floor:6.1f} s "
             f"({before:.1f} / {after:.1f})  ratio evaluate/floor = {seconds / floor:.2f}  "
-            f"(mIoU {result['miou']:.2f})",
+            f"(mIoU {result.miou:.2f})",
             flush=True,
         )
         if args.breakdown:

@@ -87,12 +87,13 @@ from torch.profiler import ProfilerActivity, profile
 
 from fewseg.data.spec import open_source
 from fewseg.engine.config import TrainConfig
+from fewseg.engine.features import attached, training_stores
 from fewseg.engine.train import training_batch
-from fewseg.episodes.tensors import EpisodeTensors, SupportSet
-from fewseg.learners import LEARNERS
-from fewseg.learners.config import LearnerConfig
+from fewseg.episodes.image_keys import name_images
+from fewseg.episodes.tensors import EpisodeTensors, LabelledImages
+from fewseg.learners import build_learner
 from fewseg.learners.losses import foreground_bce
-from fewseg.learners.maml import MAML
+from fewseg.learners.maml import MAML, MAMLOptions
 
 PEERS = ("learn2learn", "higher", "torchopt")
 TOLERANCE = 1e-5
@@ -190,9 +191,8 @@ def support_loss(model: Callable[[torch.Tensor], torch.Tensor], task: EpisodeTen
 
 
 def query_loss(model: Callable[[torch.Tensor], torch.Tensor], task: EpisodeTensors):
-    return foreground_bce(
-        model(task.query_image[None]), task.query_mask[None], task.query_ignore[None]
-    )
+    q = task.query
+    return foreground_bce(model(q.images), q.masks, q.ignore)
 
 
 def backpropagate(
@@ -214,15 +214,11 @@ def backpropagate(
 
 
 def fewseg_meta_gradient(learner: MAML, setting: Setting, batch_tasks: bool) -> MetaGradient:
-    config = replace(
-        learner.config,
-        inner_steps=setting.inner_steps,
-        first_order=setting.first_order,
-        batch_tasks=batch_tasks,
-    )
+    options = replace(learner.options, inner_steps=setting.inner_steps, batch_tasks=batch_tasks)
 
     def meta_gradient(episodes: Sequence[EpisodeTensors]) -> None:
-        learner.config = config
+        learner.options = options
+        learner.first_order = setting.first_order  # this instance: maml or fomaml
         learner.meta_gradients(episodes)
 
     return meta_gradient
@@ -301,7 +297,7 @@ def torchopt_meta_gradient(
 def meta_gradient_functions(
     learner: MAML, setting: Setting, peers: Sequence[str]
 ) -> dict[str, MetaGradient]:
-    lr = learner.config.inner_lr
+    lr = learner.options.inner_lr
     adapted = learner.model.head if learner.head_only else learner.model
     builders = {
         "learn2learn": learn2learn_meta_gradient,
@@ -329,10 +325,12 @@ class Bench:
         self.learner = learner
         self.params = learner.outer_parameters()
         adapted = learner.initial_parameters().values()
-        if learner.config.meta_sgd or {id(p) for p in adapted} != {id(p) for p in self.params}:
+        if learner.options.meta_sgd or {id(p) for p in adapted} != {id(p) for p in self.params}:
             raise SystemExit("meta_step.py: the adapted and meta-learned parameters differ")
         self.initial = [p.detach().clone() for p in self.params]
         self.keep_feature_cache = keep_feature_cache
+        # a frozen encoder's features kept across steps, as a training run keeps them
+        self.stores = training_stores(learner) if keep_feature_cache else {}
         self._float64: Bench | None = None
 
     def float64(self) -> Bench:
@@ -341,22 +339,20 @@ class Bench:
         if self._float64 is None:
             self.reset()
             learner = copy.deepcopy(self.learner).double()
-            learner.feature_cache.clear()
             self._float64 = Bench(learner, self.keep_feature_cache)
         return self._float64
 
     def reset(self) -> None:
-        """The initial weights, no gradients, an empty feature cache (untimed)."""
+        """The initial weights, no gradients (untimed)."""
         with torch.no_grad():
             for p, p0 in zip(self.params, self.initial, strict=True):
                 p.copy_(p0)
                 p.grad = None
-        if not self.keep_feature_cache:
-            self.learner.feature_cache.clear()
 
     def meta_gradient(self, fn: MetaGradient, episodes: Sequence[EpisodeTensors]) -> list:
         self.reset()
-        fn(episodes)
+        with attached(self.stores):
+            fn(episodes)
         grads = [p.grad for p in self.params]
         if any(g is None for g in grads):
             raise AssertionError("a meta-learned parameter got no gradient")
@@ -372,10 +368,8 @@ def float64_episodes(episodes: Sequence[EpisodeTensors]) -> list[EpisodeTensors]
     return [
         EpisodeTensors(
             e.class_index,
-            SupportSet(cast(e.support.images), cast(e.support.masks), cast(e.support.ignore)),
-            cast(e.query_image),
-            cast(e.query_mask),
-            cast(e.query_ignore),
+            LabelledImages(cast(e.support.images), cast(e.support.masks), cast(e.support.ignore)),
+            LabelledImages(cast(e.query.images), cast(e.query.masks), e.query.ignore),
         )
         for e in episodes
     ]
@@ -478,7 +472,7 @@ def run_setting(
     batches = [list(b[: setting.meta_batch]) for b in batches]
     agreement = check_agreement(bench, setting, peers, batches[0])
     functions = meta_gradient_functions(bench.learner, setting, peers)
-    lr = bench.learner.config.outer_lr
+    lr = bench.learner.options.outer_lr
     optimizers = {name: torch.optim.Adam(bench.params, lr=lr) for name in functions}
 
     def step(name: str, episodes: Sequence[EpisodeTensors]) -> None:
@@ -577,7 +571,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--inner-steps", type=parse_ints, default=[1, 5])
     parser.add_argument("--meta-batch", type=parse_ints, default=[4, 8])
     parser.add_argument("--orders", default="second,first")
-    parser.add_argument("--inner-lr", type=float, default=LearnerConfig.inner_lr)
+    parser.add_argument("--inner-lr", type=float, default=MAMLOptions.inner_lr)
     parser.add_argument(
         "--repeats", type=int, default=10, help="timed steps per method and setting"
     )
@@ -614,8 +608,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         [t.to(device) for t in training_batch(source, classes, config, size, step)]
         for step in range(args.repeats)
     ]
+    if args.keep_feature_cache:  # the images, augmented, named by where they are
+        for step, batch in enumerate(batches):
+            for i, task in enumerate(batch):
+                for part, images in (
+                    ("support", task.support.images),
+                    ("query", task.query.images),
+                ):
+                    name_images(images, [(step, i, part, k) for k in range(len(images))])
     torch.manual_seed(0)
-    learner = LEARNERS.get("maml")(LearnerConfig(backbone=args.backbone, inner_lr=args.inner_lr))
+    learner = build_learner("maml", {"backbone": args.backbone, "inner_lr": args.inner_lr})
     learner.to(device).train()
     bench = Bench(learner, args.keep_feature_cache)
     print(
@@ -624,11 +626,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{torch.get_num_threads()} thread(s); {versions}"
     )
     all_results = {}
-    for setting in settings:
-        agreement, results = run_setting(bench, setting, batches, peer_names, device)
-        print_setting(setting, agreement, results)
-        all_results[setting] = results
-        sys.stdout.flush()
+    with attached(bench.stores):
+        for setting in settings:
+            agreement, results = run_setting(bench, setting, batches, peer_names, device)
+            print_setting(setting, agreement, results)
+            all_results[setting] = results
+            sys.stdout.flush()
     if peer_names:
         print_summary(all_results, peer_names)
 

@@ -17,8 +17,8 @@ import torch
 from fewseg.data.spec import open_source
 from fewseg.engine.config import TrainConfig
 from fewseg.engine.train import training_batch
-from fewseg.learners import LEARNERS
-from fewseg.learners.config import LearnerConfig
+from fewseg.learners import LEARNERS, build_learner
+from fewseg.options import field_names
 
 LEARNER_NAMES = ("maml", "fomaml", "reptile", "protonet", "finetune")
 
@@ -46,9 +46,10 @@ def main() -> None:
     )
     for name in args.learners.split(","):
         torch.manual_seed(0)
-        learner = LEARNERS.get(name)(
-            LearnerConfig(backbone=args.backbone, inner_steps=args.inner_steps)
-        )
+        options = {"backbone": args.backbone}
+        if "inner_steps" in field_names(LEARNERS.get(name).Options):
+            options["inner_steps"] = args.inner_steps
+        learner = build_learner(name, options)
         optimizer = learner.make_optimizer()
         learner.train()
         times = []

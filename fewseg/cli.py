@@ -1,4 +1,9 @@
-"""The ``fewseg`` command line."""
+"""The ``fewseg`` command line: it parses, calls the library and prints.
+
+Importing it imports no torch: ``fewseg --help`` and ``fewseg COMMAND --help`` answer at
+once. A learner's own training options come from its registration (fewseg.learners), so
+``fewseg train --learner NAME --help`` lists them.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,11 @@ from typing import Any
 from fewseg import __version__
 from fewseg.allocator import retain_freed_memory
 from fewseg.errors import FewSegError
+
+DATASET_SPEC_HELP = (
+    "SPEC is kind:ROOT[,key=value...], e.g. coco:PATH, "
+    "masks:PATH,images=test,masks=testannot,classes=classes.txt,ignore=11, synthetic"
+)
 
 
 def _int_list(text: str) -> list[int]:
@@ -36,7 +46,7 @@ def _positive(text: str) -> int:
     return value
 
 
-def _add_data_options(parser: argparse.ArgumentParser) -> None:
+def _add_min_mask_pixels(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--min-mask-pixels",
         type=int,
@@ -46,8 +56,14 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_progress(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+# ---- commands -----------------------------------------------------------------------------
+
+
 def cmd_list(_: argparse.Namespace) -> int:
-    import fewseg.data  # noqa: F401
     from fewseg.data.spec import SOURCES
     from fewseg.learners import LEARNERS
     from fewseg.models import BACKBONES
@@ -92,9 +108,29 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load(args: argparse.Namespace, device: str | None) -> Any:
+    """The learner of ``--checkpoint`` (read on the main process of a torchrun run, whose
+    disk has it) or ``--learner`` (default baseline)."""
+    from fewseg.engine import distributed
+    from fewseg.engine.checkpoint import read_checkpoint
+    from fewseg.engine.loading import load_learner
+
+    if args.checkpoint is not None:
+        state = distributed.from_main(lambda: read_checkpoint(args.checkpoint))
+        return load_learner(args.checkpoint, device, state=state)
+    from fewseg.learners import LEARNERS
+
+    name = args.learner or "baseline"
+    LEARNERS.get(name)  # an unknown name is an error naming the known ones
+    options = {"weights_path": args.weights} if args.weights else None
+    return load_learner(name, device, options)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from fewseg.engine import distributed
+    from fewseg.engine.device import resolve_device
 
+    resolve_device(args.device)
     with distributed.session(args.backend, args.dist_timeout, args.device):
         return _evaluate(args)
 
@@ -104,40 +140,23 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from fewseg.data.spec import open_source
     from fewseg.engine import distributed
-    from fewseg.engine.checkpoint import read_checkpoint, restore_learner
-    from fewseg.engine.evaluate import EvaluationSettings, evaluation_report
+    from fewseg.engine.evaluate import EvaluationSettings, evaluate
     from fewseg.engine.report import evaluation_summary, write_report
-    from fewseg.learners import LEARNERS
-    from fewseg.learners.config import LearnerConfig
 
     source = open_source(args.dataset, args.min_mask_pixels)
     seeds = args.seeds or [0 if args.seed is None else args.seed]
     torch.manual_seed(seeds[0])
-    trained: dict[str, Any] = {}
-    if args.checkpoint is not None:
-        state = distributed.from_main(lambda: read_checkpoint(args.checkpoint))
-        learner = restore_learner(state, args.checkpoint, distributed.local_device(args.device))
-        trained = {
-            "checkpoint": str(args.checkpoint),
-            "step": state["step"],
-            "train_config": state["train_config"],
-        }
-        size = args.size or state["extra"].get("size") or source.default_size
-    else:
-        learner = LEARNERS.get(args.learner or "baseline")(LearnerConfig(weights_path=args.weights))
-        if learner.trainable:
-            raise FewSegError(f"learner {learner.name!r} must be trained: pass --checkpoint DIR")
-        size = args.size or source.default_size
+    loaded = _load(args, distributed.local_device(args.device))
     settings = EvaluationSettings(
         fold=args.fold,
         shots=args.shots,
         episodes=args.episodes,
-        size=size,
+        size=loaded.image_size(args.size, source.default_size),
         workers=args.workers,
         device=args.device,
         progress=not args.no_progress,
     )
-    report = evaluation_report(learner, source, args.dataset, settings, seeds, trained or None)
+    report = evaluate(loaded.learner, source, args.dataset, settings, seeds, loaded.trained or None)
     if distributed.is_main():
         print(evaluation_summary(report))
         print(f"report: {write_report(args.out, report)}")
@@ -147,82 +166,45 @@ def _evaluate(args: argparse.Namespace) -> int:
 def cmd_segment(args: argparse.Namespace) -> int:
     import torch
 
+    from fewseg.api import Model
     from fewseg.data.user_images import query_paths, read_support_pair, support_pairs_in
-    from fewseg.engine.checkpoint import read_checkpoint, restore_learner
-    from fewseg.engine.segment import DEFAULT_SIZE, SegmentSettings, prepare_inputs, segment
-    from fewseg.learners import LEARNERS
-    from fewseg.learners.config import LearnerConfig
+    from fewseg.engine.segment import SegmentSettings, prepare_inputs, segment
 
-    state = read_checkpoint(args.checkpoint) if args.checkpoint is not None else None
-    name = args.learner or "baseline"
-    if state is None and getattr(LEARNERS.get(name), "trainable", True):
-        raise FewSegError(f"learner {name!r} must be trained: pass --checkpoint DIR")
     if args.support_dir is not None:
         paths = support_pairs_in(args.support_dir)
     elif len(args.support) % 2:
         raise FewSegError(f"--support takes IMAGE MASK pairs, got {len(args.support)} paths")
     else:
         paths = list(zip(args.support[::2], args.support[1::2], strict=True))
+    model = Model(_load(args, args.device), args.size)
     pairs = [read_support_pair(image, mask) for image, mask in paths]
-    size = args.size or (state and state["extra"].get("size")) or DEFAULT_SIZE
-    inputs = prepare_inputs(pairs, query_paths(args.query), size)
+    inputs = prepare_inputs(pairs, query_paths(args.query), model.size)
     torch.manual_seed(args.seed)
-    if state is not None:
-        learner = restore_learner(state, args.checkpoint, args.device)
-        trained = {"checkpoint": str(args.checkpoint), "step": state["step"]}
-    else:
-        learner = LEARNERS.get(name)(LearnerConfig(weights_path=args.weights))
-        trained = None
-    settings = SegmentSettings(args.batch_size, args.device, not args.no_progress)
-    summary = segment(learner, inputs, args.out, settings, trained)
+    summary = segment(
+        model, inputs, args.out, SegmentSettings(args.batch_size, not args.no_progress)
+    )
     print(
-        f"segmented {len(summary['queries'])} image(s) with {learner.name} from "
-        f"{len(pairs)} support example(s) at {size}x{size}: {args.out}"
+        f"segmented {len(summary['queries'])} image(s) with {model.learner.name} from "
+        f"{len(pairs)} support example(s) at {model.size}x{model.size}: {args.out}"
     )
     return 0
-
-
-OPTION_TYPES = {"size": int, "max_shots": int, "weights_path": str}
-
-
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig / LearnerConfig field; absent flags stay None."""
-    from dataclasses import fields
-
-    from fewseg.engine.config import TrainConfig
-    from fewseg.learners.config import LearnerConfig
-
-    for group_name, config in (("training", TrainConfig), ("learner", LearnerConfig)):
-        group = parser.add_argument_group(f"{group_name} options (also settable in --config)")
-        defaults = config()
-        for field in fields(config):
-            flag = "--" + field.name.replace("_", "-")
-            default = getattr(defaults, field.name)
-            kind = OPTION_TYPES.get(field.name, type(default))
-            if kind is bool:
-                group.add_argument(
-                    flag,
-                    action=argparse.BooleanOptionalAction,
-                    default=None,
-                    help=f"default {default}",
-                )
-            else:
-                group.add_argument(flag, type=kind, default=None, help=f"default {default}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     import json
 
     from fewseg.engine import distributed
-    from fewseg.engine.config import LEARNER_FIELDS, TRAIN_FIELDS, read_yaml, resolve_config
+    from fewseg.engine.config import read_yaml, resolve_config
+    from fewseg.engine.device import resolve_device
     from fewseg.engine.train import train
 
     file_values = read_yaml(args.config) if args.config else {}
-    flags = {k: v for k, v in vars(args).items() if k in TRAIN_FIELDS | LEARNER_FIELDS}
-    config, learner_config = resolve_config(file_values, flags, str(args.config or "flags"))
+    flags = {k: v for k, v in vars(args).items() if k in args.option_names}
+    config, options = resolve_config(file_values, flags, str(args.config or "flags"))
+    resolve_device(config.device)
     with distributed.session(config.backend, config.dist_timeout, config.device):
         summary = train(
-            config, learner_config, args.out, resume=args.resume, progress=not args.no_progress
+            config, options, args.out, resume=args.resume, progress=not args.no_progress
         )
         if not distributed.is_main():
             return 0
@@ -261,23 +243,90 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+# ---- the parser ---------------------------------------------------------------------------
+
+
+def _learner_of_train(argv: Sequence[str]) -> tuple[str | None, bool]:
+    """The learner a ``train`` command line names (``--learner``, else its ``--config``
+    file's, else the default) and whether it asks only for help without naming one."""
+    from fewseg.engine.config import TrainConfig, read_yaml
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--learner")
+    pre.add_argument("--config", type=Path)
+    pre.add_argument("-h", "--help", action="store_true")
+    known, _ = pre.parse_known_args(argv)
+    if known.learner is not None:
+        return known.learner, False
+    if known.config is not None and known.config.is_file():
+        try:
+            named = read_yaml(known.config).get("learner")
+        except FewSegError:
+            named = None  # the real parse reports the file
+        if named is not None:
+            return str(named), False
+    return (None, True) if known.help else (TrainConfig.learner, False)
+
+
+def _add_train(commands: Any, argv: Sequence[str]) -> None:
+    from fewseg.engine.config import TrainConfig
+    from fewseg.options import add_flags, field_names
+
+    learner, help_only = _learner_of_train(argv) if argv[:1] == ["train"] else (None, True)
+    train = commands.add_parser(
+        "train",
+        help="meta-train a learner on a fold's meta-train classes",
+        description="Options come from defaults, then --config FILE.yaml, then flags.",
+        epilog=(
+            "Each learner has options of its own: `fewseg train --learner NAME --help` lists "
+            "them (learners: `fewseg list`)."
+            if learner is None
+            else None
+        ),
+    )
+    train.add_argument("--config", type=Path, metavar="FILE.yaml", help="options as a YAML mapping")
+    train.add_argument("--out", required=True, type=Path, metavar="DIR", help="run directory")
+    train.add_argument("--resume", action="store_true", help="continue DIR's checkpoint to --steps")
+    _add_progress(train)
+    names = set(field_names(TrainConfig))
+    add_flags(train.add_argument_group("training options"), TrainConfig)
+    if learner is not None and not help_only:
+        from fewseg.learners import LEARNERS
+
+        options = LEARNERS.get(learner).Options
+        add_flags(train.add_argument_group(f"options of learner {learner}"), options)
+        names |= field_names(options)
+    train.set_defaults(run=cmd_train, option_names=names)
+
+
+def _add_learner_choice(parser: argparse.ArgumentParser) -> None:
+    learner = parser.add_mutually_exclusive_group()
+    learner.add_argument(
+        "--learner", metavar="NAME", help="a training-free learner (default baseline)"
+    )
+    learner.add_argument(
+        "--checkpoint", type=Path, metavar="DIR", help="a trained learner: a `fewseg train` run"
+    )
+    parser.add_argument(
+        "--weights", metavar="FILE", help="--learner: a local backbone weights file (.pth)"
+    )
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The parser; ``argv`` tells which learner's options ``train`` takes."""
     parser = argparse.ArgumentParser(
         prog="fewseg", description="Few-shot semantic segmentation by meta-learning."
     )
     parser.add_argument("--version", action="version", version=f"fewseg {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     listing = commands.add_parser("list", help="list learners, backbones and dataset kinds")
     listing.set_defaults(run=cmd_list)
 
     datasets = commands.add_parser(
-        "datasets",
-        help="list a dataset's classes with image counts",
-        description="SPEC is kind:ROOT[,key=value...], e.g. coco:PATH, "
-        "masks:PATH,images=test,masks=testannot,classes=classes.txt,ignore=11, synthetic",
+        "datasets", help="list a dataset's classes with image counts", description=DATASET_SPEC_HELP
     )
-    datasets.add_argument("spec", metavar="SPEC")
+    datasets.add_argument("spec", metavar="SPEC", help="the dataset")
     datasets.add_argument(
         "--shots",
         type=_int_list,
@@ -286,37 +335,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="mark the classes that can serve K-shot episodes (default 1,5)",
     )
     datasets.add_argument("--fold", help="also show each class's role in this fold")
-    _add_data_options(datasets)
+    _add_min_mask_pixels(datasets)
     datasets.set_defaults(run=cmd_datasets)
 
-    tr = commands.add_parser(
-        "train",
-        help="meta-train a learner on a fold's meta-train classes",
-        description="Options come from defaults, then --config FILE.yaml, then flags.",
-    )
-    tr.add_argument("--config", type=Path, metavar="FILE.yaml")
-    tr.add_argument("--out", required=True, type=Path, metavar="DIR")
-    tr.add_argument("--resume", action="store_true", help="continue DIR's checkpoint to --steps")
-    tr.add_argument("--no-progress", action="store_true")
-    _add_config_flags(tr)
-    tr.set_defaults(run=cmd_train)
+    _add_train(commands, list(argv))
 
     demo = commands.add_parser(
         "demo", help="meta-train every learner, evaluate all on unseen classes, write a report"
     )
-    demo.add_argument("--config", type=Path, default=Path("configs/demo.yaml"), metavar="FILE.yaml")
-    demo.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR")
-    demo.add_argument("--no-progress", action="store_true")
+    demo.add_argument(
+        "--config",
+        type=Path,
+        default=Path("configs/demo.yaml"),
+        metavar="FILE.yaml",
+        help="the demo's plan (default configs/demo.yaml)",
+    )
+    demo.add_argument(
+        "--out", type=Path, default=Path("runs/demo"), metavar="DIR", help="default runs/demo"
+    )
+    _add_progress(demo)
     demo.set_defaults(run=cmd_demo)
 
     bench = commands.add_parser(
         "bench", help="every learner on every fold of a real dataset; writes results.md/json"
     )
     bench.add_argument(
-        "--config", type=Path, default=Path("configs/bench.yaml"), metavar="FILE.yaml"
+        "--config",
+        type=Path,
+        default=Path("configs/bench.yaml"),
+        metavar="FILE.yaml",
+        help="the benchmark's plan (default configs/bench.yaml)",
     )
     bench.add_argument("--quick", action="store_true", help="the plan's `quick` overrides")
-    bench.add_argument("--out", type=Path, default=Path("runs/bench"), metavar="DIR")
+    bench.add_argument(
+        "--out", type=Path, default=Path("runs/bench"), metavar="DIR", help="default runs/bench"
+    )
     bench.add_argument(
         "--docs",
         type=Path,
@@ -332,22 +385,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="train and evaluate N (fold, learner) tasks at once, in separate processes "
         "sharing the machine's threads (default: the number of CPUs)",
     )
-    bench.add_argument("--no-progress", action="store_true")
+    _add_progress(bench)
     bench.set_defaults(run=cmd_bench)
 
-    ev = commands.add_parser("evaluate", help="evaluate a learner on a fixed episode list")
-    source_of_learner = ev.add_mutually_exclusive_group()
-    source_of_learner.add_argument("--learner", help="a training-free learner (default baseline)")
-    source_of_learner.add_argument(
-        "--checkpoint",
-        type=Path,
-        metavar="DIR",
-        help="a trained learner: a `fewseg train` run directory",
+    ev = commands.add_parser(
+        "evaluate",
+        help="evaluate a learner on a fixed episode list",
+        description=DATASET_SPEC_HELP,
     )
-    ev.add_argument("--dataset", required=True, metavar="SPEC")
+    _add_learner_choice(ev)
+    ev.add_argument("--dataset", required=True, metavar="SPEC", help="the dataset")
     ev.add_argument("--fold", default="0", help="0..3, or 'all' for every class (default 0)")
-    ev.add_argument("--shots", type=_positive, default=1, metavar="K")
-    ev.add_argument("--episodes", type=_positive, default=1000, metavar="N")
+    ev.add_argument("--shots", type=_positive, default=1, metavar="K", help="default 1")
+    ev.add_argument(
+        "--episodes", type=_positive, default=1000, metavar="N", help="per seed (default 1000)"
+    )
     seeds = ev.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=int, default=None, help="episode-list seed (default 0)")
     seeds.add_argument(
@@ -360,11 +412,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--size",
         type=_positive,
         metavar="PX",
-        help="square evaluation size (default: the dataset's, 400 for real data)",
+        help="square evaluation size (default: the checkpoint's training size, else the "
+        "dataset's: 400 for real data)",
     )
-    ev.add_argument("--weights", metavar="FILE", help="local backbone weights file (.pth)")
-    ev.add_argument("--workers", type=int, default=0, help="data-loading processes")
-    ev.add_argument("--device", default="cpu")
+    ev.add_argument(
+        "--workers", type=int, default=0, help="data-loading processes (default 0: a thread)"
+    )
+    ev.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     ev.add_argument(
         "--backend",
         choices=("auto", "gloo", "nccl"),
@@ -378,9 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="torchrun runs: seconds a rank waits for the others before failing (default 600)",
     )
-    ev.add_argument("--no-progress", action="store_true")
-    ev.add_argument("--out", required=True, type=Path, metavar="DIR")
-    _add_data_options(ev)
+    _add_progress(ev)
+    ev.add_argument("--out", required=True, type=Path, metavar="DIR", help="report directory")
+    _add_min_mask_pixels(ev)
     ev.set_defaults(run=cmd_evaluate)
 
     seg = commands.add_parser(
@@ -389,11 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Masks: values 0/1 or 0/255 (foreground = 1 or 255), or 0/1 with "
         "255 = ignore. Writes OUT/masks/STEM.png, OUT/overlays/STEM.jpg, OUT/summary.json.",
     )
-    learner_of_seg = seg.add_mutually_exclusive_group()
-    learner_of_seg.add_argument("--learner", help="a training-free learner (default baseline)")
-    learner_of_seg.add_argument(
-        "--checkpoint", type=Path, metavar="DIR", help="a `fewseg train` run directory"
-    )
+    _add_learner_choice(seg)
     support = seg.add_mutually_exclusive_group(required=True)
     support.add_argument(
         "--support", nargs="+", action="extend", metavar="IMG MASK", help="support pairs"
@@ -412,26 +462,28 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="query images or folders of them",
     )
-    seg.add_argument("--out", required=True, type=Path, metavar="DIR")
+    seg.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory")
     seg.add_argument(
         "--size",
         type=_positive,
         metavar="PX",
         help="square inference size (default: the checkpoint's training size, else 400)",
     )
-    seg.add_argument("--batch-size", type=_positive, default=8, metavar="N")
-    seg.add_argument("--weights", metavar="FILE", help="local backbone weights file (.pth)")
-    seg.add_argument("--seed", type=int, default=0)
-    seg.add_argument("--device", default="cpu")
-    seg.add_argument("--no-progress", action="store_true")
+    seg.add_argument(
+        "--batch-size", type=_positive, default=8, metavar="N", help="queries at once (default 8)"
+    )
+    seg.add_argument("--seed", type=int, default=0, help="torch's seed (default 0)")
+    seg.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    _add_progress(seg)
     seg.set_defaults(run=cmd_segment)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    retain_freed_memory()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        args = build_parser(argv).parse_args(argv)
+        retain_freed_memory()
         return args.run(args)
     except FewSegError as error:
         print(f"fewseg: error: {error}", file=sys.stderr)

@@ -34,9 +34,6 @@ class Registry(Generic[T]):
 
         return decorator
 
-    def add_alias(self, alias: str, name: str, description: str) -> None:
-        self._entries[alias] = Entry(alias, self._entries[name].factory, description)
-
     def get(self, name: str) -> T:
         try:
             return self._entries[name].factory
@@ -49,6 +46,3 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[Entry[T]]:
         return iter(sorted(self._entries.values(), key=lambda e: e.name))
-
-    def names(self) -> list[str]:
-        return sorted(self._entries)

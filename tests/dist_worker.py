@@ -14,12 +14,13 @@ import sys
 import time
 
 import torch
-from tiny_training import TINY_TRAINING
+from tiny_training import TINY_TRAINING, tiny_values
 
 from fewseg.engine import distributed
 from fewseg.errors import FewSegError
 
-TINY = {**TINY_TRAINING, "meta_batch": 4, "steps": 1, "log_every": 1, "checkpoint_every": 1}
+TINY_OVERRIDES = {"meta_batch": 4, "steps": 1, "log_every": 1, "checkpoint_every": 1}
+TINY = {**TINY_TRAINING, **TINY_OVERRIDES}
 
 
 def train_learners(out: str, learners: str) -> None:
@@ -27,8 +28,8 @@ def train_learners(out: str, learners: str) -> None:
     from fewseg.engine.train import train
 
     for learner in learners.split(","):
-        config, learner_config = resolve_config({**TINY, "learner": learner}, {})
-        train(config, learner_config, os.path.join(out, learner), progress=False)
+        config, options = resolve_config(tiny_values(learner, **TINY_OVERRIDES), {})
+        train(config, options, os.path.join(out, learner), progress=False)
 
 
 def lose_a_rank(mode: str) -> None:

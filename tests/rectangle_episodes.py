@@ -2,7 +2,7 @@
 
 import torch
 
-from fewseg.episodes.tensors import EpisodeTensors, SupportSet
+from fewseg.episodes.tensors import EpisodeTensors, LabelledImages
 
 
 def rectangle_episode(
@@ -21,5 +21,6 @@ def rectangle_episode(
     images = torch.randn(n, 3, size, size, generator=g) + 2.0 * masks[:, None]
     ignore = torch.zeros(n, size, size, dtype=torch.bool)
     ignore[(slice(None), *ignored)] = True
-    support = SupportSet(images[:shots], masks[:shots], ignore[:shots])
-    return EpisodeTensors(0, support, images[shots], masks[shots], ignore[shots])
+    support = LabelledImages(images[:shots], masks[:shots], ignore[:shots])
+    query = LabelledImages(images[shots:], masks[shots:], ignore[shots:])
+    return EpisodeTensors(0, support, query)

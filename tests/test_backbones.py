@@ -36,22 +36,20 @@ def test_a_tap_among_the_early_blocks_is_gathered_per_image() -> None:
     assert features.shape == (2, 24 + 32, 16, 16)
 
 
-def test_early_batch_pixels_group_small_images_with_the_same_features() -> None:
+def test_small_images_go_through_the_early_blocks_in_groups_with_the_same_features() -> None:
     torch.manual_seed(0)
     backbone = BACKBONES.get("mobilenet_v2")(pretrained=False, frozen=True).eval()
-    images = torch.randn(5, 3, 64, 80)
     first_block = backbone._inference.of(backbone.blocks)[0]
     sizes: list[int] = []
     first_block.register_forward_pre_hook(lambda _m, inputs: sizes.append(len(inputs[0])))
+    small = torch.randn(9, 3, 96, 96)  # four 96×96 images to a group
+    large = torch.randn(3, 3, 200, 200)  # one at a time
     with torch.no_grad():
-        grouped = backbone(images, early_batch_pixels=2 * 64 * 80 + 100)
-        assert sizes == [2, 2, 1]
+        grouped = backbone(small)
+        assert sizes == [4, 4, 1]
         sizes.clear()
-        one_by_one = backbone(images)
-        assert sizes == [1, 1, 1, 1, 1]
-        sizes.clear()
-        backbone(images, early_batch_pixels=64 * 80 - 1)  # not one image's worth: one by one
-        assert sizes == [1, 1, 1, 1, 1]
+        one_by_one = backbone(large)
+        assert sizes == [1, 1, 1]
     with torch.enable_grad():
-        batched = backbone(images)
-    assert torch.equal(grouped, batched) and torch.equal(one_by_one, batched)
+        assert torch.equal(grouped, backbone(small))
+        assert torch.equal(one_by_one, backbone(large))

@@ -184,7 +184,7 @@ def test_unknown_dataset_kind(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 @pytest.mark.parametrize(
     ("where", "expected"),
-    [("spec", "unknown option(s) colour"), ("config file", "unknown option(s) stepz")],
+    [("spec", "unknown option(s) colour"), ("config file", "unknown option(s) of maml: stepz")],
 )
 def test_unknown_option(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str, expected: str
@@ -206,7 +206,7 @@ def test_unknown_option(
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("trained") / "run"
-    config, learner_config = resolve_config(
+    config, options = resolve_config(
         {
             "learner": "protonet",
             "dataset": "synthetic:images=8,size=64",
@@ -219,7 +219,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         },
         {},
     )
-    train(config, learner_config, run_dir, progress=False)
+    train(config, options, run_dir, progress=False)
     return run_dir
 
 
@@ -227,7 +227,7 @@ def test_checkpoint_of_another_architecture(
     run: Segment, trained_run: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     state = torch.load(trained_run / "checkpoint.pt", weights_only=True)
-    state["learner_config"]["hidden"] = 16  # the weights are for hidden = 8
+    state["learner_options"]["hidden"] = 16  # the weights are for hidden = 8
     other = run.tmp / "other"
     other.mkdir()
     torch.save(state, other / "checkpoint.pt")

@@ -42,7 +42,7 @@ def test_demo_writes_table_report_curves_and_overlays(
     assert summary["fomaml"]["train_seconds"] > 0
     for name, result in zip(["fomaml", "protonet", "baseline"], results, strict=True):
         report = json.loads((tmp_path / f"out/eval/{name}-2shot/report.json").read_text())
-        assert summary[name]["2shot"]["miou"] == report["miou"] == result.reports[2]["miou"]
+        assert summary[name]["2shot"]["miou"] == report["miou"] == result.reports[2].miou
     markdown = (tmp_path / "out/README.md").read_text()
     assert "figures/learning-curves.png" in markdown and "overlays-protonet.png" in markdown
     for png in ["learning-curves", "overlays-fomaml", "overlays-protonet", "overlays-baseline"]:
@@ -75,7 +75,7 @@ def test_running_the_demo_again_reuses_its_trained_models(tmp_path: Path) -> Non
     written = checkpoint.stat().st_mtime_ns
     again = run_demo(plan, tmp_path / "out", progress=False)
     assert checkpoint.stat().st_mtime_ns == written  # nothing retrained
-    assert [r.reports[1]["miou"] for r in again] == [r.reports[1]["miou"] for r in first]
+    assert [r.reports[1].miou for r in again] == [r.reports[1].miou for r in first]
     plan_file.write_text(PLAN.replace("hidden: 8", "hidden: 16"))
     with pytest.raises(
         FewSegError,

@@ -20,7 +20,8 @@ from fewseg.engine.train import tasks_of_rank, train
 from fewseg.errors import FewSegError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from dist_worker import TINY
+from dist_worker import TINY, TINY_OVERRIDES
+from tiny_training import tiny_values
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 DATASET = TINY["dataset"]
@@ -58,8 +59,9 @@ def torchrun(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def single_process(learner: str, out: Path, **overrides: object) -> dict[str, torch.Tensor]:
-    config, learner_config = resolve_config({**TINY, "learner": learner, **overrides}, {})
-    train(config, learner_config, out, progress=False)
+    values = tiny_values(learner, **{**TINY_OVERRIDES, **overrides})
+    config, options = resolve_config(values, {})
+    train(config, options, out, progress=False)
     return read_checkpoint(out)["learner"]
 
 
@@ -157,5 +159,5 @@ def test_the_ranks_shares_make_up_the_single_process_meta_batch() -> None:
     assert len(whole) == 4 and [len(s) for s in shares] == [2, 2]
     for a, b in zip(whole, shares[0] + shares[1], strict=True):
         assert a.class_index == b.class_index
-        assert torch.equal(a.query_image, b.query_image)  # augmentation included
+        assert torch.equal(a.query.images, b.query.images)  # augmentation included
         assert torch.equal(a.support.images, b.support.images)

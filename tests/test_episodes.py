@@ -21,8 +21,9 @@ from fewseg.data.source import (
 )
 from fewseg.data.synthetic import SyntheticSource
 from fewseg.episodes import Episode, episode_plan, load_episode
+from fewseg.episodes.image_keys import image_keys, name_images
 from fewseg.episodes.sampler import usable_classes
-from fewseg.episodes.tensors import SupportSet
+from fewseg.episodes.tensors import LabelledImages
 from fewseg.episodes.transforms import resize_transform
 from fewseg.errors import FewSegError
 
@@ -216,16 +217,16 @@ def test_load_episode_tensors_follow_the_episode(source: FakeSource) -> None:
     assert tensors.support.images.shape == (2, 3, 8, 8)
     assert tensors.support.masks.shape == (2, 8, 8)
     assert tensors.support.ignore.shape == (2, 8, 8)
-    assert tensors.query_image.shape == (3, 8, 8)
+    assert tensors.query.images.shape == (1, 3, 8, 8)
     # odd class: the bottom-right quadrant is foreground, upsampled 4x4 → 8x8
     expected = torch.zeros(8, 8)
     expected[4:, 4:] = 1
-    assert torch.equal(tensors.query_mask, expected)
+    assert torch.equal(tensors.query.masks[0], expected)
     assert torch.equal(tensors.support.masks, expected.expand(2, 8, 8))
-    assert not tensors.support.ignore.any() and not tensors.query_ignore.any()
+    assert not tensors.support.ignore.any() and not tensors.query.ignore.any()
     # red channel of image i is 10 * (position of i in ALL_IMAGE_IDS), ImageNet-normalised
     for image, image_id in zip(
-        (*tensors.support.images, tensors.query_image), ("a", "h", "i"), strict=True
+        (*tensors.support.images, *tensors.query.images), ("a", "h", "i"), strict=True
     ):
         red = 10 * ALL_IMAGE_IDS.index(image_id) / 255
         assert torch.allclose(image[0], torch.full((8, 8), (red - 0.485) / 0.229), atol=1e-5)
@@ -336,36 +337,39 @@ def test_synthetic_plans_use_only_test_classes(synthetic: SyntheticSource) -> No
             assert set(images) <= set(synthetic.images_of(episode.class_index))
 
 
-def test_a_support_set_of_shots_stacks_its_rows_when_asked() -> None:
+def test_labelled_images_of_samples_are_named_and_one_sample_is_a_view() -> None:
     g = torch.Generator().manual_seed(0)
-    images = [torch.randn(3, 4, 5, generator=g) for _ in range(3)]
-    masks = [(torch.rand(4, 5, generator=g) > 0.5).float() for _ in range(3)]
-    ignore = [torch.rand(4, 5, generator=g) > 0.8 for _ in range(3)]
-    support = SupportSet.of_shots(images, masks, ignore)
-    assert support.shots == 3 and support._images is None  # nothing stacked yet
-    assert repr(support) == "SupportSet(shots=3, image=(3, 4, 5))"
-    assert support._images is None  # not even for that
-    assert support.encoder_images() == tuple(images)  # the rows themselves
-    assert torch.equal(support.images, torch.stack(images))
-    assert support.images is support.images  # stacked once
-    assert torch.equal(support.masks, torch.stack(masks))
-    assert torch.equal(support.ignore, torch.stack(ignore))
-    assert support.mask_rows[1] is masks[1] and support.ignore_rows[2] is ignore[2]
-    assert support.to("cpu") is support  # already there
-    moved = support.to("meta")
-    assert moved.shots == 3 and moved.rows[0].device.type == "meta"
-    assert moved.mask_rows[2].device.type == moved.ignore_rows[0].device.type == "meta"
-    one = SupportSet.of_shots(images[:1], masks[:1], ignore[:1])
-    assert one.images.data_ptr() == images[0].data_ptr()  # one shot: a view, no copy
+    samples = [
+        (
+            torch.randn(3, 4, 5, generator=g),
+            (torch.rand(4, 5, generator=g) > 0.5).float(),
+            torch.rand(4, 5, generator=g) > 0.8,
+        )
+        for _ in range(3)
+    ]
+    named = LabelledImages.of(samples, ["a", "b", "c"])
+    assert named.shots == 3 and len(named) == 3
+    assert torch.equal(named.images, torch.stack([s[0] for s in samples]))
+    assert torch.equal(named.ignore, torch.stack([s[2] for s in samples]))
+    assert image_keys(named.images) == ("a", "b", "c")
+    assert image_keys(LabelledImages.of(samples).images) is None
+    one = LabelledImages.of(samples[:1], ["a"])
+    assert one.images.data_ptr() == samples[0][0].data_ptr()  # one shot: a view, no copy
     assert one.images.shape == (1, 3, 4, 5) and one.masks.shape == (1, 4, 5)
-    with pytest.raises(ValueError, match="one mask and ignore map per image"):
-        SupportSet.of_shots(images, masks[:2], ignore)
-
-
-def test_a_support_set_of_stacked_tensors_has_no_rows() -> None:
-    images, masks = torch.zeros(2, 3, 4, 4), torch.zeros(2, 4, 4)
-    support = SupportSet(images, masks, masks.bool())
-    assert support.shots == 2 and support.encoder_images() is images
-    assert support.mask_rows == () and support.to("cpu") is support
-    moved = support.to("meta")
+    assert named.to("cpu") is named  # already there
+    moved = named.to("meta")
     assert moved.images.device.type == moved.masks.device.type == "meta"
+    assert image_keys(moved.images) == ("a", "b", "c")
+    both = LabelledImages.cat([named, one])
+    assert image_keys(both.images) == ("a", "b", "c", "a") and both.masks.shape == (4, 4, 5)
+    assert image_keys(LabelledImages.cat([named, LabelledImages.of(samples)]).images) is None
+
+
+def test_a_name_describes_its_tensor_until_the_tensor_changes() -> None:
+    images = name_images(torch.zeros(2, 3, 4, 4), ["x", "y"])
+    assert image_keys(images) == ("x", "y")
+    assert image_keys(images[:1]) is None  # a new tensor
+    images.add_(1.0)  # changed in place
+    assert image_keys(images) is None
+    with pytest.raises(ValueError, match="2 names for a batch of 1"):
+        name_images(torch.zeros(1, 3, 4, 4), ["x", "y"])

@@ -1,87 +1,114 @@
+"""The fast evaluation runner gives the reference protocol loop's scores exactly, for every
+learner; its threads and its feature store do what they are for."""
+
+from __future__ import annotations
+
+import json
 import threading
+from pathlib import Path
 
 import pytest
 import torch
+from tiny_training import tiny_options
 
 from fewseg.data.source import SegmentationSource
 from fewseg.data.spec import open_source
-from fewseg.engine.evaluate import EvaluationSettings, score_plan
+from fewseg.engine.evaluate import EvaluationSettings, evaluate
+from fewseg.engine.protocol import score_plan_reference
+from fewseg.engine.report import EvaluationReport, read_report, write_report
+from fewseg.engine.runner import score_plan
 from fewseg.episodes.sampler import episode_plan
-from fewseg.learners.base import LEARNERS, Learner
-from fewseg.learners.config import LearnerConfig
+from fewseg.learners import LEARNERS, Learner, build_learner
+from fewseg.models.backbones import Backbone
+
+LEARNER_NAMES = [entry.name for entry in LEARNERS]
+SOURCE = "synthetic:images=4,size=64"
 
 
-@pytest.mark.parametrize("learner_name", ["protonet", "baseline"])
-def test_predicting_on_the_scoring_thread_scores_as_predicting_in_order(
-    learner_name: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def tiny_learner(name: str, backbone: str = "convnet") -> Learner:
     torch.manual_seed(0)
-    source = open_source("synthetic:images=4,size=64")
-    backbone = "convnet" if learner_name == "protonet" else "mobilenet_v2"
-    learner = LEARNERS.get(learner_name)(
-        LearnerConfig(backbone=backbone, hidden=8, pretrained=False)
-    )
-    assert learner.concurrent_prediction
-    plan = episode_plan(source, source.fold_split("0").test, 2, 30, seed=1)
-    settings = EvaluationSettings("0", 2, 30, 64, progress=False)
-    concurrent = score_plan(learner, source, plan, settings)
-    monkeypatch.setattr(type(learner), "concurrent_prediction", False)
-    in_order = score_plan(learner, source, plan, settings)
-    assert torch.equal(concurrent.intersection, in_order.intersection)
-    assert torch.equal(concurrent.union, in_order.union)
-    assert concurrent.union.sum() > 0
+    return build_learner(name, tiny_options(name, backbone=backbone))
 
 
-def synthetic_baseline() -> tuple[SegmentationSource, Learner]:
-    torch.manual_seed(0)
-    source = open_source("synthetic:images=4,size=64")
-    return source, LEARNERS.get("baseline")(LearnerConfig(pretrained=False))
+def without_times(report: EvaluationReport) -> dict:
+    data = report.to_json()
+    data.pop("seconds")
+    for run in data["runs"]:
+        run.pop("seconds")
+    return data
 
 
-def test_the_main_thread_runs_the_backbone_and_the_scoring_thread_adapts(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    source, learner = synthetic_baseline()
-    encoding_threads: set[str] = set()
-    adapting_threads: set[str] = set()
-    learner.backbone.register_forward_hook(
-        lambda *_: encoding_threads.add(threading.current_thread().name)
-    )
-    adapt = learner.adapt
-
-    def recorded_adapt(support):
-        adapting_threads.add(threading.current_thread().name)
-        return adapt(support)
-
-    monkeypatch.setattr(learner, "adapt", recorded_adapt)
-    plan = episode_plan(source, source.fold_split("0").test, 1, 20, seed=1)
-    score_plan(learner, source, plan, EvaluationSettings("0", 1, 20, 64, progress=False))
-    assert encoding_threads == {threading.main_thread().name}
-    assert adapting_threads and threading.main_thread().name not in adapting_threads
-
-
-def test_with_several_torch_threads_encoder_threads_encode_each_image_once(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    source, learner = synthetic_baseline()
-    encoded: list[tuple[str, int]] = []
-    learner.backbone.register_forward_hook(
-        lambda _, inputs, __: encoded.append((threading.current_thread().name, len(inputs[0])))
-    )
-    plan = episode_plan(source, source.fold_split("0").test, 2, 30, seed=1)
-    settings = EvaluationSettings("0", 2, 30, 64, progress=False)
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("name", LEARNER_NAMES)
+def test_the_runner_reports_what_the_reference_loop_reports(name: str, threads: int) -> None:
+    source = open_source(SOURCE)
+    learner = tiny_learner(name, "mobilenet_v2_s8")
+    settings = EvaluationSettings("0", 2, 24, 64, progress=False)
     saved = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     try:
-        parallel = score_plan(learner, source, plan, settings)
-        assert torch.get_num_threads() == 2  # the caller's setting, back
+        fast = evaluate(learner, source, SOURCE, settings, [0, 1])
+        assert torch.get_num_threads() == threads  # the caller's setting, back
     finally:
         torch.set_num_threads(saved)
-    distinct = {(e.class_index, i) for e in plan.episodes for i in (e.query, *e.support)}
-    images = {i for _, i in distinct}
+    reference = evaluate(learner, source, SOURCE, settings, [0, 1], scorer=score_plan_reference)
+    assert without_times(fast) == without_times(reference)
+    assert 0 < fast.miou < 100
+
+
+def test_encoder_threads_encode_each_image_once_and_the_learner_runs_on_the_caller() -> None:
+    source = open_source(SOURCE)
+    learner = tiny_learner("baseline", "mobilenet_v2_s8")
+    assert isinstance(learner.encoder, Backbone)
+    encoded: list[tuple[str, int]] = []
+    learner.encoder.register_forward_hook(
+        lambda _, inputs, __: encoded.append((threading.current_thread().name, len(inputs[0])))
+    )
+    adapting: set[str] = set()
+    adapt = learner.adapt
+
+    def recorded(support):
+        adapting.add(threading.current_thread().name)
+        return adapt(support)
+
+    learner.adapt = recorded  # type: ignore[method-assign]
+    plan = episode_plan(source, source.fold_split("0").test, 2, 30, seed=1)
+    score_plan(learner, source, plan, EvaluationSettings("0", 2, 30, 64, progress=False))
+    images = {i for e in plan.episodes for i in (e.query, *e.support)}
     assert {name.split("_")[0] for name, _ in encoded} == {"fewseg-encode"}
-    assert sum(n for _, n in encoded) == len(images)  # once per image, whatever its class
-    monkeypatch.setattr(type(learner), "concurrent_prediction", False)
-    in_order = score_plan(learner, source, plan, settings)
-    assert torch.equal(parallel.intersection, in_order.intersection)
-    assert torch.equal(parallel.union, in_order.union)
+    assert [n for _, n in encoded] == [1] * len(images)  # once per image, whatever its class
+    assert adapting == {threading.current_thread().name}
+
+
+def test_the_encoder_of_a_protonet_is_its_embedding_network_kept_per_image() -> None:
+    """In an evaluation the neck's output is kept with the backbone's: both run once per image."""
+    source = open_source(SOURCE)
+    learner = tiny_learner("protonet")
+    calls: list[int] = []
+    learner.encoder.neck.register_forward_hook(lambda _, inputs, __: calls.append(len(inputs[0])))
+    plan = episode_plan(source, source.fold_split("0").test, 1, 30, seed=1)
+    score_plan(learner, source, plan, EvaluationSettings("0", 1, 30, 64, progress=False))
+    images = {i for e in plan.episodes for i in (e.query, *e.support)}
+    assert sum(calls) == len(images)
+
+
+def test_the_report_round_trips_through_its_json(tmp_path: Path) -> None:
+    source: SegmentationSource = open_source(SOURCE)
+    learner = tiny_learner("baseline")
+    settings = EvaluationSettings("0", 1, 8, 64, progress=False)
+    report = evaluate(learner, source, SOURCE, settings, [0, 3], trained={"step": 5})
+    path = write_report(tmp_path, report)
+    data = json.loads(path.read_text())
+    assert list(data)[:6] == [
+        "fewseg_version",
+        "settings",
+        "miou",
+        "fbiou",
+        "miou_std",
+        "fbiou_std",
+    ]
+    assert data["settings"]["trained"] == {"step": 5}
+    assert read_report(path) == report
+    single = evaluate(learner, source, SOURCE, settings, [0])
+    assert "miou_std" not in single.to_json() and "trained" not in single.to_json()["settings"]
+    assert single.miou == report.runs[0].miou

@@ -24,7 +24,7 @@ from fewseg.engine.figures import (
     plot_learning_curves,
     read_metrics,
 )
-from fewseg.episodes.tensors import EpisodeTensors, SupportSet
+from fewseg.episodes.tensors import EpisodeTensors, LabelledImages
 from fewseg.episodes.transforms import IMAGENET_MEAN, IMAGENET_STD
 from fewseg.errors import FewSegError
 
@@ -208,10 +208,8 @@ def test_episode_row_from_tensors() -> None:
     ignore = torch.zeros(h, w, dtype=torch.bool)
     episode = EpisodeTensors(
         class_index=3,
-        support=SupportSet(normalised[:k], masks[:k], torch.zeros(k, h, w, dtype=torch.bool)),
-        query_image=normalised[k],
-        query_mask=masks[k],
-        query_ignore=ignore,
+        support=LabelledImages(normalised[:k], masks[:k], torch.zeros(k, h, w, dtype=torch.bool)),
+        query=LabelledImages(normalised[k:], masks[k:], ignore[None]),
     )
     logits = torch.stack([torch.zeros(h, w), masks[k] * 2 - 1])[None]
     row = episode_row("class 3", episode, logits)

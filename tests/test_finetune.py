@@ -9,10 +9,9 @@ import pytest
 import torch
 from rectangle_episodes import rectangle_episode
 
-from fewseg.episodes.tensors import EpisodeTensors, SupportSet
+from fewseg.episodes.tensors import EpisodeTensors, LabelledImages
 from fewseg.learners import LEARNERS
-from fewseg.learners.config import LearnerConfig
-from fewseg.learners.finetune import FineTune
+from fewseg.learners.finetune import FineTune, FineTuneOptions
 from fewseg.learners.losses import foreground_bce
 
 SIZE = 24
@@ -22,19 +21,19 @@ def make_episode(seed: int, shots: int = 1) -> EpisodeTensors:
     return rectangle_episode(seed, shots, SIZE, (10, 7), np.s_[:, -2:])
 
 
-def config(**overrides: object) -> LearnerConfig:
+def config(**overrides: object) -> FineTuneOptions:
     values: dict[str, object] = {"backbone": "convnet", "hidden": 8, "inner_steps": 4}
-    return LearnerConfig(**{**values, **overrides})  # type: ignore[arg-type]
+    return FineTuneOptions(**{**values, **overrides})  # type: ignore[arg-type]
 
 
-def all_images(episodes: list[EpisodeTensors]) -> SupportSet:
+def all_images(episodes: list[EpisodeTensors]) -> LabelledImages:
     """Every image of the episodes (hand-stacked, query after the shots of its episode)."""
     images, masks, ignore = [], [], []
     for e in episodes:
-        images += [*e.support.images, e.query_image]
-        masks += [*e.support.masks, e.query_mask]
-        ignore += [*e.support.ignore, e.query_ignore]
-    return SupportSet(torch.stack(images), torch.stack(masks), torch.stack(ignore))
+        images += [*e.support.images, *e.query.images]
+        masks += [*e.support.masks, *e.query.masks]
+        ignore += [*e.support.ignore, *e.query.ignore]
+    return LabelledImages(torch.stack(images), torch.stack(masks), torch.stack(ignore))
 
 
 @pytest.mark.parametrize("frozen_encoder", [False, True])
@@ -80,13 +79,13 @@ def test_adapt_is_inner_steps_sgd_steps_at_inner_lr(head_only: bool) -> None:
         optimizer.step()
 
     predict = learner.adapt(support)
-    adapted = learner.adapt_to(support, first_order=True)
+    adapted = learner.adapt_with(learner.support_loss(support), first_order=True)
 
     expected = dict(reference.named_parameters())
     assert set(adapted) == {n for n in expected if n.startswith("head.") or not head_only}
     for name, value in adapted.items():
         torch.testing.assert_close(value.detach(), expected[name].detach(), rtol=0, atol=1e-6)
-    query = episode.query_image[None]
+    query = episode.query.images
     with torch.no_grad():
         torch.testing.assert_close(predict(query), reference(query), rtol=0, atol=1e-5)
     for name, p in learner.model.named_parameters():

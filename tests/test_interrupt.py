@@ -72,14 +72,14 @@ def wait_until(condition: Callable[[], bool], process: subprocess.Popen) -> None
 
 
 def resume_in_process(run_dir: Path, steps: int) -> None:
-    config, learner_config = resolve_config({**TINY, "steps": steps}, {})
-    train(config, learner_config, run_dir, resume=True, progress=False)
+    config, options = resolve_config({**TINY, "steps": steps}, {})
+    train(config, options, run_dir, resume=True, progress=False)
 
 
 def assert_same_weights_as_uninterrupted(run_dir: Path, tmp_path: Path) -> None:
     resumed = read_checkpoint(run_dir)
-    config, learner_config = resolve_config({**TINY, "steps": resumed["step"]}, {})
-    train(config, learner_config, tmp_path / "straight", progress=False)
+    config, options = resolve_config({**TINY, "steps": resumed["step"]}, {})
+    train(config, options, tmp_path / "straight", progress=False)
     straight = read_checkpoint(tmp_path / "straight")
     assert straight["learner"].keys() == resumed["learner"].keys()
     for name, tensor in straight["learner"].items():

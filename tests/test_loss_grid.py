@@ -5,9 +5,8 @@ import torch
 
 from fewseg.errors import FewSegError
 from fewseg.learners.adaptation import nearest_indices, subsample_masks
-from fewseg.learners.config import LearnerConfig
 from fewseg.learners.losses import foreground_bce
-from fewseg.learners.maml import MAML
+from fewseg.learners.maml import MAML, MAMLOptions
 from fewseg.models.upsample import bilinear_resize
 
 
@@ -29,7 +28,7 @@ def test_subsample_masks_keeps_the_aspect_and_leaves_small_masks_alone():
 
 def test_support_loss_on_the_grid_is_the_loss_of_logits_resized_to_it():
     torch.manual_seed(0)
-    learner = MAML(LearnerConfig(backbone="convnet", hidden=8, loss_size=8))
+    learner = MAML(MAMLOptions(backbone="convnet", hidden=8, loss_size=8))
     learner.model.encoder.freeze()
     images = torch.randn(2, 3, 32, 32)
     masks = (torch.rand(2, 32, 32) > 0.6).long()
@@ -44,4 +43,4 @@ def test_support_loss_on_the_grid_is_the_loss_of_logits_resized_to_it():
 
 def test_negative_loss_size_is_refused():
     with pytest.raises(FewSegError, match="loss_size"):
-        LearnerConfig(loss_size=-1)
+        MAMLOptions(loss_size=-1)

@@ -4,7 +4,6 @@ values (Finn et al. 2017; Raghu et al. 2020; Li et al. 2017)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,12 +11,11 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from fewseg.episodes.tensors import EpisodeTensors, SupportSet
-from fewseg.learners import LEARNERS
-from fewseg.learners.config import LearnerConfig
+from fewseg.episodes.tensors import EpisodeTensors, LabelledImages
+from fewseg.learners import LEARNERS, build_learner
 from fewseg.learners.inner_loop import adapt_parameters
 from fewseg.learners.losses import foreground_bce
-from fewseg.learners.maml import EARLY_BATCH_PIXELS, MAML, learning_rate_key
+from fewseg.learners.maml import FOMAML, MAML, MAMLOptions, learning_rate_key
 
 SIZE = 24
 STEP = 1e-6
@@ -49,20 +47,19 @@ def make_task(seed: int, size: int = SIZE, shots: int = 1) -> EpisodeTensors:
         ignore = torch.rand(n, size, size, generator=g) < 0.1
         return images, masks, ignore
 
-    support = SupportSet(*example(shots))
-    query_images, query_masks, query_ignore = example(1)
-    return EpisodeTensors(0, support, query_images[0], query_masks[0], query_ignore[0])
+    return EpisodeTensors(0, LabelledImages(*example(shots)), LabelledImages(*example(1)))
 
 
-def make_learner(**options: object) -> MAML:
+def make_learner(first_order: bool = False, **options: object) -> MAML:
     torch.manual_seed(0)
     defaults: dict[str, object] = {"backbone": "convnet", "hidden": 8, "inner_lr": 0.5}
-    learner = MAML(LearnerConfig(**{**defaults, **options}))  # type: ignore[arg-type]
+    learner_class = FOMAML if first_order else MAML
+    learner = learner_class(MAMLOptions(**{**defaults, **options}))  # type: ignore[arg-type]
     return learner.double().train()
 
 
 def hand_adapted(
-    learner: MAML, support: SupportSet, lr: LearningRates, steps: int
+    learner: MAML, support: LabelledImages, lr: LearningRates, steps: int
 ) -> dict[str, torch.Tensor]:
     """θ_{s+1} = θ_s − α ∇L_support(θ_s) on the full model, values only."""
     params = {n: p.detach().clone() for n, p in learner.model.named_parameters()}
@@ -79,8 +76,8 @@ def hand_adapted(
 
 
 def query_loss(learner: MAML, params: Mapping[str, torch.Tensor], task: EpisodeTensors):
-    logits = functional_call(learner.model, dict(params), (task.query_image[None],))
-    return foreground_bce(logits, task.query_mask[None], task.query_ignore[None])
+    logits = functional_call(learner.model, dict(params), (task.query.images,))
+    return foreground_bce(logits, task.query.masks, task.query.ignore)
 
 
 def meta_objective(
@@ -115,7 +112,7 @@ def test_second_order_matches_finite_differences(head_only: bool, steps: int) ->
     tasks = [make_task(1), make_task(2)]
     grads = meta_gradient(learner, tasks)
     params = dict(learner.named_parameters())
-    lr = learner.config.inner_lr
+    lr = learner.options.inner_lr
     for name, index in ENTRIES:
         expected = central_difference(
             params[name], index, lambda: meta_objective(learner, tasks, lambda _: lr, steps)
@@ -129,7 +126,7 @@ def test_first_order_is_query_gradient_at_adapted_parameters(head_only: bool) ->
     steps, tasks = 2, [make_task(3), make_task(4)]
     learner = make_learner(inner_steps=steps, head_only=head_only, first_order=True)
     grads = meta_gradient(learner, tasks)
-    lr = learner.config.inner_lr
+    lr = learner.options.inner_lr
 
     expected = {n: torch.zeros_like(p) for n, p in learner.model.named_parameters()}
     for task in tasks:
@@ -171,7 +168,7 @@ def test_no_inner_steps_first_and_second_order_agree_with_plain_gradient() -> No
 def test_metrics_are_task_means_of_query_and_support_losses() -> None:
     learner = make_learner(inner_steps=1)
     tasks = [make_task(7), make_task(8), make_task(9)]
-    lr = learner.config.inner_lr
+    lr = learner.options.inner_lr
     expected_query = meta_objective(learner, tasks, lambda _: lr, 1)
     before = dict(learner.model.named_parameters())
     expected_support = np.mean(
@@ -276,29 +273,28 @@ def test_meta_sgd_rates_are_used_at_test_time() -> None:
     with torch.no_grad():
         for rate in learner.learning_rates.values():
             rate.copy_(torch.rand(rate.shape, generator=g, dtype=torch.float64))
-    predicted = learner.adapt(task.support)(task.query_image[None])
+    predicted = learner.adapt(task.support)(task.query.images)
     params = hand_adapted(learner, task.support, meta_sgd_rates(learner), 2)
-    expected = functional_call(learner.model, params, (task.query_image[None],))
+    expected = functional_call(learner.model, params, (task.query.images,))
     torch.testing.assert_close(predicted, expected, rtol=1e-9, atol=1e-12)
 
     with torch.no_grad():
         for rate in learner.learning_rates.values():
             rate.zero_()
-        unadapted = learner.model(task.query_image[None])
-    predicted = learner.adapt(task.support)(task.query_image[None])
+        unadapted = learner.model(task.query.images)
+    predicted = learner.adapt(task.support)(task.query.images)
     torch.testing.assert_close(predicted, unadapted, rtol=0, atol=0)
 
 
 def test_registry_and_anil_parameters() -> None:
-    config = LearnerConfig(backbone="convnet", hidden=8)
-    fomaml = LEARNERS.get("fomaml")(config)
-    assert isinstance(fomaml, MAML)
-    assert fomaml.config.first_order is True
+    options = {"backbone": "convnet", "hidden": 8}
+    fomaml = build_learner("fomaml", options)
+    assert isinstance(fomaml, MAML) and fomaml.first_order
     assert fomaml.settings()["learner"] == "fomaml"
-    assert config.first_order is False  # the caller's config is copied, not changed
-    maml = LEARNERS.get("maml")(config)
-    assert maml.config.first_order is False
+    maml = build_learner("maml", options)
+    assert not maml.first_order
     assert maml.settings()["learner"] == "maml"
+    assert LEARNERS.get("fomaml").Options is LEARNERS.get("maml").Options
 
     anil = make_learner(head_only=True, inner_steps=1)
     head = [n for n, _ in anil.model.named_parameters() if n.startswith("head.")]
@@ -311,9 +307,7 @@ def test_registry_and_anil_parameters() -> None:
 
 def test_frozen_batchnorm_statistics_never_change() -> None:
     torch.manual_seed(0)
-    learner = MAML(
-        LearnerConfig(backbone="mobilenet_v2", pretrained=False, hidden=8, inner_steps=2)
-    )
+    learner = MAML(MAMLOptions(backbone="mobilenet_v2", pretrained=False, hidden=8, inner_steps=2))
     learner.model.encoder.freeze()
     batchnorms = [m for m in learner.modules() if isinstance(m, nn.BatchNorm2d)]
     assert batchnorms
@@ -328,15 +322,13 @@ def test_frozen_batchnorm_statistics_never_change() -> None:
     tasks = [
         EpisodeTensors(
             t.class_index,
-            SupportSet(t.support.images.float(), t.support.masks.float(), t.support.ignore),
-            t.query_image.float(),
-            t.query_mask.float(),
-            t.query_ignore,
+            LabelledImages(t.support.images.float(), t.support.masks.float(), t.support.ignore),
+            LabelledImages(t.query.images.float(), t.query.masks.float(), t.query.ignore),
         )
         for t in tasks
     ]
     learner.meta_gradients(tasks)
-    learner.adapt(tasks[0].support)(tasks[0].query_image[None])
+    learner.adapt(tasks[0].support)(tasks[0].query.images)
 
     after = dict(learner.named_buffers())
     assert before.keys() == after.keys()
@@ -354,7 +346,7 @@ def test_meta_training_reduces_query_loss_on_synthetic_batch(
 
     torch.manual_seed(0)
     learner = MAML(
-        LearnerConfig(backbone="convnet", hidden=16, inner_steps=1, inner_lr=0.1, outer_lr=3e-3)
+        MAMLOptions(backbone="convnet", hidden=16, inner_steps=1, inner_lr=0.1, outer_lr=3e-3)
     ).train()
     optimizer = learner.make_optimizer()
     losses = []
@@ -376,27 +368,18 @@ def test_frozen_encoder_tasks_adapted_together_equal_tasks_one_by_one(
         inner_steps=2, first_order=first_order, meta_sgd=meta_sgd, loss_size=loss_size
     )
     learner.model.encoder.freeze()
-    options: list[dict[str, object]] = []
     batches: list[int] = []
 
-    def record(_module: nn.Module, args: tuple, kwargs: dict[str, object]) -> None:
-        options.append(kwargs)
+    def record(_module: nn.Module, args: tuple) -> None:
         batches.append(len(args[0]))
 
-    learner.model.encoder.register_forward_pre_hook(record, with_kwargs=True)
+    learner.model.encoder.register_forward_pre_hook(record)
     together = meta_gradient(learner, tasks)
-    # the speed mode lets small images through the early layers in groups; one group
-    # per shape (1 and 2 shots)
-    assert options == [{"early_batch_pixels": EARLY_BATCH_PIXELS}] * 2
-    assert batches == [2 + 2, 4 + 2]
-    learner.feature_cache.clear()
-    learner.config = replace(learner.config, batch_tasks=False)
-    options.clear()
+    assert batches == [2 + 2, 4 + 2]  # one encoder batch per shape (1 and 2 shots)
+    learner.options.batch_tasks = False
     batches.clear()
     one_by_one = meta_gradient(learner, tasks)
-    # the images of two tasks per encoder batch, all before the first adaptation
-    assert batches == [1 + 2 + 2, 1 + 2 + 2]  # support images, then the two queries
-    assert options == [{}, {}]
+    assert batches == [1, 1, 2, 1] * 2  # each task's support images, then its query
     assert together.keys() == one_by_one.keys()
     assert all(n.startswith(("model.head.", "learning_rates.")) for n in together)
     for name in together:
@@ -408,7 +391,7 @@ def test_frozen_encoder_second_order_matches_finite_differences() -> None:
     learner = make_learner(inner_steps=2)
     learner.model.encoder.freeze()
     grads = meta_gradient(learner, tasks)
-    lr = learner.config.inner_lr
+    lr = learner.options.inner_lr
     named = dict(learner.named_parameters())
     for name, index in ENTRIES:
         if not name.startswith("model.head."):

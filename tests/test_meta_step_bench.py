@@ -11,8 +11,7 @@ import torch
 from fewseg.data.spec import open_source
 from fewseg.engine.config import TrainConfig
 from fewseg.engine.train import training_batch
-from fewseg.learners import LEARNERS
-from fewseg.learners.config import LearnerConfig
+from fewseg.learners import build_learner
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "meta_step.py"
 
@@ -65,7 +64,7 @@ def episodes():
 
 def maml_learner(frozen_encoder: bool):
     torch.manual_seed(0)
-    learner = LEARNERS.get("maml")(LearnerConfig(backbone="convnet", hidden=16))
+    learner = build_learner("maml", {"backbone": "convnet", "hidden": 16})
     if frozen_encoder:
         learner.model.encoder.freeze()
     return learner.train()

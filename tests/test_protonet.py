@@ -6,11 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fewseg.episodes.tensors import EpisodeTensors, SupportSet
+from fewseg.episodes.tensors import EpisodeTensors, LabelledImages
 from fewseg.errors import FewSegError
 from fewseg.learners import LEARNERS
-from fewseg.learners.config import LearnerConfig
-from fewseg.learners.protonet import ProtoNet
+from fewseg.learners.protonet import ProtoNet, ProtoNetOptions
 from fewseg.learners.prototypes import cosine_logits, masked_average_pool, shot_prototypes
 from fewseg.models.backbones import Backbone, MobileNetV2Features
 
@@ -41,7 +40,7 @@ class Pool(Backbone):
 
 def identity_neck(learner: ProtoNet) -> None:
     """Set the neck to copy its 3 (non-negative) input channels into the first 3 of hidden."""
-    first, _, last = learner.neck
+    first, _, last = learner.encoder.neck
     with torch.no_grad():
         first.weight.zero_()
         first.bias.zero_()
@@ -55,11 +54,11 @@ def painted(mask: torch.Tensor, inside: torch.Tensor, outside: torch.Tensor) -> 
     return torch.where(mask.bool(), inside[:, None, None], outside[:, None, None])
 
 
-def red_over_blue_support(size: int = 4) -> SupportSet:
+def red_over_blue_support(size: int = 4) -> LabelledImages:
     mask = torch.zeros(size, size)
     mask[: size // 2] = 1
     no_ignore = torch.zeros(1, size, size, dtype=torch.bool)
-    return SupportSet(painted(mask, RED, BLUE)[None], mask[None], no_ignore)
+    return LabelledImages(painted(mask, RED, BLUE)[None], mask[None], no_ignore)
 
 
 def random_episode(generator: torch.Generator, shots: int, size: int) -> EpisodeTensors:
@@ -79,13 +78,12 @@ def random_episode(generator: torch.Generator, shots: int, size: int) -> Episode
     query_ignore = torch.zeros(size, size, dtype=torch.bool)
     query_ignore[-2:] = True
     images, masks = (torch.stack(x) for x in zip(*support, strict=True))
-    return EpisodeTensors(
-        0, SupportSet(images, masks, ignore), query_image, query_mask, query_ignore
-    )
+    query = LabelledImages(query_image[None], query_mask[None], query_ignore[None])
+    return EpisodeTensors(0, LabelledImages(images, masks, ignore), query)
 
 
-def tiny_config(**overrides: object) -> LearnerConfig:
-    return LearnerConfig(backbone="convnet", hidden=8, **overrides)  # type: ignore[arg-type]
+def tiny_config(**overrides: object) -> ProtoNetOptions:
+    return ProtoNetOptions(backbone="convnet", hidden=8, **overrides)  # type: ignore[arg-type]
 
 
 def test_registered_with_settings() -> None:
@@ -131,39 +129,13 @@ def test_prediction_is_the_pipeline_at_input_resolution() -> None:
     logits = learner.adapt(support)(queries)
     with torch.no_grad():
         prototypes = shot_prototypes(
-            learner.neck(F.avg_pool2d(support.images, 2)), support.masks, support.ignore
+            learner.encoder.neck(F.avg_pool2d(support.images, 2)), support.masks, support.ignore
         )
-        coarse = cosine_logits(learner.neck(F.avg_pool2d(queries, 2)), prototypes, 7.0)
+        coarse = cosine_logits(learner.encoder.neck(F.avg_pool2d(queries, 2)), prototypes, 7.0)
     assert logits.shape == (2, 1, 16, 16)
     resized = F.interpolate(coarse, (16, 16), mode="bilinear")
     torch.testing.assert_close(logits[:, 0], resized[:, 1] - resized[:, 0])
     torch.testing.assert_close(logits[:, 0].sigmoid(), resized.softmax(dim=1)[:, 1])
-
-
-def test_the_neck_runs_once_per_image_for_its_current_parameters() -> None:
-    torch.manual_seed(0)
-    learner = ProtoNet(tiny_config(scale_init=7.0), Pool())
-    calls: list[int] = []
-    learner.neck.register_forward_hook(lambda _, inputs, __: calls.append(len(inputs[0])))
-    generator = torch.Generator().manual_seed(1)
-    support = random_episode(generator, shots=2, size=16).support
-    query = torch.randn(1, 3, 16, 16, generator=generator)
-    predict = learner.adapt(support)
-    logits = predict(query)
-    assert torch.equal(predict(query), logits)
-    assert torch.equal(learner.adapt(support)(query), logits)
-    assert calls == [2, 1]  # the two support images, then the query: once each
-    with torch.no_grad():
-        learner.neck[2].bias.add_(0.5)  # a changed neck (an optimizer step, say)
-    changed = learner.adapt(support)(query)
-    assert calls == [2, 1, 2, 1]
-    with torch.no_grad():
-        prototypes = shot_prototypes(
-            learner.neck(F.avg_pool2d(support.images, 2)), support.masks, support.ignore
-        )
-        coarse = cosine_logits(learner.neck(F.avg_pool2d(query, 2)), prototypes, 7.0)
-    resized = F.interpolate(coarse, (16, 16), mode="bilinear")
-    torch.testing.assert_close(changed[:, 0], resized[:, 1] - resized[:, 0])
 
 
 def test_scale_is_learnable_and_stays_positive() -> None:
@@ -181,7 +153,7 @@ def test_logits_scale_linearly_with_the_scale() -> None:
     torch.manual_seed(0)
     learner = ProtoNet(tiny_config(scale_init=4.0))
     episode = random_episode(torch.Generator().manual_seed(2), 2, 24)
-    query = episode.query_image[None]
+    query = episode.query.images
     before = learner.adapt(episode.support)(query)
     with torch.no_grad():
         learner.log_scale.fill_(math.log(12.0))
@@ -192,9 +164,7 @@ def hand_alignment_term(learner: ProtoNet, episode: EpisodeTensors) -> tuple[flo
     """PAR term by hand: (mean over shots of support CE, predicted query foreground cells)."""
     support = episode.support
     with torch.no_grad():
-        features = learner.neck(
-            learner.encoder(torch.cat([support.images, episode.query_image[None]]))
-        )
+        features = learner.encoder(torch.cat([support.images, episode.query.images]))
         support_features, query_features = features[:-1], features[-1:]
         scale = learner.log_scale.exp()
         prototypes = shot_prototypes(support_features, support.masks, support.ignore)
@@ -235,7 +205,11 @@ def test_alignment_is_skipped_when_the_query_shows_no_foreground() -> None:
     identity_neck(learner)
     query = BLUE[:, None, None].expand(3, 4, 4).clone()
     no_ignore = torch.zeros(4, 4, dtype=torch.bool)
-    episode = EpisodeTensors(0, red_over_blue_support(), query, torch.zeros(4, 4), no_ignore)
+    episode = EpisodeTensors(
+        0,
+        red_over_blue_support(),
+        LabelledImages(query[None], torch.zeros(1, 4, 4), no_ignore[None]),
+    )
     metrics = learner.meta_gradients([episode])
     assert metrics["alignment_loss"] == 0.0
     assert metrics["loss"] == metrics["query_loss"]
@@ -244,14 +218,16 @@ def test_alignment_is_skipped_when_the_query_shows_no_foreground() -> None:
 def test_gradient_reaches_the_neck_but_not_a_frozen_encoder() -> None:
     torch.manual_seed(0)
     encoder = MobileNetV2Features(pretrained=False, frozen=True)
-    learner = ProtoNet(LearnerConfig(hidden=8, pretrained=False), encoder)
+    learner = ProtoNet(ProtoNetOptions(hidden=8, pretrained=False), encoder)
     learner.train()
     episode = random_episode(torch.Generator().manual_seed(4), 1, 32)
     learner.meta_gradients([episode])
     assert all(p.grad is None and not p.requires_grad for p in encoder.parameters())
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in learner.neck.parameters())
+    assert all(
+        p.grad is not None and p.grad.abs().sum() > 0 for p in learner.encoder.neck.parameters()
+    )
     assert {id(p) for p in learner.outer_parameters()} == {
-        id(p) for p in [*learner.neck.parameters(), learner.log_scale]
+        id(p) for p in [*learner.encoder.neck.parameters(), learner.log_scale]
     }
 
 
@@ -260,20 +236,20 @@ def test_a_trainable_encoder_gets_a_gradient() -> None:
     learner = ProtoNet(tiny_config())
     learner.meta_gradients([random_episode(torch.Generator().manual_seed(5), 1, 24)])
     assert all(p.grad is not None for p in learner.encoder.parameters())
-    assert learner.encoder.blocks[0][0].weight.grad.abs().sum() > 0
+    assert learner.encoder.backbone.blocks[0][0].weight.grad.abs().sum() > 0
 
 
 def test_frozen_mobilenet_batchnorm_statistics_do_not_change() -> None:
     torch.manual_seed(0)
     encoder = MobileNetV2Features(pretrained=False, frozen=True)
-    learner = ProtoNet(LearnerConfig(hidden=8, pretrained=False), encoder)
+    learner = ProtoNet(ProtoNetOptions(hidden=8, pretrained=False), encoder)
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
     learner.train()
     assert not encoder.training
     generator = torch.Generator().manual_seed(6)
     episodes = [random_episode(generator, 2, 32) for _ in range(2)]
     learner.meta_gradients(episodes)
-    learner.adapt(episodes[0].support)(episodes[1].query_image[None] * 3.0 + 1.0)
+    learner.adapt(episodes[0].support)(episodes[1].query.images * 3.0 + 1.0)
     after = encoder.state_dict()
     assert any("running_mean" in k for k in after)
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -293,30 +269,3 @@ def test_adam_steps_reduce_the_loss_of_a_fixed_batch(
         optimizer.step()
     assert all(math.isfinite(x) for x in losses)
     assert losses[-1] < 0.5 * losses[0]
-
-
-def test_kept_shot_pools_follow_the_neck() -> None:
-    torch.manual_seed(0)
-    learner = ProtoNet(tiny_config(scale_init=7.0), Pool())
-    generator = torch.Generator().manual_seed(1)
-    stacked = random_episode(generator, shots=2, size=16).support
-    support = SupportSet.of_shots(
-        stacked.images.unbind(), stacked.masks.unbind(), stacked.ignore.unbind()
-    )
-    query = torch.randn(1, 3, 16, 16, generator=generator)
-
-    def reference() -> torch.Tensor:
-        with torch.no_grad():
-            prototypes = shot_prototypes(
-                learner.neck(F.avg_pool2d(stacked.images, 2)), stacked.masks, stacked.ignore
-            )
-            coarse = cosine_logits(learner.neck(F.avg_pool2d(query, 2)), prototypes, 7.0)
-        resized = F.interpolate(coarse, (16, 16), mode="bilinear")
-        return resized[:, 1] - resized[:, 0]
-
-    torch.testing.assert_close(learner.adapt(support)(query)[:, 0], reference())
-    assert len(learner.shot_pools) == 2
-    with torch.no_grad():
-        learner.neck[2].bias.add_(0.5)  # the shots' pooled features are stale now
-    torch.testing.assert_close(learner.adapt(support)(query)[:, 0], reference())
-    assert len(learner.shot_pools) == 4

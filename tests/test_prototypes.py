@@ -1,15 +1,14 @@
 """Prototype and cosine math against hand-computed values."""
 
 import math
-from collections.abc import Sequence
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from fewseg.episodes.tensors import SupportSet
+from fewseg.episodes.tensors import LabelledImages
+from fewseg.learners.base import LearnerOptions
 from fewseg.learners.baseline import PrototypeBaseline
-from fewseg.learners.config import LearnerConfig
 from fewseg.learners.prototypes import (
     cosine_logits,
     cosine_margin,
@@ -18,7 +17,6 @@ from fewseg.learners.prototypes import (
     mask_weights,
     masked_average_pool,
     prediction_logits,
-    shot_pools_memo,
     shot_prototypes,
     support_prototypes,
 )
@@ -44,42 +42,21 @@ def test_mask_weights_equal_adaptive_average_pooling() -> None:
     torch.testing.assert_close(mask_weights(masks, ignore, (5, 6)), expected)
 
 
-def test_support_prototypes_pool_each_shot_once() -> None:
+def test_support_prototypes_pooled_shot_by_shot_equal_the_batched_ones() -> None:
     g = torch.Generator().manual_seed(0)
-    shots = [
-        (
-            torch.randn(3, 8, 8, generator=g),
-            (torch.rand(8, 8, generator=g) > 0.5).float(),
-            torch.rand(8, 8, generator=g) > 0.9,
-        )
-        for _ in range(3)
-    ]
-    shots[2][1].zero_()  # a shot without foreground: left out of that prototype
-    encoded: list[int] = []
-
-    def features_of(images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
-        encoded.append(len(images))
-        stacked = images if isinstance(images, torch.Tensor) else torch.stack(list(images))
-        return F.avg_pool2d(stacked, 2)
-
-    memo = shot_pools_memo()
-    first = SupportSet.of_shots(*zip(*shots[:2], strict=True))
-    second = SupportSet.of_shots(*zip(*shots[1:], strict=True))  # shares the second shot
-    for support in (first, second):
-        expected = shot_prototypes(features_of(support.images), support.masks, support.ignore)
-        torch.testing.assert_close(support_prototypes(support, features_of, memo), expected)
-    assert encoded == [2, 1, 1, 2, 1]  # each shot pooled once: its image encoded once
-    assert len(memo) == 3
-    support_prototypes(first, features_of, memo, version="other weights")  # pooled again
-    assert encoded[5:] == [1, 1] and len(memo) == 5
-    stacked = SupportSet(first.images, first.masks, first.ignore)  # no shots to find
+    features = torch.randn(3, 4, 4, 4, generator=g)
+    masks = (torch.rand(3, 8, 8, generator=g) > 0.5).float()
+    ignore = torch.rand(3, 8, 8, generator=g) > 0.9
+    masks[2] = 0  # a shot without foreground: left out of that prototype
     torch.testing.assert_close(
-        support_prototypes(stacked, features_of, memo), support_prototypes(first, features_of, memo)
+        support_prototypes(features, masks, ignore), shot_prototypes(features, masks, ignore)
     )
-    assert encoded[7:] == [2] and len(memo) == 5
-    elsewhere = first.to("meta")  # copies made per episode: nothing to find again
-    assert support_prototypes(elsewhere, features_of, memo).shape == (2, 3)
-    assert len(memo) == 5
+    each = [
+        support_prototypes(features[k : k + 1], masks[k : k + 1], ignore[k : k + 1]) for k in (0, 1)
+    ]
+    torch.testing.assert_close(
+        support_prototypes(features, masks, ignore)[1], (each[0][1] + each[1][1]) / 2
+    )
 
 
 def test_masked_average_pool_by_hand() -> None:
@@ -132,9 +109,6 @@ def test_cosine_margin_is_the_difference_of_the_two_cosine_logits() -> None:
     assert margin.shape == (2, 1, 5, 7)
     torch.testing.assert_close(margin, two[:, 1:] - two[:, :1])
     assert (margin[1, :, 3, 4] == 0).all()
-    torch.testing.assert_close(
-        cosine_margin(features, direction, 4.0, feature_norms(features)), margin
-    )
 
 
 def test_prediction_logits_are_the_resized_margin() -> None:
@@ -166,44 +140,21 @@ def test_baseline_labels_pixels_by_nearest_prototype() -> None:
     query_mask = torch.zeros(4, 4, dtype=torch.bool)
     query_mask[:, 1] = True
     query_image = torch.where(query_mask, red[:, None, None] * 0.5, blue[:, None, None])
-    learner = PrototypeBaseline(LearnerConfig(backbone="identity"), Identity())
-    support = SupportSet(support_image[None], support_mask[None], torch.zeros(1, 4, 4).bool())
+    learner = PrototypeBaseline(LearnerOptions(backbone="identity"), Identity())
+    support = LabelledImages(support_image[None], support_mask[None], torch.zeros(1, 4, 4).bool())
     logits = learner.adapt(support)(query_image[None])
     assert logits.shape == (1, 1, 4, 4)
     assert torch.equal(logits[0, 0] > 0, query_mask)
 
 
-def test_cosine_logits_with_kept_norms_equal_those_without() -> None:
+def test_cosine_logits_divide_by_the_clamped_feature_norms() -> None:
     g = torch.Generator().manual_seed(0)
     features = torch.randn(2, 5, 3, 4, generator=g)
     features[0, :, 0, 0] = 0  # a zero vector: norm clamped as F.normalize clamps it
     prototypes = torch.randn(2, 5, generator=g)
     norms = feature_norms(features)
     torch.testing.assert_close(norms, features.norm(dim=1, keepdim=True).clamp_min(1e-12))
-    kept = cosine_logits(features, prototypes, 3.0, norms)
-    assert torch.equal(kept, cosine_logits(features, prototypes, 3.0))
     expected = 3.0 * torch.einsum(
         "bchw,pc->bphw", F.normalize(features, dim=1), F.normalize(prototypes, dim=1)
     )
-    torch.testing.assert_close(kept, expected)
-
-
-def test_the_baseline_computes_each_query_images_norms_once(monkeypatch) -> None:
-    import fewseg.learners.baseline as baseline_module
-
-    calls: list[int] = []
-
-    def counted(features: torch.Tensor) -> torch.Tensor:
-        calls.append(len(features))
-        return feature_norms(features)
-
-    monkeypatch.setattr(baseline_module, "feature_norms", counted)
-    learner = PrototypeBaseline(LearnerConfig(pretrained=False))
-    g = torch.Generator().manual_seed(0)
-    mask = torch.zeros(1, 32, 32)
-    mask[:, 8:24, 8:24] = 1
-    support = SupportSet(torch.randn(1, 3, 32, 32, generator=g), mask, mask.bool() & False)
-    query = torch.randn(1, 3, 32, 32, generator=g)
-    first = learner.adapt(support)(query)
-    assert torch.equal(learner.adapt(support)(query), first)
-    assert calls == [1]
+    torch.testing.assert_close(cosine_logits(features, prototypes, 3.0), expected)

@@ -10,12 +10,11 @@ import torch
 from rectangle_episodes import rectangle_episode
 from torch import nn
 
-from fewseg.episodes.tensors import EpisodeTensors, SupportSet
+from fewseg.episodes.tensors import EpisodeTensors, LabelledImages
 from fewseg.errors import FewSegError
 from fewseg.learners import LEARNERS
-from fewseg.learners.config import LearnerConfig
 from fewseg.learners.losses import foreground_bce
-from fewseg.learners.reptile import Reptile
+from fewseg.learners.reptile import Reptile, ReptileOptions
 
 SIZE = 16
 
@@ -24,13 +23,13 @@ def make_episode(seed: int, shots: int = 1) -> EpisodeTensors:
     return rectangle_episode(seed, shots, SIZE, (8, 8), np.s_[0, :])
 
 
-def config(**overrides: object) -> LearnerConfig:
+def config(**overrides: object) -> ReptileOptions:
     values: dict[str, object] = {"backbone": "convnet", "hidden": 8, "inner_steps": 3}
-    return LearnerConfig(**{**values, **overrides})  # type: ignore[arg-type]
+    return ReptileOptions(**{**values, **overrides})  # type: ignore[arg-type]
 
 
 def manual_adapt(
-    model: nn.Module, examples: SupportSet, cfg: LearnerConfig, head_only: bool = False
+    model: nn.Module, examples: LabelledImages, cfg: ReptileOptions, head_only: bool = False
 ) -> nn.Module:
     """``inner_steps`` steps of torch.optim on a deepcopy, loss through the module itself."""
     adapted = copy.deepcopy(model)
@@ -44,7 +43,7 @@ def manual_adapt(
     return adapted
 
 
-def bce(model: nn.Module, examples: SupportSet) -> float:
+def bce(model: nn.Module, examples: LabelledImages) -> float:
     with torch.no_grad():
         return foreground_bce(model(examples.images), examples.masks, examples.ignore).item()
 
@@ -109,7 +108,7 @@ def test_adapt_runs_the_inner_optimizer_on_the_support_set(optimizer: str, inner
 
     predict = learner.adapt(support)
 
-    query = episode.query_image[None]
+    query = episode.query.images
     with torch.no_grad():
         expected = reference(query)
     torch.testing.assert_close(predict(query), expected, rtol=0, atol=1e-5)

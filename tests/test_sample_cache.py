@@ -8,16 +8,17 @@ import torch
 from fewseg.data.source import ClassSample
 from fewseg.data.synthetic import SyntheticSource
 from fewseg.episodes import Episode, load_episode
+from fewseg.episodes.image_keys import image_keys
 from fewseg.episodes.sample_cache import ByteBudgetLRU, ResizedSamples, resized_samples
-from fewseg.episodes.tensors import load_resized_episode
+from fewseg.episodes.tensors import load_resized_episode, resized_image_key
 from fewseg.episodes.transforms import resize_transform, sample_to_tensors
 
 
 class CountingSource(SyntheticSource):
     """The synthetic source, with one ignored pixel per sample and a count of loads."""
 
-    def __init__(self) -> None:
-        super().__init__(seed=3, images_per_class=2, size=64)
+    def __init__(self, seed: int = 3) -> None:
+        super().__init__(seed=seed, images_per_class=2, size=64)
         self.loads = 0
         self.mask_loads = 0
 
@@ -49,9 +50,9 @@ def assert_same_episode(cached, fresh) -> None:
         (cached.support.images, fresh.support.images),
         (cached.support.masks, fresh.support.masks),
         (cached.support.ignore, fresh.support.ignore),
-        (cached.query_image, fresh.query_image),
-        (cached.query_mask, fresh.query_mask),
-        (cached.query_ignore, fresh.query_ignore),
+        (cached.query.images, fresh.query.images),
+        (cached.query.masks, fresh.query.masks),
+        (cached.query.ignore, fresh.query.ignore),
     ):
         assert a.dtype == b.dtype
         assert torch.equal(a, b)
@@ -69,8 +70,8 @@ def test_cached_episode_equals_a_fresh_load_and_decodes_each_pair_once() -> None
     again = load_resized_episode(source, Episode(c, ids[1], (ids[0], ids[2])), 16)
     assert source.loads == loads + 3  # every (image, class, size) was already prepared
     assert_same_episode(first, fresh)
-    assert torch.equal(again.query_image, fresh.support.images[0])
-    assert first.query_ignore[0, 0] and first.query_ignore.sum() == 1
+    assert torch.equal(again.query.images[0], fresh.support.images[0])
+    assert first.query.ignore[0, 0, 0] and first.query.ignore.sum() == 1
     load_resized_episode(source, episode, 20)  # another size is another sample
     assert source.loads == loads + 6
 
@@ -130,26 +131,15 @@ def test_a_tuple_entry_counts_the_bytes_of_its_tensors() -> None:
     assert lru.get("pair") is None and len(lru) == 2
 
 
-def test_a_support_sets_rows_are_the_held_images_and_are_found_without_hashing(
-    monkeypatch,
-) -> None:
-    import fewseg.models.feature_cache as feature_cache
-    from fewseg.learners.baseline import PrototypeBaseline
-    from fewseg.learners.config import LearnerConfig
-
+def test_resized_episodes_name_their_images_and_share_the_held_samples() -> None:
     source = CountingSource()
     c = 0
     ids = source.images_of(c)[:3]
     first = load_resized_episode(source, Episode(c, ids[0], (ids[1], ids[2])), 16)
-    again = load_resized_episode(source, Episode(c, ids[1], (ids[2], ids[1])), 16)
-    samples = resized_samples(source)
-    assert first.support.rows[0] is samples.load(ids[1], c, 16)[0]
-    assert again.support.rows[1] is first.support.rows[0]  # the same tensor, not a copy
-    assert torch.equal(torch.stack(first.support.rows), first.support.images)
-    learner = PrototypeBaseline(LearnerConfig(pretrained=False))
-    learner.cache_features(first.support.encoder_images())
-    hashed: list[int] = []
-    key = feature_cache.image_key
-    monkeypatch.setattr(feature_cache, "image_key", lambda image: hashed.append(1) or key(image))
-    learner.cache_features(again.support.encoder_images())
-    assert hashed == [] and learner.features.hits == 2
+    again = load_resized_episode(source, Episode(c, ids[2], (ids[1],)), 16)
+    key = resized_image_key
+    assert image_keys(first.support.images) == (key(source, ids[1], 16), key(source, ids[2], 16))
+    assert image_keys(first.query.images) == (key(source, ids[0], 16),)
+    held = resized_samples(source).load(ids[1], c, 16)[0]
+    assert again.support.images.data_ptr() == held.data_ptr()  # one shot: the held image
+    assert key(source, ids[1], 16) != key(CountingSource(seed=1), ids[1], 16)

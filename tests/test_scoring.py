@@ -1,44 +1,33 @@
 """The scoring queue: the same counts as scoring in order, whichever thread scores."""
 
-import threading
-
 import pytest
 import torch
 
-from fewseg.engine.scoring import (
-    GroundTruths,
-    QueuedQuery,
-    ScoringQueue,
-    foreground_prediction,
-    score_query,
-)
+from fewseg.engine.scoring import ScoredQuery, ScoringQueue, foreground_prediction
 from fewseg.errors import FewSegError
 from fewseg.metrics import SegmentationScores
 
 CLASSES = (3, 7)
 
 
-def random_queries(n: int, seed: int = 0) -> list[QueuedQuery]:
+def random_queries(n: int, seed: int = 0) -> list[ScoredQuery]:
     g = torch.Generator().manual_seed(seed)
-    queries = []
-    for i in range(n):
-        logits = torch.randn(1, 2, 6, 5, generator=g)
-        queries.append(
-            QueuedQuery(
-                CLASSES[i % 2],
-                lambda _, logits=logits: logits,
-                torch.zeros(1, 3, 6, 5),
-                (torch.rand(6, 5, generator=g) > 0.5).float(),
-                torch.rand(6, 5, generator=g) > 0.8,
-            )
+    return [
+        ScoredQuery(
+            CLASSES[i % 2],
+            torch.randn(1, 2, 6, 5, generator=g),
+            (torch.rand(6, 5, generator=g) > 0.5).float(),
+            torch.rand(6, 5, generator=g) > 0.8,
+            truth_key=i,
         )
-    return queries
+        for i in range(n)
+    ]
 
 
-def in_order(queries: list[QueuedQuery]) -> SegmentationScores:
+def in_order(queries: list[ScoredQuery]) -> SegmentationScores:
     scores = SegmentationScores(CLASSES)
-    for query in queries:
-        score_query(scores, query, GroundTruths())
+    for q in queries:
+        scores.update(q.class_index, foreground_prediction(q.logits)[0], q.mask, q.ignore)
     return scores
 
 
@@ -73,74 +62,24 @@ def test_queued_scores_equal_scores_in_order(backlog: int) -> None:
     assert scores.episodes.tolist() == [20.0, 20.0]
 
 
-def test_the_caller_scores_what_waits_when_it_finishes() -> None:
-    release, started = threading.Event(), threading.Event()
-    scored_by: list[str] = []
-    queries = random_queries(6)
-
-    def record(query: QueuedQuery, block: bool) -> QueuedQuery:
-        def predict(image: torch.Tensor) -> torch.Tensor:
-            if block:
-                started.set()
-                release.wait(timeout=10)
-            scored_by.append(threading.current_thread().name)
-            return query.predict(image)
-
-        return QueuedQuery(query.class_index, predict, query.image, query.mask, query.ignore)
-
-    with ScoringQueue(CLASSES, backlog=10) as queue:
-        queue.put(record(queries[0], block=True))  # holds the worker
-        assert started.wait(timeout=10)
-        for query in queries[1:]:
-            queue.put(record(query, block=False))
-        finisher = threading.Timer(0.5, release.set)
-        finisher.start()
-        scores = queue.finish()  # scores the five waiting ones on this thread
-        finisher.cancel()
-        release.set()
-    assert_same_scores(scores, in_order(queries))
-    assert scored_by.count("fewseg-score") == 1
-    assert scored_by.count(threading.current_thread().name) == 5
-
-
-def test_a_caller_that_finds_the_backlog_full_scores_the_newest_waiting_query() -> None:
-    release, started = threading.Event(), threading.Event()
-    scored: list[tuple[int, str]] = []
-    queries = random_queries(7)
-
-    def record(index: int) -> QueuedQuery:
-        query = queries[index]
-
-        def predict(image: torch.Tensor) -> torch.Tensor:
-            if index == 0:
-                started.set()
-                release.wait(timeout=10)
-            scored.append((index, threading.current_thread().name))
-            return query.predict(image)
-
-        return QueuedQuery(query.class_index, predict, query.image, query.mask, query.ignore)
-
-    caller = threading.current_thread().name
-    with ScoringQueue(CLASSES, backlog=2) as queue:
-        queue.put(record(0))  # holds the worker
-        assert started.wait(timeout=10)
-        for index in range(1, 7):
-            queue.put(record(index))
-        assert scored == [(i, caller) for i in (2, 3, 4, 5)]  # no wait for the worker
-        release.set()
+def test_a_full_backlog_makes_the_caller_wait_for_the_worker() -> None:
+    queries = random_queries(30)
+    put: list[int] = []
+    with ScoringQueue(CLASSES, backlog=1) as queue:
+        for i, query in enumerate(queries):
+            queue.put(query)
+            put.append(i)
+            assert queue._queries.qsize() <= 1
         scores = queue.finish()
+    assert put == list(range(30))
     assert_same_scores(scores, in_order(queries))
-    assert sorted(i for i, _ in scored) == list(range(7))
 
 
 def test_an_error_while_scoring_is_raised_to_the_caller() -> None:
-    def broken(_: torch.Tensor) -> torch.Tensor:
-        raise RuntimeError("prediction failed")
-
     query = random_queries(1)[0]
-    failing = QueuedQuery(query.class_index, broken, query.image, query.mask, query.ignore)
-    with pytest.raises(RuntimeError, match="prediction failed"), ScoringQueue(CLASSES, 1) as queue:
-        queue.put(failing)
+    broken = ScoredQuery(query.class_index, torch.zeros(1, 3, 6, 5), query.mask, query.ignore, 0)
+    with pytest.raises(FewSegError, match="shape"), ScoringQueue(CLASSES, 1) as queue:
+        queue.put(broken)
         for _ in range(5):
             queue.put(query)
         queue.finish()
@@ -166,11 +105,15 @@ def test_scores_add_by_hand() -> None:
         a.add(SegmentationScores((3,)))
 
 
-def test_a_query_image_met_again_reuses_its_prepared_ground_truth() -> None:
-    truths = GroundTruths(capacity=2)
-    mask, ignore = torch.ones(3, 3), torch.zeros(3, 3, dtype=torch.bool)
-    first = truths.get((mask, ignore))
-    assert truths.get((mask, ignore)) is first and first.n_target == 9
-    mask[0, 0] = 0  # changed in place: a new version, prepared again
-    changed = truths.get((mask, ignore))
-    assert changed is not first and changed.n_target == 8
+def test_a_query_met_again_is_scored_with_its_prepared_ground_truth() -> None:
+    queries = random_queries(4)
+    again = [
+        ScoredQuery(q.class_index, q.logits.flip(-1), q.mask, q.ignore, q.truth_key)
+        for q in queries
+    ]
+    with ScoringQueue(CLASSES, backlog=3) as queue:
+        for query in queries + again:
+            queue.put(query)
+        scores = queue.finish()
+        assert len(queue._truths) == 4
+    assert_same_scores(scores, in_order(queries + again))

@@ -14,21 +14,21 @@ import torch
 import torch.nn.functional as F
 from imagefiles import box_mask, files_under, save, scene, support_pair
 from PIL import Image
-from tiny_training import TINY_TRAINING
+from tiny_training import TINY_TRAINING, tiny_values
 
+from fewseg.api import Model, resized_log_odds
 from fewseg.cli import main
 from fewseg.data.user_images import decode_mask, read_support_pair
 from fewseg.engine.config import resolve_config
+from fewseg.engine.loading import LoadedLearner
 from fewseg.engine.segment import (
     SegmentSettings,
-    foreground_and_confidence,
     prepare_inputs,
     segment,
 )
 from fewseg.engine.train import train
-from fewseg.episodes.tensors import SupportSet
-from fewseg.learners.base import Learner, Predictor
-from fewseg.learners.config import LearnerConfig
+from fewseg.episodes.tensors import LabelledImages
+from fewseg.learners.base import Learner, LearnerOptions, Predictor
 
 SIZE = "64"
 
@@ -113,7 +113,7 @@ class PatternLearner(Learner):
     name = "pattern"
     trainable = False
 
-    def adapt(self, support: SupportSet) -> Predictor:
+    def adapt(self, support: LabelledImages) -> Predictor:
         def predict(images: torch.Tensor) -> torch.Tensor:
             logits = torch.zeros(images.shape[0], 2, *images.shape[-2:])
             half = images.shape[-1] // 2
@@ -137,7 +137,8 @@ def test_summary_values_are_the_hand_computed_ones(tmp_path: Path) -> None:
     gray = save(tmp_path / "gray.png", np.full((6, 16, 3), 128, np.uint8))
     inputs = prepare_inputs([pair], [white, black, gray], size=8)
     out = tmp_path / "out"
-    summary = segment(PatternLearner(LearnerConfig()), inputs, out, SegmentSettings(2, "cpu"))
+    model = Model(LoadedLearner(PatternLearner(LearnerOptions()), None), size=8)
+    summary = segment(model, inputs, out, SegmentSettings(2))
     assert summary == read_summary(out)
     queries = {Path(q["image"]).stem: q for q in summary["queries"]}
     assert [(q["width"], q["height"]) for q in queries.values()] == [(16, 6)] * 3
@@ -329,8 +330,8 @@ TINY = {**TINY_TRAINING, "steps": 2, "size": 48}
 def test_every_trained_learner(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], learner: str
 ) -> None:
-    config, learner_config = resolve_config({**TINY, "learner": learner}, {})
-    train(config, learner_config, tmp_path / "run", progress=False)
+    config, options = resolve_config(tiny_values(learner, steps=2, size=48), {})
+    train(config, options, tmp_path / "run", progress=False)
     image, mask = support_pair(tmp_path)
     query = save(tmp_path / "query.png", scene(48, 60, (10, 10, 30, 40)))
     out = tmp_path / "out"
@@ -342,7 +343,8 @@ def test_every_trained_learner(
     capsys.readouterr()
     summary = read_summary(out)
     assert summary["learner"]["learner"] == learner
-    assert summary["trained"] == {"checkpoint": str(tmp_path / "run"), "step": 2}
+    assert summary["trained"]["checkpoint"] == str(tmp_path / "run")
+    assert summary["trained"]["step"] == 2 and summary["trained"]["train_config"]["size"] == 48
     assert summary["image_size"] == 48  # the checkpoint's training size
     assert read_mask(out / "masks/query.png").shape == (48, 60)
 
@@ -415,7 +417,10 @@ def test_trained_learner_needs_a_checkpoint(
         capsys, "--learner", "maml", "--support", str(image), str(mask), "--query", str(image),
         "--out", str(tmp_path / "out"),
     )  # fmt: skip
-    assert message == "fewseg: error: learner 'maml' must be trained: pass --checkpoint DIR"
+    assert message == (
+        "fewseg: error: learner 'maml' must be trained: load a `fewseg train` run directory "
+        "(--checkpoint DIR)"
+    )
 
 
 def test_support_foreground_that_vanishes_at_the_inference_size(
@@ -429,19 +434,22 @@ def test_support_foreground_that_vanishes_at_the_inference_size(
     )  # fmt: skip
     assert code == 2
     assert capsys.readouterr().err == (
-        f"fewseg: error: {mask}: the mask's foreground vanishes at 8x8; pass a larger --size\n"
+        f"fewseg: error: {mask}: the mask's foreground vanishes at 8x8; "
+        "use a larger size (--size)\n"
     )
     assert not (tmp_path / "out").exists()
 
 
-def test_foreground_and_confidence_read_one_or_two_class_logits() -> None:
+def test_log_odds_read_one_or_two_class_logits() -> None:
     torch.manual_seed(0)
     two_class = torch.randn(2, 5, 7)
     resized = F.interpolate(two_class[None], (11, 9), mode="bilinear")[0]
     expected_foreground = (resized[1] > resized[0]).numpy()
     expected_confidence = resized.softmax(dim=0).max(dim=0).values.numpy()
     for logits in (two_class, two_class[1:] - two_class[:1]):
-        foreground, confidence = foreground_and_confidence(logits, 11, 9)
+        log_odds = resized_log_odds(logits, 11, 9)
+        foreground = log_odds > 0
+        confidence = torch.sigmoid(torch.from_numpy(np.abs(log_odds))).numpy()
         assert foreground.shape == confidence.shape == (11, 9)
         np.testing.assert_array_equal(foreground, expected_foreground)
         np.testing.assert_allclose(confidence, expected_confidence, rtol=1e-6)

@@ -9,7 +9,7 @@ import torch
 
 import fewseg.engine.scoring as scoring
 import fewseg.episodes.prefetch as prefetch
-from fewseg.engine.scoring import QueuedQuery, ScoringQueue
+from fewseg.engine.scoring import ScoredQuery, ScoringQueue
 from fewseg.threads import HELPER_NICENESS, set_up_helper_thread
 
 
@@ -56,12 +56,8 @@ def test_the_loading_thread_is_set_up_as_a_helper(helper_threads: list[str]) -> 
 
 
 def test_the_scoring_thread_is_set_up_as_a_helper(helper_threads: list[str]) -> None:
-    query = QueuedQuery(
-        0,
-        lambda _: torch.zeros(1, 2, 2, 2),
-        torch.zeros(1, 3, 2, 2),
-        torch.zeros(2, 2),
-        torch.zeros(2, 2, dtype=torch.bool),
+    query = ScoredQuery(
+        0, torch.zeros(1, 2, 2, 2), torch.zeros(2, 2), torch.zeros(2, 2, dtype=torch.bool), 0
     )
     with ScoringQueue([0], backlog=2) as queue:
         queue.put(query)

@@ -3,25 +3,26 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from tiny_training import TINY_TRAINING
+from tiny_training import TINY_TRAINING, tiny_values
 
 from fewseg.cli import main
 from fewseg.engine.checkpoint import read_checkpoint, restore_learner, save_checkpoint
 from fewseg.engine.config import TrainConfig, read_yaml, resolve_config
 from fewseg.engine.train import hold_out_classes, train, training_batch
 from fewseg.errors import FewSegError
-from fewseg.learners.config import LearnerConfig
+from fewseg.learners.base import LearnerOptions
 
-TINY = {**TINY_TRAINING, "log_every": 1, "checkpoint_every": 5}
-DATASET = TINY["dataset"]
+DATASET = TINY_TRAINING["dataset"]
 
 
-def tiny_config(**overrides: object) -> tuple[TrainConfig, LearnerConfig]:
-    return resolve_config({**TINY, **overrides}, {})
+def tiny_config(learner: str = "maml", **overrides: object) -> tuple[TrainConfig, LearnerOptions]:
+    values = tiny_values(learner, **{"log_every": 1, "checkpoint_every": 5, **overrides})
+    return resolve_config(values, {})
 
 
 def test_flags_override_yaml_which_overrides_defaults(tmp_path: Path) -> None:
@@ -36,7 +37,8 @@ def test_flags_override_yaml_which_overrides_defaults(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("stepz: 3\n", "unknown option(s) stepz"),
+        ("stepz: 3\n", "unknown option(s) of maml: stepz"),
+        ("learner: protonet\ninner_lr: 0.3\n", "unknown option(s) of protonet: inner_lr"),
         ("steps: three\n", "steps must be int"),
         ("steps: [1\n", "not valid YAML"),
         ("- 1\n", "mapping"),
@@ -66,8 +68,10 @@ def test_training_batch_depends_only_on_seed_and_step() -> None:
     torch.rand(5)  # global RNG use in between must not matter
     again = training_batch(source, classes, config, 64, step=3)
     other = training_batch(source, classes, config, 64, step=4)
-    assert all(torch.equal(a.query_image, b.query_image) for a, b in zip(first, again, strict=True))
-    assert not torch.equal(first[0].query_image, other[0].query_image)
+    assert all(
+        torch.equal(a.query.images, b.query.images) for a, b in zip(first, again, strict=True)
+    )
+    assert not torch.equal(first[0].query.images, other[0].query.images)
 
 
 def test_mixed_shot_tasks_draw_their_shots_in_the_range_repeatably() -> None:
@@ -97,11 +101,11 @@ def test_max_shots_below_shots_is_refused() -> None:
 
 @pytest.mark.parametrize("learner", ["maml", "fomaml", "reptile", "protonet"])
 def test_resumed_run_equals_uninterrupted_run(tmp_path: Path, learner: str) -> None:
-    config, learner_config = tiny_config(learner=learner, steps=10)
-    train(config, learner_config, tmp_path / "straight", progress=False)
+    config, options = tiny_config(learner=learner, steps=10)
+    train(config, options, tmp_path / "straight", progress=False)
     half, _ = tiny_config(learner=learner, steps=5)
-    train(half, learner_config, tmp_path / "resumed", progress=False)
-    train(config, learner_config, tmp_path / "resumed", resume=True, progress=False)
+    train(half, options, tmp_path / "resumed", progress=False)
+    train(config, options, tmp_path / "resumed", resume=True, progress=False)
     straight = read_checkpoint(tmp_path / "straight")
     resumed = read_checkpoint(tmp_path / "resumed")
     assert resumed["step"] == straight["step"] == 10
@@ -112,20 +116,20 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path: Path, learner: str) -> N
 
 
 def test_resume_refuses_a_different_run(tmp_path: Path) -> None:
-    config, learner_config = tiny_config(steps=2)
-    train(config, learner_config, tmp_path, progress=False)
+    config, options = tiny_config(steps=2)
+    train(config, options, tmp_path, progress=False)
     longer, _ = tiny_config(steps=4, shots=2)
     with pytest.raises(FewSegError, match="cannot resume with different shots"):
-        train(longer, learner_config, tmp_path, resume=True, progress=False)
+        train(longer, options, tmp_path, resume=True, progress=False)
     with pytest.raises(FewSegError, match="exists: pass --resume"):
-        train(config, learner_config, tmp_path, progress=False)
+        train(config, options, tmp_path, progress=False)
 
 
 def test_resume_names_the_changed_learner_option(tmp_path: Path) -> None:
-    config, learner_config = tiny_config(steps=2)
-    train(config, learner_config, tmp_path, progress=False)
+    config, options = tiny_config(steps=2)
+    train(config, options, tmp_path, progress=False)
     longer, _ = tiny_config(steps=4)
-    _, wider = tiny_config(hidden=2 * learner_config.hidden)
+    _, wider = tiny_config(hidden=2 * options.hidden)
     with pytest.raises(
         FewSegError, match=r"checkpoint\.pt: cannot resume with different learner option hidden$"
     ):
@@ -134,26 +138,26 @@ def test_resume_names_the_changed_learner_option(tmp_path: Path) -> None:
 
 def test_resumes_a_checkpoint_written_before_an_option_existed(tmp_path: Path) -> None:
     """Options added to fewseg after a checkpoint was written count as their defaults."""
-    config, learner_config = tiny_config(steps=2)
-    train(config, learner_config, tmp_path, progress=False)
+    config, options = tiny_config(steps=2)
+    train(config, options, tmp_path, progress=False)
     path = tmp_path / "checkpoint.pt"
     state = torch.load(path, weights_only=False)
-    del state["learner_config"]["loss_size"], state["train_config"]["min_mask_pixels"]
+    del state["learner_options"]["loss_size"], state["train_config"]["min_mask_pixels"]
     torch.save(state, path)
     longer, _ = tiny_config(steps=3)
-    train(longer, learner_config, tmp_path, resume=True, progress=False)
+    train(longer, options, tmp_path, resume=True, progress=False)
     assert read_checkpoint(tmp_path)["step"] == 3
     state = torch.load(path, weights_only=False)
-    del state["learner_config"]["loss_size"]
+    del state["learner_options"]["loss_size"]
     torch.save(state, path)
-    _, other = tiny_config(loss_size=learner_config.loss_size + 8)
+    _, other = tiny_config(loss_size=options.loss_size + 8)
     with pytest.raises(FewSegError, match="cannot resume with different learner option loss_size"):
         train(tiny_config(steps=4)[0], other, tmp_path, resume=True, progress=False)
 
 
 def test_checkpoint_is_safe_and_errors_are_one_line(tmp_path: Path) -> None:
-    config, learner_config = tiny_config(steps=1)
-    train(config, learner_config, tmp_path / "run", progress=False)
+    config, options = tiny_config(steps=1)
+    train(config, options, tmp_path / "run", progress=False)
     path = tmp_path / "run" / "checkpoint.pt"
     assert not list((tmp_path / "run").glob(".checkpoint.pt.*"))  # no temp file left
     corrupt = tmp_path / "corrupt"
@@ -162,7 +166,7 @@ def test_checkpoint_is_safe_and_errors_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(FewSegError, match="corrupt or unsafe checkpoint"):
         read_checkpoint(corrupt)
     state = read_checkpoint(tmp_path / "run")
-    state["learner_config"]["hidden"] = 16
+    state["learner_options"]["hidden"] = 16
     with pytest.raises(FewSegError, match="another architecture"):
         restore_learner(state, path)
 
@@ -181,17 +185,17 @@ def test_non_finite_loss_stops_with_the_last_good_checkpoint(
         return {**metrics, "loss": float("nan")} if len(calls) == 4 else metrics
 
     monkeypatch.setattr(FineTune, "meta_gradients", diverging)
-    config, learner_config = tiny_config(learner="finetune", steps=6, checkpoint_every=2)
+    config, options = tiny_config(learner="finetune", steps=6, checkpoint_every=2)
     with pytest.raises(FewSegError, match=r"non-finite loss at step 4.*step 2"):
-        train(config, learner_config, tmp_path, progress=False)
+        train(config, options, tmp_path, progress=False)
     assert read_checkpoint(tmp_path)["step"] == 2
 
 
 def test_non_finite_parameters_are_never_checkpointed(tmp_path: Path) -> None:
-    config, learner_config = tiny_config(learner="finetune", steps=3, checkpoint_every=1)
-    learner_config.outer_lr = float("inf")
+    config, options = tiny_config(learner="finetune", steps=3, checkpoint_every=1)
+    options.outer_lr = float("inf")
     with pytest.raises(FewSegError, match="non-finite parameters at step 1"):
-        train(config, learner_config, tmp_path, progress=False)
+        train(config, options, tmp_path, progress=False)
     assert not (tmp_path / "checkpoint.pt").exists()
 
 
@@ -202,9 +206,11 @@ def test_train_then_evaluate_every_learner(
     run = tmp_path / "run"
     flags = [
         "train", "--learner", learner, "--dataset", DATASET, "--backbone", "convnet",
-        "--hidden", "8", "--inner-steps", "1", "--meta-batch", "2", "--steps", "2",
+        "--hidden", "8", "--meta-batch", "2", "--steps", "2",
         "--val-every", "2", "--val-episodes", "4", "--out", str(run), "--no-progress",
     ]  # fmt: skip
+    if learner != "protonet":
+        flags += ["--inner-steps", "1"]
     assert main(flags) == 0
     assert (run / "config.yaml").is_file() and (run / "tensorboard").is_dir()
     assert read_yaml(run / "config.yaml")["learner"] == learner
@@ -230,11 +236,11 @@ def test_evaluate_numbers_equal_after_resume(tmp_path: Path) -> None:
         assert main(args) == 0
         return json.loads((out / "report.json").read_text())
 
-    config, learner_config = tiny_config(learner="maml", steps=4)
-    train(config, learner_config, tmp_path / "a", progress=False)
+    config, options = tiny_config(learner="maml", steps=4)
+    train(config, options, tmp_path / "a", progress=False)
     half, _ = tiny_config(learner="maml", steps=2)
-    train(half, learner_config, tmp_path / "b", progress=False)
-    train(config, learner_config, tmp_path / "b", resume=True, progress=False)
+    train(half, options, tmp_path / "b", progress=False)
+    train(config, options, tmp_path / "b", resume=True, progress=False)
     first, second = (
         evaluate(tmp_path / "a", tmp_path / "ea"),
         evaluate(tmp_path / "b", tmp_path / "eb"),
@@ -245,14 +251,14 @@ def test_evaluate_numbers_equal_after_resume(tmp_path: Path) -> None:
 
 
 def test_training_free_learner_cannot_be_trained(tmp_path: Path) -> None:
-    config, learner_config = tiny_config(learner="baseline", steps=1)
+    config, options = tiny_config(learner="baseline", steps=1)
     with pytest.raises(FewSegError, match="training-free"):
-        train(config, learner_config, tmp_path, progress=False)
+        train(config, options, tmp_path, progress=False)
 
 
 def test_save_checkpoint_writes_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config, learner_config = tiny_config(steps=1)
-    train(config, learner_config, tmp_path, progress=False)
+    config, options = tiny_config(steps=1)
+    train(config, options, tmp_path, progress=False)
     good = (tmp_path / "checkpoint.pt").read_bytes()
     state = read_checkpoint(tmp_path)
     learner = restore_learner(state, tmp_path)
@@ -269,39 +275,42 @@ def test_save_checkpoint_writes_atomically(tmp_path: Path, monkeypatch: pytest.M
 
 def test_shipped_training_config_resolves() -> None:
     path = Path(__file__).resolve().parents[1] / "configs/maml-coco.yaml"
-    config, learner_config = resolve_config(read_yaml(path), {"steps": 10}, str(path))
+    config, options = resolve_config(read_yaml(path), {"steps": 10}, str(path))
     assert (config.learner, config.fold, config.steps, config.size) == ("maml", "0", 10, 400)
-    assert learner_config.backbone == "mobilenet_v2" and learner_config.inner_lr == 0.5
+    assert options.backbone == "mobilenet_v2" and options.inner_lr == 0.5
 
 
 @pytest.mark.parametrize("augment", [True, False])
-def test_augmented_training_forgets_cached_features_every_step(
+def test_un_augmented_training_encodes_each_image_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, augment: bool
 ) -> None:
-    from fewseg.learners.base import Learner
-
-    calls: list[int] = []
-    monkeypatch.setattr(Learner, "forget_features", lambda self: calls.append(1))
-    config, learner_config = tiny_config(steps=3, augment=augment)
-    train(config, learner_config, tmp_path / "run", progress=False)
-    assert len(calls) == (3 if augment else 0)
-
-
-def test_forget_features_empties_the_learners_caches() -> None:
-    from fewseg.learners.baseline import PrototypeBaseline
+    """A frozen backbone's features of an image met again come from the engine's store;
+    augmented images are all new, and all encoded."""
+    from fewseg.data.spec import open_source
+    from fewseg.episodes.image_keys import image_keys
     from fewseg.models.backbones import Backbone
 
-    class Pool(Backbone):
-        out_channels, stride = 3, 2
+    encoded: list[int] = []
+    compute = Backbone.compute
 
-        def __init__(self) -> None:
-            super().__init__(frozen=True)
+    def counting(self: Backbone, images: torch.Tensor) -> object:
+        encoded.append(len(images))
+        return compute(self, images)
 
-        def forward(self, images: torch.Tensor) -> torch.Tensor:
-            return torch.nn.functional.avg_pool2d(images, 2)
-
-    learner = PrototypeBaseline(LearnerConfig(), Pool())
-    learner.cache_features(torch.randn(2, 3, 8, 8))
-    assert len(learner.features._entries) == 2
-    learner.forget_features()
-    assert len(learner.features._entries) == 0
+    monkeypatch.setattr(Backbone, "compute", counting)
+    config, options = tiny_config(
+        learner="protonet", steps=6, augment=augment, backbone="mobilenet_v2_s8", hidden=8,
+        dataset="synthetic:images=6,size=64", shots=2,
+    )  # fmt: skip
+    train(config, options, tmp_path / "run", progress=False)
+    source = open_source(config.dataset)
+    classes = hold_out_classes(source.fold_split("0").train, config.val_fraction).train
+    plain = replace(config, augment=False)
+    names = [
+        key
+        for step in range(config.steps)
+        for task in training_batch(source, classes, plain, 64, step)
+        for key in image_keys(task.labelled_images().images)
+    ]
+    assert len(set(names)) < len(names)  # images met again
+    assert sum(encoded) == (len(names) if augment else len(set(names)))

@@ -7,6 +7,7 @@ it (folds, episodes, evaluation) speaks only this interface.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -124,6 +125,12 @@ class SegmentationSource(ABC):
     def settings(self) -> dict[str, Any]:
         """What identifies this source in a report."""
         return {"kind": self.kind, "min_mask_pixels": self.min_mask_pixels}
+
+    @cached_property
+    def key(self) -> str:
+        """What tells this source's images from another's in the names of image tensors
+        (fewseg.episodes.image_keys): its settings, as text."""
+        return json.dumps(self.settings(), sort_keys=True, default=str)
 
     @cached_property
     def _images_by_class(self) -> dict[int, tuple[str, ...]]:

@@ -1,4 +1,9 @@
-"""Checkpoints: written atomically, loaded without arbitrary unpickling."""
+"""Checkpoints: written atomically, loaded without arbitrary unpickling.
+
+A checkpoint holds the learner's name and options, its weights, the optimizer's state,
+the training configuration, the random state and the step. Checkpoints of fewseg 0.1
+(format 1, one flat record of every learner's options) are read too.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +18,11 @@ from fewseg.engine.config import TrainConfig
 from fewseg.errors import FewSegError
 from fewseg.fileio import atomic_write
 from fewseg.learners.base import LEARNERS, Learner
-from fewseg.learners.config import LearnerConfig
+from fewseg.options import as_dict, defaults, field_names, options_from
 
 CHECKPOINT_NAME = "checkpoint.pt"
-FORMAT = "fewseg-checkpoint-1"
+FORMAT = "fewseg-checkpoint-2"
+FORMAT_1 = "fewseg-checkpoint-1"
 
 
 def checkpoint_path(run_dir: str | Path) -> Path:
@@ -32,13 +38,14 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Model, optimizer, learner config, RNG state and step, via temp file + rename."""
+    """Model, optimizer, learner options, RNG state and step, via temp file + rename."""
     state = {
         "format": FORMAT,
         "fewseg_version": __version__,
         "step": step,
         "train_config": asdict(train),
-        "learner_config": learner.config.to_dict(),
+        "learner_name": learner.name,
+        "learner_options": as_dict(learner.options),
         "learner": learner.state_dict(),
         "optimizer": optimizer.state_dict(),
         "rng": {"torch": torch.get_rng_state()},
@@ -60,6 +67,7 @@ def remove_stale_temp_files(path: Path) -> None:
 
 
 def read_checkpoint(run_dir: str | Path) -> dict[str, Any]:
+    """The checkpoint of a run directory (or a .pt path), in the current format."""
     path = checkpoint_path(run_dir)
     if not path.is_file():
         raise FewSegError(f"{path}: no checkpoint found")
@@ -67,15 +75,58 @@ def read_checkpoint(run_dir: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, foreign pickle, …
         raise FewSegError(f"{path}: corrupt or unsafe checkpoint ({type(exc).__name__})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if not isinstance(state, dict) or state.get("format") not in (FORMAT, FORMAT_1):
         raise FewSegError(f"{path}: not a fewseg checkpoint")
+    if state["format"] == FORMAT_1:
+        state = upgraded_from_format_1(state)
+    if state["learner_name"] not in LEARNERS:
+        raise FewSegError(f"{path}: a checkpoint of unknown learner {state['learner_name']!r}")
     return state
+
+
+# fewseg 0.1 kept the protonet's backbone and neck beside each other
+_FORMAT_1_RENAMES = {"protonet": (("encoder.", "encoder.backbone."), ("neck.", "encoder.neck."))}
+
+
+def upgraded_from_format_1(state: dict[str, Any]) -> dict[str, Any]:
+    """A format-1 checkpoint in format 2: the learner's own options kept from the flat
+    record (the others were ignored), ``first_order`` maml called fomaml, and the weights
+    renamed where modules moved."""
+    flat = dict(state["learner_config"])
+    name = state["train_config"]["learner"]
+    if name == "maml" and flat.get("first_order"):
+        name = "fomaml"
+    if name not in LEARNERS:
+        return {**state, "format": FORMAT, "learner_name": name, "learner_options": {}}
+    own = field_names(LEARNERS.get(name).Options)
+    weights = state["learner"]
+    for old, new in _FORMAT_1_RENAMES.get(name, ()):
+        weights = {(new + k[len(old) :] if k.startswith(old) else k): v for k, v in weights.items()}
+    upgraded = {k: v for k, v in state.items() if k != "learner_config"}
+    return {
+        **upgraded,
+        "format": FORMAT,
+        "train_config": {**state["train_config"], "learner": name},
+        "learner_name": name,
+        "learner_options": {k: v for k, v in flat.items() if k in own},
+        "learner": weights,
+    }
+
+
+def saved_options(state: dict[str, Any]) -> dict[str, Any]:
+    """The learner options of a checkpoint, an option added to fewseg after it was written
+    taking its default (the value that keeps the behaviour it had)."""
+    options_class = LEARNERS.get(state["learner_name"]).Options
+    return {**defaults(options_class), **state["learner_options"]}
 
 
 def restore_learner(state: dict[str, Any], path: str | Path, device: str = "cpu") -> Learner:
     """Rebuild the learner a checkpoint was written for and load its weights."""
-    train = state["train_config"]
-    learner = LEARNERS.get(train["learner"])(LearnerConfig.from_dict(state["learner_config"]))
+    learner_class = LEARNERS.get(state["learner_name"])
+    options = options_from(
+        learner_class.Options, saved_options(state), str(checkpoint_path(path)), learner_class.name
+    )
+    learner = learner_class(options)
     load_learner_state(learner, state, path)
     return learner.to(device)
 
@@ -86,5 +137,5 @@ def load_learner_state(learner: Learner, state: dict[str, Any], path: str | Path
     except RuntimeError:
         raise FewSegError(
             f"{checkpoint_path(path)}: its weights do not fit learner {learner.name!r} "
-            f"with backbone {learner.config.backbone!r} (a checkpoint of another architecture)"
+            f"with backbone {learner.options.backbone!r} (a checkpoint of another architecture)"
         ) from None

@@ -1,44 +1,53 @@
-"""Training configuration: defaults ← YAML file ← command-line flags."""
+"""Training configuration: defaults ← YAML file ← command-line flags.
+
+:class:`TrainConfig` holds what determines a training run besides the learner's own
+options, which each learner declares (fewseg.learners.base); :func:`resolve_config` splits
+merged values between the two. Torch-free: the command line's help reads it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from fewseg.errors import FewSegError
-from fewseg.learners.config import LearnerConfig
+from fewseg.options import field_names, option, options_from
+
+if TYPE_CHECKING:
+    from fewseg.learners.base import LearnerOptions
 
 
 @dataclass
 class TrainConfig:
-    """Everything that determines a training run (learner hyperparameters aside)."""
+    """Everything that determines a training run (the learner's options aside)."""
 
-    learner: str = "maml"
-    dataset: str = "synthetic"
-    fold: str = "0"
-    shots: int = 1
-    max_shots: int | None = None  # each task draws its shot count from shots..max_shots
-    steps: int = 1000
-    seed: int = 0
-    meta_batch: int = 4
-    size: int | None = None  # None: the dataset's default size
-    augment: bool = True
-    min_mask_pixels: int = 0
-    val_fraction: float = 0.1  # share of the meta-train classes held out for validation
-    val_every: int = 100  # steps between validations (0: never)
-    val_episodes: int = 100
-    checkpoint_every: int = 50
-    log_every: int = 10
-    device: str = "cpu"
-    backend: str = "auto"  # torchrun runs: auto (nccl on CUDA, else gloo), gloo or nccl
-    dist_timeout: float = 600.0  # seconds a collective waits for the other ranks
+    learner: str = option("maml", "the learner to meta-train (fewseg list)")
+    dataset: str = option("synthetic", "dataset spec, kind:ROOT[,key=value...]")
+    fold: str = option("0", "the fold whose meta-train classes train")
+    shots: int = option(1, "support images per training task")
+    max_shots: int | None = option(
+        None, "each task draws its shot count from shots..max_shots (one model, all K)"
+    )
+    steps: int = option(1000, "meta-training steps")
+    seed: int = option(0, "seed of the initial weights, the tasks and their augmentation")
+    meta_batch: int = option(4, "tasks per step")
+    size: int | None = option(None, "square image size (default: the dataset's)")
+    augment: bool = option(True, "random scale-crop, flip and colour jitter of each task")
+    min_mask_pixels: int = option(0, "drop (class, image) pairs whose mask has fewer pixels")
+    val_fraction: float = option(0.1, "share of the meta-train classes held out for validation")
+    val_every: int = option(100, "steps between validations (0: never)")
+    val_episodes: int = option(100, "episodes of each validation")
+    checkpoint_every: int = option(50, "steps between checkpoints")
+    log_every: int = option(10, "steps between metric records")
+    device: str = option("cpu", "cpu, cuda or cuda:N")
+    backend: str = option("auto", "torchrun runs: auto (nccl on CUDA, else gloo), gloo or nccl")
+    dist_timeout: float = option(600.0, "torchrun runs: seconds a collective waits for the others")
 
 
-TRAIN_FIELDS = {f.name for f in fields(TrainConfig)}
-LEARNER_FIELDS = {f.name for f in fields(LearnerConfig)}
+TRAIN_FIELDS = field_names(TrainConfig)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -56,40 +65,22 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
-def _coerce(name: str, value: Any, default: Any, source: str) -> Any:
-    """Check a YAML value against the field's default type (ints accepted for floats)."""
-    if value is None or default is None:
-        return value
-    expected = type(default)
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if expected is str and isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
-    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-        raise FewSegError(f"{source}: option {name} must be {expected.__name__}, got {value!r}")
-    return value
-
-
 def resolve_config(
     file_values: dict[str, Any], flag_values: dict[str, Any], source: str = "config"
-) -> tuple[TrainConfig, LearnerConfig]:
-    """Merge defaults, then the YAML file, then flags (flags given as None are absent)."""
+) -> tuple[TrainConfig, LearnerOptions]:
+    """Merge defaults, then the YAML file, then flags (flags given as None are absent);
+    the keys that are not training options are the learner's, checked against its
+    ``Options``."""
+    from fewseg.learners import LEARNERS
+
     merged = {**file_values, **{k: v for k, v in flag_values.items() if v is not None}}
-    unknown = sorted(set(merged) - TRAIN_FIELDS - LEARNER_FIELDS)
-    if unknown:
-        raise FewSegError(f"{source}: unknown option(s) {', '.join(unknown)}")
-    train_defaults, learner_defaults = asdict(TrainConfig()), asdict(LearnerConfig())
-    train = {
-        k: _coerce(k, v, train_defaults[k], source) for k, v in merged.items() if k in TRAIN_FIELDS
-    }
-    learner = {
-        k: _coerce(k, v, learner_defaults[k], source)
-        for k, v in merged.items()
-        if k in LEARNER_FIELDS
-    }
-    config = TrainConfig(**train)
+    train_values = {k: v for k, v in merged.items() if k in TRAIN_FIELDS}
+    config = options_from(TrainConfig, train_values, source)
     check_train_config(config)
-    return config, LearnerConfig(**learner)
+    learner_class = LEARNERS.get(config.learner)
+    learner_values = {k: v for k, v in merged.items() if k not in TRAIN_FIELDS}
+    options = options_from(learner_class.Options, learner_values, source, config.learner)
+    return config, options
 
 
 def check_train_config(config: TrainConfig) -> None:
@@ -100,6 +91,8 @@ def check_train_config(config: TrainConfig) -> None:
         raise FewSegError(
             f"option max_shots must be >= shots ({config.shots}), got {config.max_shots}"
         )
+    if config.size is not None and config.size < 8:
+        raise FewSegError(f"option size must be >= 8, got {config.size}")
     if not 0.0 <= config.val_fraction < 1.0:
         raise FewSegError(f"option val_fraction must be in [0, 1), got {config.val_fraction}")
     if config.val_every < 0:
@@ -110,8 +103,8 @@ def check_train_config(config: TrainConfig) -> None:
         raise FewSegError(f"option dist_timeout must be > 0, got {config.dist_timeout}")
 
 
-def write_yaml(path: Path, train: TrainConfig, learner: LearnerConfig) -> None:
+def write_yaml(path: Path, train: TrainConfig, options: LearnerOptions) -> None:
     from fewseg.fileio import atomic_write
 
-    text = yaml.safe_dump({**asdict(train), **asdict(learner)}, sort_keys=False)
+    text = yaml.safe_dump({**asdict(train), **asdict(options)}, sort_keys=False)
     atomic_write(path, lambda handle: handle.write(text.encode()))

@@ -245,20 +245,21 @@ def episode_row(title: str, episode: EpisodeTensors, prediction: torch.Tensor) -
         prediction = prediction[1] > prediction[0]
     elif prediction.ndim == 3 and prediction.shape[0] == 1:
         prediction = prediction[0]
-    if prediction.shape != episode.query_mask.shape:
+    query = episode.query
+    if prediction.shape != query.masks[0].shape:
         raise ValueError(
             f"prediction shape {tuple(prediction.shape)} does not match the query mask "
-            f"{tuple(episode.query_mask.shape)}"
+            f"{tuple(query.masks[0].shape)}"
         )
     support = episode.support
     return EpisodeRow(
         title=title,
         support_images=[denormalize(image) for image in support.images],
         support_masks=[_bool_mask(mask) for mask in support.masks],
-        query_image=denormalize(episode.query_image),
-        query_mask=_bool_mask(episode.query_mask),
+        query_image=denormalize(query.images[0]),
+        query_mask=_bool_mask(query.masks[0]),
         prediction=_bool_mask(prediction),
-        query_ignore=episode.query_ignore.detach().cpu().numpy().astype(bool),
+        query_ignore=query.ignore[0].detach().cpu().numpy().astype(bool),
     )
 
 

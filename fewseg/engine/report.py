@@ -1,12 +1,112 @@
-"""Plain-text tables for the terminal and the evaluation report file."""
+"""Evaluation reports: typed records, turned into JSON only when written; text tables."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from fewseg.errors import FewSegError
 from fewseg.fileio import write_json
+
+REPORT_NAME = "report.json"
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    """The scores of one fixed episode list."""
+
+    seed: int
+    miou: float  # percent
+    fbiou: float  # percent
+    per_class: dict[str, float]  # class name → IoU in percent
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """What was evaluated, and how."""
+
+    dataset: str  # the spec
+    source: dict[str, Any]  # the source's own settings
+    fold: str
+    shots: int
+    episodes: int
+    seeds: list[int]
+    image_size: int
+    scored_at: str
+    learner: dict[str, Any]  # Learner.settings()
+    device: str
+    trained: dict[str, Any] | None = None  # checkpoint, step, training config
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    """``report.json``: the settings and the scores (mean over seeds; population std when
+    there are several), each seed's run, and which classes were used.
+
+    ``classes_without_episodes`` names usable test classes that no episode drew (possible
+    with few episodes): mIoU averages only the classes that were scored."""
+
+    fewseg_version: str
+    settings: ReportSettings
+    miou: float
+    fbiou: float
+    per_class: dict[str, float]
+    seconds: float
+    runs: list[SeedResult]
+    fold_convention: str
+    classes_used: list[str]
+    classes_left_out: dict[str, int]  # class name → usable images
+    classes_without_episodes: list[str]
+    meta_train_classes: list[str]
+    miou_std: float | None = None
+    fbiou_std: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object (key order as written since fewseg 0.1; the stds only with
+        several seeds, the training record only for a trained learner)."""
+        data = asdict(self)
+        settings = data.pop("settings")
+        if settings["trained"] is None:
+            del settings["trained"]
+        stds = {k: data.pop(k) for k in ("miou_std", "fbiou_std")}
+        ordered: dict[str, Any] = {
+            "fewseg_version": data.pop("fewseg_version"),
+            "settings": settings,
+            "miou": data.pop("miou"),
+            "fbiou": data.pop("fbiou"),
+        }
+        ordered.update({k: v for k, v in stds.items() if v is not None})
+        return {**ordered, **data}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], path: str | Path = REPORT_NAME) -> EvaluationReport:
+        try:
+            settings = ReportSettings(**data["settings"])
+            runs = [SeedResult(**run) for run in data["runs"]]
+            names = {f.name for f in fields(cls)} - {"settings", "runs"}
+            values = {k: v for k, v in data.items() if k in names}
+            return cls(settings=settings, runs=runs, **values)
+        except (KeyError, TypeError) as exc:
+            raise FewSegError(f"{path}: not a fewseg evaluation report ({exc})") from None
+
+
+def write_report(out_dir: str | Path, report: EvaluationReport) -> Path:
+    path = Path(out_dir) / REPORT_NAME
+    write_json(path, report.to_json())
+    return path
+
+
+def read_report(path: str | Path) -> EvaluationReport:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise FewSegError(f"{path}: cannot read report ({exc})") from None
+    return EvaluationReport.from_json(data, path)
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -32,33 +132,25 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join([line(headers), rule, *(line(r) for r in cells)])
 
 
-def score_text(report: dict[str, Any], key: str) -> str:
-    std = report.get(f"{key}_std")
-    return f"{report[key]:.2f}" + (f" ± {std:.2f}" if std is not None else "")
+def score_text(value: float, std: float | None) -> str:
+    return f"{value:.2f}" + (f" ± {std:.2f}" if std is not None else "")
 
 
-def evaluation_summary(report: dict[str, Any]) -> str:
-    s = report["settings"]
-    seeds = ",".join(str(x) for x in s["seeds"])
+def evaluation_summary(report: EvaluationReport) -> str:
+    s = report.settings
+    seeds = ",".join(str(x) for x in s.seeds)
     title = (
-        f"{s['learner']['learner']} on {s['dataset']} — fold {s['fold']} "
-        f"({report['fold_convention']}), {s['shots']}-shot, {s['episodes']} episodes, "
-        f"seed {seeds}, {s['image_size']}x{s['image_size']}"
+        f"{s.learner['learner']} on {s.dataset} — fold {s.fold} "
+        f"({report.fold_convention}), {s.shots}-shot, {s.episodes} episodes, "
+        f"seed {seeds}, {s.image_size}x{s.image_size}"
     )
-    rows = sorted(report["per_class"].items())
-    table = format_table(["class", "IoU %"], rows)
+    table = format_table(["class", "IoU %"], sorted(report.per_class.items()))
     lines = [title, "", table, ""]
-    if report["classes_left_out"]:
-        left = ", ".join(f"{n} ({k} images)" for n, k in report["classes_left_out"].items())
-        lines.append(f"left out (fewer than {s['shots'] + 1} images): {left}")
+    if report.classes_left_out:
+        left = ", ".join(f"{n} ({k} images)" for n, k in report.classes_left_out.items())
+        lines.append(f"left out (fewer than {s.shots + 1} images): {left}")
     lines.append(
-        f"mIoU {score_text(report, 'miou')}   FB-IoU {score_text(report, 'fbiou')}   "
-        f"({report['seconds']:.1f} s)"
+        f"mIoU {score_text(report.miou, report.miou_std)}   "
+        f"FB-IoU {score_text(report.fbiou, report.fbiou_std)}   ({report.seconds:.1f} s)"
     )
     return "\n".join(lines)
-
-
-def write_report(out_dir: str | Path, report: dict[str, Any]) -> Path:
-    path = Path(out_dir) / "report.json"
-    write_json(path, report)
-    return path

@@ -1,29 +1,22 @@
-"""Scoring predictions on a second thread, behind the thread that adapts and encodes.
-
-The evaluation's main thread queues each episode's predictor and query; a background
-thread predicts and scores them in order. When the episodes run out, the main thread
-scores what is still queued alongside it, from the other end of the queue, so that
-neither core idles at the end. Each thread counts into its own scores: the counts are
-integers, so their sum does not depend on which thread scored which episode.
-"""
+"""Scoring predictions on a thread of its own, behind the thread that runs the learner."""
 
 from __future__ import annotations
 
+import queue
 import threading
-from collections import deque
-from collections.abc import Sequence
-from concurrent.futures import Future
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
 import numpy as np
 import torch
 
-from fewseg.identity_memo import IdentityMemo
-from fewseg.learners.base import Predictor
 from fewseg.metrics import GroundTruth, SegmentationScores
 from fewseg.models.segmenter import foreground_logit
 from fewseg.threads import set_up_helper_thread
+
+GROUND_TRUTHS_KEPT = 256
 
 
 def foreground_prediction(logits: torch.Tensor) -> torch.Tensor:
@@ -39,71 +32,42 @@ def foreground_prediction(logits: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class QueuedQuery:
+class ScoredQuery:
+    """One episode's prediction and its query's ground truth (prepared once per
+    ``truth_key``: an evaluation queries each image with each of its classes many times)."""
+
     class_index: int
-    predict: Predictor
-    image: torch.Tensor  # [1,3,H,W], on the learner's device
+    logits: torch.Tensor  # [1,1,H,W] or [1,2,H,W]
     mask: torch.Tensor  # [H,W]
     ignore: torch.Tensor  # [H,W] bool
-    ready: Sequence[Future[None]] = ()  # to wait for first (the encoding of its images)
-
-
-class GroundTruths(IdentityMemo[GroundTruth]):
-    """The prepared ground truth of the query images met, found by the identity of their
-    (mask, ignore) tensors: ``get((mask, ignore))``."""
-
-    def __init__(self, capacity: int = 256) -> None:
-        super().__init__(GroundTruth.of, capacity)
-
-
-def score_query(scores: SegmentationScores, query: QueuedQuery, truths: GroundTruths) -> None:
-    for future in query.ready:
-        future.result()
-    prediction = foreground_prediction(query.predict(query.image))[0]
-    scores.update_with(query.class_index, prediction, truths.get((query.mask, query.ignore)))
+    truth_key: Hashable
 
 
 class ScoringQueue:
-    """At most ``backlog`` queries wait (which bounds the memory they hold): a caller that
-    puts one more scores the newest waiting one itself rather than wait for the worker.
-    Use as a context manager; :meth:`finish` returns the scores of every query put."""
+    """Use as a context manager: :meth:`put` queues a query for the scoring thread (waiting
+    while ``backlog`` are queued, which bounds the memory they hold); :meth:`finish`
+    returns the scores of every query put. An error raised while scoring is raised by the
+    next :meth:`put` or by :meth:`finish`."""
 
     def __init__(self, classes: Sequence[int], backlog: int) -> None:
         if backlog < 1:
             raise ValueError(f"backlog must be >= 1, got {backlog}")
-        self._classes = tuple(classes)
-        self._backlog = backlog
-        self._queries: deque[QueuedQuery] = deque()
-        self._changed = threading.Condition()
-        self._closed = False
+        self._scores = SegmentationScores(classes)
+        self._queries: queue.Queue[ScoredQuery | None] = queue.Queue(backlog)
+        self._truths: OrderedDict[Hashable, GroundTruth] = OrderedDict()
         self._error: BaseException | None = None
-        self._worker_scores = SegmentationScores(self._classes)
-        self._caller_scores = SegmentationScores(self._classes)  # the thread that puts
-        self._truths = GroundTruths()
         self._thread = threading.Thread(target=self._work, name="fewseg-score", daemon=True)
         self._thread.start()
 
-    def put(self, query: QueuedQuery) -> None:
-        with self._changed:
-            self._raise_worker_error()
-            waiting = self._queries.pop() if len(self._queries) >= self._backlog else None
-            self._queries.append(query)
-            self._changed.notify_all()
-        if waiting is not None:
-            score_query(self._caller_scores, waiting, self._truths)
+    def put(self, query: ScoredQuery) -> None:
+        self._raise_error()
+        self._queries.put(query)
 
     def finish(self) -> SegmentationScores:
-        """Scores the queries still waiting together with the worker, then returns the
-        scores of all of them (an error raised while scoring is raised here)."""
-        self._close()
-        while (query := self._take(newest=True)) is not None:
-            score_query(self._caller_scores, query, self._truths)
+        self._queries.put(None)
         self._thread.join()
-        self._raise_worker_error()
-        scores = SegmentationScores(self._classes)
-        scores.add(self._caller_scores)
-        scores.add(self._worker_scores)
-        return scores
+        self._raise_error()
+        return self._scores
 
     def __enter__(self) -> ScoringQueue:
         return self
@@ -114,38 +78,32 @@ class ScoringQueue:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self._thread.is_alive():  # left early (an error): drop what waits
-            with self._changed:
-                self._queries.clear()
-            self._close()
+        if self._thread.is_alive():  # left early (an error): stop the worker
+            self._error = self._error or RuntimeError("scoring stopped")
+            self._queries.put(None)
             self._thread.join()
 
-    def _close(self) -> None:
-        with self._changed:
-            self._closed = True
-            self._changed.notify_all()
-
-    def _take(self, newest: bool) -> QueuedQuery | None:
-        with self._changed:
-            while not self._queries and not self._closed:
-                self._changed.wait()
-            if not self._queries or self._error is not None:
-                return None
-            query = self._queries.pop() if newest else self._queries.popleft()
-            self._changed.notify_all()
-            return query
+    def _truth(self, query: ScoredQuery) -> GroundTruth:
+        truth = self._truths.get(query.truth_key)
+        if truth is None:
+            truth = self._truths[query.truth_key] = GroundTruth.of(query.mask, query.ignore)
+            if len(self._truths) > GROUND_TRUTHS_KEPT:
+                self._truths.popitem(last=False)
+        else:
+            self._truths.move_to_end(query.truth_key)
+        return truth
 
     def _work(self) -> None:
         set_up_helper_thread()
-        try:
-            while (query := self._take(newest=False)) is not None:
-                score_query(self._worker_scores, query, self._truths)
-        except BaseException as exc:  # handed to the thread that puts or finishes
-            with self._changed:
+        while (query := self._queries.get()) is not None:
+            if self._error is not None:
+                continue  # drain after an error, so that a waiting put returns
+            try:
+                prediction = foreground_prediction(query.logits)[0]
+                self._scores.update_with(query.class_index, prediction, self._truth(query))
+            except BaseException as exc:  # handed to the thread that puts or finishes
                 self._error = exc
-                self._queries.clear()
-                self._changed.notify_all()
 
-    def _raise_worker_error(self) -> None:
+    def _raise_error(self) -> None:
         if self._error is not None:
             raise self._error

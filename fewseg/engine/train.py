@@ -11,6 +11,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,16 +28,19 @@ from fewseg.engine.checkpoint import (
     load_learner_state,
     read_checkpoint,
     save_checkpoint,
+    saved_options,
 )
 from fewseg.engine.config import TrainConfig, write_yaml
-from fewseg.engine.evaluate import EvaluationSettings, score_plan
+from fewseg.engine.features import attached, training_stores
 from fewseg.engine.interrupt import StopRequest, TrainingInterrupted
+from fewseg.engine.runner import score_plan
+from fewseg.engine.settings import EvaluationSettings
 from fewseg.episodes.sampler import draw_episode, episode_plan, usable_classes
 from fewseg.episodes.tensors import EpisodeTensors, load_episode, load_resized_episode
 from fewseg.episodes.transforms import augment_transform
 from fewseg.errors import FewSegError
-from fewseg.learners.base import LEARNERS, Learner
-from fewseg.learners.config import LearnerConfig
+from fewseg.learners.base import LEARNERS, Learner, LearnerOptions
+from fewseg.options import as_dict, changed_options, defaults
 
 
 class TrainingDiverged(FewSegError):
@@ -166,7 +170,7 @@ def validate(
 
 def train(
     config: TrainConfig,
-    learner_config: LearnerConfig,
+    options: LearnerOptions,
     run_dir: str | Path,
     resume: bool = False,
     progress: bool = True,
@@ -185,7 +189,7 @@ def train(
     tasks_of_rank(config.meta_batch, rank, world)  # a meta-batch that does not split fails now
 
     torch.manual_seed(config.seed)  # the initial weights are part of the run
-    learner = LEARNERS.get(config.learner)(learner_config)
+    learner = LEARNERS.get(config.learner)(options)
     if not learner.trainable:
         raise FewSegError(f"learner {config.learner!r} is training-free: use `fewseg evaluate`")
     device = torch.device(distributed.local_device(config.device))
@@ -195,7 +199,7 @@ def train(
     existing = checkpoint_path(run_dir)
     if resume:
         state = distributed.from_main(lambda: read_checkpoint(run_dir))  # rank 0's disk
-        check_resumable(state, config, learner.config, existing)
+        check_resumable(state, config, learner.options, existing)
         load_learner_state(learner, state, existing)
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -206,7 +210,7 @@ def train(
     main = distributed.is_main()  # only rank 0 writes files
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_yaml(run_dir / "config.yaml", config, learner_config)
+        write_yaml(run_dir / "config.yaml", config, options)
     log = MetricsLog(run_dir, start, enabled=main)
 
     summary: dict[str, Any] = {"start_step": start, "validation": {}}
@@ -221,13 +225,14 @@ def train(
     window: list[dict[str, float]] = []
     began = time.perf_counter()
     stop = StopRequest().install()  # Ctrl-C: save at the end of the step, then stop
+    # frozen backbones: each un-augmented image encoded once for the whole run
+    features = ExitStack()
+    features.enter_context(attached(training_stores(learner)))
     try:
         for step in bar:
             episodes = training_batch(source, classes.train, config, size, step, rank, world)
             episodes = [e.to(device) for e in episodes]
             learner.train()
-            if config.augment:
-                learner.forget_features()
             optimizer.zero_grad(set_to_none=True)
             metrics = learner.meta_gradients(episodes)
             metrics = distributed.average_meta_gradients(learner.outer_parameters(), metrics)
@@ -274,6 +279,7 @@ def train(
                     f"checkpoint of step {done} saved to {existing}; continue with --resume"
                 )
     finally:
+        features.close()
         stop.restore()
         log.close()
         bar.close()
@@ -298,35 +304,26 @@ RESUME_MAY_CHANGE |= {"backend", "dist_timeout"}  # a run resumes on any world s
 
 
 def check_resumable(
-    state: dict[str, Any], config: TrainConfig, learner_config: LearnerConfig, path: Path
+    state: dict[str, Any], config: TrainConfig, options: LearnerOptions, path: Path
 ) -> None:
-    """A resumed run must be the same run (``learner_config`` as the learner holds it),
-    and not yet at ``config.steps``."""
-    check_same_run(state, config, learner_config, path)
+    """A resumed run must be the same run, and not yet at ``config.steps``."""
+    check_same_run(state, config, options, path)
     if state["step"] >= config.steps:
         raise FewSegError(f"{path}: already at step {state['step']} >= --steps {config.steps}")
 
 
 def check_same_run(
-    state: dict[str, Any], config: TrainConfig, learner_config: LearnerConfig, path: Path
+    state: dict[str, Any], config: TrainConfig, options: LearnerOptions, path: Path
 ) -> None:
     """Only a run's length and bookkeeping may differ from its checkpoint's. An option the
     checkpoint lacks was added to fewseg after it was written and counts as its default,
     the value that keeps the behaviour it had before (as when the learner is restored)."""
-    changed = changed_options(state["train_config"], asdict(config), asdict(TrainConfig()))
+    changed = changed_options(state["train_config"], asdict(config), defaults(TrainConfig))
     changed = [k for k in changed if k not in RESUME_MAY_CHANGE]
-    learner_changes = changed_options(
-        state["learner_config"], learner_config.to_dict(), asdict(LearnerConfig())
-    )
-    changed += [f"learner option {k}" for k in learner_changes]
+    if state["learner_name"] != config.learner:
+        changed.append("learner")
+    else:
+        learner_changes = changed_options(saved_options(state), as_dict(options), {})
+        changed += [f"learner option {k}" for k in learner_changes]
     if changed:
         raise FewSegError(f"{path}: cannot resume with different {', '.join(changed)}")
-
-
-def changed_options(
-    saved: dict[str, Any], current: dict[str, Any], defaults: dict[str, Any]
-) -> list[str]:
-    """The options of ``current`` whose value differs from ``saved``'s, an option missing
-    from ``saved`` standing for its value in ``defaults``, sorted."""
-    saved = {**defaults, **saved}
-    return sorted(k for k, v in current.items() if saved.get(k) != v)

@@ -27,6 +27,7 @@ class EpisodePlan:
     episodes: tuple[Episode, ...]
     classes_used: tuple[int, ...]
     classes_left_out: dict[int, int]  # class index → number of usable images
+    seed: int = 0
 
 
 def usable_classes(
@@ -81,4 +82,4 @@ def episode_plan(
         )
     rng = np.random.default_rng(seed)
     plan = tuple(draw_episode(source, used, shots, rng) for _ in range(episodes))
-    return EpisodePlan(plan, used, left_out)
+    return EpisodePlan(plan, used, left_out, seed)

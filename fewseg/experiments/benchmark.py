@@ -18,8 +18,8 @@ import torch
 from fewseg.allocator import retain_freed_memory
 from fewseg.data.source import SegmentationSource
 from fewseg.data.spec import open_source
-from fewseg.engine.evaluate import EvaluationSettings, evaluation_report
-from fewseg.engine.report import write_report
+from fewseg.engine.evaluate import EvaluationSettings, evaluate
+from fewseg.engine.report import EvaluationReport, read_report, write_report
 from fewseg.errors import FewSegError
 from fewseg.experiments.demo import DemoPlan, overlay_grid, prepare_learner
 from fewseg.learners.base import Learner
@@ -119,16 +119,16 @@ def summarize_folds(per_fold: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def fold_entry(report: dict[str, Any]) -> dict[str, Any]:
-    runs = report["runs"]
+def fold_entry(report: EvaluationReport) -> dict[str, Any]:
+    runs = report.runs
     return {
-        "miou": runs[0]["miou"],
-        "fbiou": runs[0]["fbiou"],
-        "seed_miou": [r["miou"] for r in runs],
-        "seed_fbiou": [r["fbiou"] for r in runs],
-        "classes_used": report["classes_used"],
-        "classes_left_out": report["classes_left_out"],
-        "seconds": report["seconds"],
+        "miou": runs[0].miou,
+        "fbiou": runs[0].fbiou,
+        "seed_miou": [r.miou for r in runs],
+        "seed_fbiou": [r.fbiou for r in runs],
+        "classes_used": report.classes_used,
+        "classes_left_out": report.classes_left_out,
+        "seconds": report.seconds,
     }
 
 
@@ -185,9 +185,9 @@ def run_task(plan: BenchPlan, task: BenchTask, out: Path, progress: bool) -> dic
             report_dir = fold_dir / "eval" / f"{task.learner}-{dataset}-{shots}shot"
             report = finished_report(report_dir, learner, spec, settings, seeds)
             if report is None:
-                report = evaluation_report(learner, source, spec, settings, seeds)
+                report = evaluate(learner, source, spec, settings, seeds)
                 write_report(report_dir, report)
-            work_seconds += report["seconds"]
+            work_seconds += report.seconds
             entries.setdefault(dataset, {})[f"{shots}shot"] = fold_entry(report)
         if task.fold == plan.folds[0]:
             overlay = fold_dir / "overlays" / f"{task.learner}-{dataset}-{plan.shots[0]}shot.png"
@@ -210,7 +210,7 @@ def finished_report(
     spec: str,
     settings: EvaluationSettings,
     seeds: list[int],
-) -> dict[str, Any] | None:
+) -> EvaluationReport | None:
     """The report an earlier (interrupted) run wrote for this very evaluation, if any: same
     dataset, fold, shots, episodes, seeds, image size and learner settings. Delete the run
     directory to evaluate again."""
@@ -218,22 +218,29 @@ def finished_report(
     if not path.is_file():
         return None
     try:
-        report = json.loads(path.read_text())
-        written = report["settings"]
-    except (OSError, ValueError, KeyError, TypeError):
+        report = read_report(path)
+    except FewSegError:
         return None  # unreadable: evaluate again
-    expected = {
-        "dataset": spec,
-        "fold": settings.fold,
-        "shots": settings.shots,
-        "episodes": settings.episodes,
-        "seeds": seeds,
-        "image_size": settings.size,
-        "learner": json.loads(json.dumps(learner.settings())),
-    }
-    if any(written.get(k) != v for k, v in expected.items()):
-        return None
-    return report
+    written = report.settings
+    expected = (
+        spec,
+        settings.fold,
+        settings.shots,
+        settings.episodes,
+        seeds,
+        settings.size,
+        json.loads(json.dumps(learner.settings())),
+    )
+    found = (
+        written.dataset,
+        written.fold,
+        written.shots,
+        written.episodes,
+        written.seeds,
+        written.image_size,
+        written.learner,
+    )
+    return report if found == expected else None
 
 
 def _init_worker(threads: int) -> None:

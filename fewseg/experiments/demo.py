@@ -11,11 +11,12 @@ import torch
 
 from fewseg.data.source import SegmentationSource
 from fewseg.data.spec import open_source
-from fewseg.engine.checkpoint import checkpoint_path, read_checkpoint, restore_learner
-from fewseg.engine.config import read_yaml, resolve_config
-from fewseg.engine.evaluate import EvaluationSettings, evaluation_report
+from fewseg.engine.checkpoint import checkpoint_path, read_checkpoint
+from fewseg.engine.config import TRAIN_FIELDS, read_yaml, resolve_config
+from fewseg.engine.evaluate import EvaluationSettings, evaluate
 from fewseg.engine.figures import episode_row, plot_episode_grid, plot_learning_curves
-from fewseg.engine.report import format_table, write_report
+from fewseg.engine.loading import load_learner
+from fewseg.engine.report import EvaluationReport, format_table, write_report
 from fewseg.engine.scoring import foreground_prediction
 from fewseg.engine.train import check_same_run, train
 from fewseg.episodes.sampler import episode_plan
@@ -23,7 +24,7 @@ from fewseg.episodes.tensors import load_resized_episode
 from fewseg.errors import FewSegError
 from fewseg.fileio import atomic_write, write_json
 from fewseg.learners.base import LEARNERS, Learner
-from fewseg.learners.config import LearnerConfig
+from fewseg.options import field_names
 
 
 @dataclass
@@ -43,14 +44,14 @@ class DemoPlan:
 class LearnerResult:
     name: str
     train_seconds: float | None
-    reports: dict[int, dict[str, Any]] = field(default_factory=dict)
+    reports: dict[int, EvaluationReport] = field(default_factory=dict)
 
 
 def read_plan(path: str | Path) -> DemoPlan:
     values = read_yaml(path)
     try:
         evaluation = values["evaluate"]
-        return DemoPlan(
+        plan = DemoPlan(
             dataset=str(values["dataset"]),
             fold=str(values.get("fold", "0")),
             train=dict(values.get("train") or {}),
@@ -63,17 +64,41 @@ def read_plan(path: str | Path) -> DemoPlan:
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise FewSegError(f"{path}: not a demo plan ({exc})") from None
+    check_plan_options(plan)
+    return plan
+
+
+def check_plan_options(plan: DemoPlan) -> None:
+    """Every shared ``train`` option is a training option or an option of some learner of
+    the plan (each learner takes those it has)."""
+    known = set(TRAIN_FIELDS)
+    for name in plan.learners:
+        known |= field_names(LEARNERS.get(name).Options)
+    unknown = sorted(set(plan.train) - known)
+    if unknown:
+        raise FewSegError(
+            f"{plan.source_file}: train: unknown option(s) {', '.join(unknown)} "
+            "(neither training options nor any learner's)"
+        )
+
+
+def learner_values(plan: DemoPlan, name: str) -> dict[str, Any]:
+    """Learner ``name``'s options in the plan: the shared ones it has, then its own."""
+    own = field_names(LEARNERS.get(name).Options)
+    shared = {k: v for k, v in plan.train.items() if k in own}
+    return {**shared, **plan.learners[name]}
 
 
 def train_learner(plan: DemoPlan, name: str, out: Path, progress: bool) -> tuple[Learner, float]:
+    shared = {k: v for k, v in plan.train.items() if k in TRAIN_FIELDS}
     values = {
-        **plan.train,
-        **plan.learners[name],
+        **shared,
+        **learner_values(plan, name),
         "learner": name,
         "dataset": plan.dataset,
         "fold": plan.fold,
     }
-    config, learner_config = resolve_config(values, {}, f"{plan.source_file} ({name})")
+    config, options = resolve_config(values, {}, f"{plan.source_file} ({name})")
     run_dir = out / "train" / name
     # A finished run is reused and an interrupted one continues from its checkpoint, exactly
     # as if it had not stopped; one with other settings is refused with the setting named.
@@ -81,12 +106,13 @@ def train_learner(plan: DemoPlan, name: str, out: Path, progress: bool) -> tuple
     if resume:
         state = read_checkpoint(run_dir)
         if state["step"] >= config.steps:
-            effective = LEARNERS.get(name)(learner_config).config  # e.g. fomaml: first_order
-            check_same_run(state, config, effective, checkpoint_path(run_dir))
-            return restore_learner(state, run_dir), state["extra"].get("seconds", 0.0)
-    summary = train(config, learner_config, run_dir, resume=resume, progress=progress)
+            check_same_run(state, config, options, checkpoint_path(run_dir))
+            loaded = load_learner(run_dir, state=state)
+            return loaded.learner, state["extra"].get("seconds", 0.0)
+    summary = train(config, options, run_dir, resume=resume, progress=progress)
     state = read_checkpoint(run_dir)  # its seconds: the same figure a reuse reports
-    return restore_learner(state, run_dir), state["extra"].get("seconds", summary["seconds"])
+    loaded = load_learner(run_dir, state=state)
+    return loaded.learner, state["extra"].get("seconds", summary["seconds"])
 
 
 def prepare_learner(
@@ -95,10 +121,9 @@ def prepare_learner(
     """A training-free learner as built, or a trainable one meta-trained into ``out/train``
     (with its training seconds)."""
     torch.manual_seed(plan.seed)
-    learner = LEARNERS.get(name)(LearnerConfig(**learner_options(plan, name)))
-    if not learner.trainable:
-        return learner, None
-    return train_learner(plan, name, out, progress)
+    if LEARNERS.get(name).trainable:
+        return train_learner(plan, name, out, progress)
+    return load_learner(name, options=learner_values(plan, name)).learner, None
 
 
 def overlay_grid(
@@ -116,7 +141,7 @@ def overlay_grid(
     learner.eval()
     for episode in episodes.episodes:
         tensors = load_resized_episode(source, episode, size)
-        logits = learner.adapt(tensors.support)(tensors.query_image[None])
+        logits = learner.adapt(tensors.support)(tensors.query.images)
         title = f"{source.class_name(episode.class_index)}"
         rows.append(episode_row(title, tensors, foreground_prediction(logits)[0]))
     return plot_episode_grid(rows, out_png)
@@ -132,7 +157,7 @@ def run_demo(plan: DemoPlan, out: str | Path, progress: bool = True) -> list[Lea
         result = LearnerResult(name, seconds)
         for shots in plan.shots:
             settings = EvaluationSettings(plan.fold, shots, plan.episodes, size, progress=progress)
-            report = evaluation_report(learner, source, plan.dataset, settings, [plan.seed])
+            report = evaluate(learner, source, plan.dataset, settings, [plan.seed])
             write_report(out / "eval" / f"{name}-{shots}shot", report)
             result.reports[shots] = report
         overlay_grid(
@@ -141,7 +166,7 @@ def run_demo(plan: DemoPlan, out: str | Path, progress: bool = True) -> list[Lea
         results.append(result)
         print(
             f"{name}: "
-            + ", ".join(f"{k}-shot mIoU {r['miou']:.1f}" for k, r in result.reports.items()),
+            + ", ".join(f"{k}-shot mIoU {r.miou:.1f}" for k, r in result.reports.items()),
             flush=True,
         )
     trained = {r.name: out / "train" / r.name for r in results if r.train_seconds is not None}
@@ -149,14 +174,6 @@ def run_demo(plan: DemoPlan, out: str | Path, progress: bool = True) -> list[Lea
         plot_learning_curves(trained, out / "figures" / "learning-curves.png")
     write_demo_report(plan, results, out)
     return results
-
-
-def learner_options(plan: DemoPlan, name: str) -> dict[str, Any]:
-    from dataclasses import fields
-
-    known = {f.name for f in fields(LearnerConfig)}
-    merged = {**plan.train, **plan.learners[name]}
-    return {k: v for k, v in merged.items() if k in known}
 
 
 def results_table(plan: DemoPlan, results: list[LearnerResult]) -> str:
@@ -168,7 +185,7 @@ def results_table(plan: DemoPlan, results: list[LearnerResult]) -> str:
     for r in results:
         row: list[Any] = [r.name]
         for k in plan.shots:
-            row += [r.reports[k]["miou"], r.reports[k]["fbiou"]]
+            row += [r.reports[k].miou, r.reports[k].fbiou]
         row.append(f"{r.train_seconds:.0f}" if r.train_seconds is not None else "-")
         rows.append(row)
     return format_table(headers, rows)
@@ -180,11 +197,11 @@ def write_demo_report(plan: DemoPlan, results: list[LearnerResult], out: Path) -
     lines = [
         "# fewseg demo",
         "",
-        f"Dataset `{plan.dataset}`, fold {plan.fold} ({first['fold_convention']}): meta-trained on "
-        f"{len(first['meta_train_classes'])} classes, evaluated on {len(first['classes_used'])} "
-        f"classes never seen in training: {', '.join(first['classes_used'])}.",
+        f"Dataset `{plan.dataset}`, fold {plan.fold} ({first.fold_convention}): meta-trained on "
+        f"{len(first.meta_train_classes)} classes, evaluated on {len(first.classes_used)} "
+        f"classes never seen in training: {', '.join(first.classes_used)}.",
         f"Evaluation: {plan.episodes} episodes per setting, seed {plan.seed}, "
-        f"{first['settings']['image_size']}x{first['settings']['image_size']} px; "
+        f"{first.settings.image_size}x{first.settings.image_size} px; "
         "mIoU and FB-IoU in percent (HSNet/PFENet protocol).",
         "",
         "```",
@@ -210,10 +227,7 @@ def write_demo_report(plan: DemoPlan, results: list[LearnerResult], out: Path) -
         {
             r.name: {
                 "train_seconds": r.train_seconds,
-                **{
-                    f"{k}shot": {"miou": v["miou"], "fbiou": v["fbiou"]}
-                    for k, v in r.reports.items()
-                },
+                **{f"{k}shot": {"miou": v.miou, "fbiou": v.fbiou} for k, v in r.reports.items()},
             }
             for r in results
         },

@@ -7,6 +7,6 @@ from fewseg.learners import (
     protonet,  # noqa: F401  (registers)
     reptile,  # noqa: F401  (registers)
 )
-from fewseg.learners.base import LEARNERS, Learner, Predictor
+from fewseg.learners.base import LEARNERS, Learner, LearnerOptions, Predictor, build_learner
 
-__all__ = ["LEARNERS", "Learner", "Predictor"]
+__all__ = ["LEARNERS", "Learner", "LearnerOptions", "Predictor", "build_learner"]

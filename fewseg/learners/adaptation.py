@@ -9,20 +9,21 @@ inside the inner loop.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch.func import functional_call
 
-from fewseg.episodes.tensors import SupportSet
-from fewseg.learners.base import Learner, Predictor, build_backbone
-from fewseg.learners.config import LearnerConfig
+from fewseg.episodes.tensors import LabelledImages
+from fewseg.errors import FewSegError
+from fewseg.learners.base import Learner, Predictor, TrainableOptions, build_backbone
 from fewseg.learners.inner_loop import LossFunction, Params, adapt_parameters
 from fewseg.learners.losses import balanced_pixel_weights, weighted_bce
-from fewseg.models.feature_cache import FeatureCache, encode
+from fewseg.models.encoder import Encoder
 from fewseg.models.segmenter import Segmenter
 from fewseg.models.upsample import bilinear_resize
+from fewseg.options import option
 
 HEAD_PREFIX = "head."
 
@@ -54,17 +55,46 @@ def subsample_masks(
     return new, grid(masks), grid(ignore)
 
 
+@dataclass
+class GradientOptions(TrainableOptions):
+    """Options of the learners that adapt by SGD steps on the support set."""
+
+    hidden: int = option(64, "width of the decoder head (a multiple of 8)")
+    inner_steps: int = option(5, "SGD steps on the support set when adapting")
+    inner_lr: float = option(0.1, "learning rate of those steps")
+    head_only: bool = option(
+        False, "adapt the decoder head only (ANIL); always so with a frozen backbone"
+    )
+    loss_size: int = option(
+        0, "side of the grid the pixel losses use, masks subsampled (0: the image size)"
+    )
+
+    def __post_init__(self) -> None:
+        if self.loss_size < 0:
+            raise FewSegError(f"loss_size must be >= 0 (0: the image size), got {self.loss_size}")
+        if self.inner_steps < 0:
+            raise FewSegError(f"inner_steps must be >= 0, got {self.inner_steps}")
+        if self.hidden < 8 or self.hidden % 8:
+            raise FewSegError(f"hidden must be a positive multiple of 8, got {self.hidden}")
+
+
 class GradientAdaptedSegmenter(Learner):
     """A :class:`Segmenter` plus the machinery to adapt some of its parameters functionally."""
 
-    def __init__(self, config: LearnerConfig) -> None:
-        super().__init__(config)
-        self.model = Segmenter(build_backbone(config), config.hidden)
-        self.feature_cache = FeatureCache(self.model.encoder)
+    options: GradientOptions
+
+    def __init__(self, options: GradientOptions) -> None:
+        super().__init__(options)
+        self.model = Segmenter(build_backbone(options), options.hidden)
 
     @property
     def head_only(self) -> bool:
-        return self.config.head_only or self.model.encoder.frozen
+        return self.options.head_only or self.model.encoder.frozen
+
+    @property
+    def encoder(self) -> Encoder | None:  # type: ignore[override]
+        """The backbone when only the head adapts; otherwise adaptation changes it too."""
+        return self.model.encoder if self.head_only else None
 
     def adapted_names(self) -> list[str]:
         return list(self.initial_parameters())
@@ -74,11 +104,6 @@ class GradientAdaptedSegmenter(Learner):
         module = self.model.head if self.head_only else self.model
         prefix = HEAD_PREFIX if self.head_only else ""
         return {prefix + n: p for n, p in module.named_parameters() if p.requires_grad}
-
-    def encode(
-        self, images: torch.Tensor | Sequence[torch.Tensor], **frozen_options: Any
-    ) -> torch.Tensor:
-        return encode(self.model.encoder, self.feature_cache, images, **frozen_options)
 
     def logits(
         self, params: Mapping[str, torch.Tensor], inputs: torch.Tensor, size: tuple[int, int]
@@ -94,7 +119,8 @@ class GradientAdaptedSegmenter(Learner):
         return functional_call(self.model, dict(params), (inputs,))
 
     def inputs(self, images: torch.Tensor) -> torch.Tensor:
-        return self.encode(images) if self.head_only else images
+        """What :meth:`logits` takes: the encoder's features in head-only mode, else images."""
+        return self.model.encoder(images) if self.head_only else images
 
     def pixel_loss(
         self,
@@ -107,8 +133,8 @@ class GradientAdaptedSegmenter(Learner):
         (features or images) against masks of ``size``; the pixel weights are computed
         once, here. With ``loss_size`` set (and a frozen encoder) the logits are resized
         straight to that grid and the masks subsampled onto it."""
-        if self.head_only and self.config.loss_size:
-            size, masks, ignore = subsample_masks(masks, ignore, self.config.loss_size)
+        if self.head_only and self.options.loss_size:
+            size, masks, ignore = subsample_masks(masks, ignore, self.options.loss_size)
         target, weights = balanced_pixel_weights(masks, ignore, inputs.dtype)
 
         def loss(params: Params) -> torch.Tensor:
@@ -116,15 +142,12 @@ class GradientAdaptedSegmenter(Learner):
 
         return loss
 
-    def support_loss(self, support: SupportSet) -> LossFunction:
+    def support_loss(self, support: LabelledImages) -> LossFunction:
         inputs = self.inputs(support.images)
         return self.pixel_loss(inputs, support.images.shape[-2:], support.masks, support.ignore)
 
     def inner_learning_rates(self) -> Mapping[str, torch.Tensor | float] | float:
-        return self.config.inner_lr
-
-    def adapt_to(self, support: SupportSet, first_order: bool) -> Params:
-        return self.adapt_with(self.support_loss(support), first_order)
+        return self.options.inner_lr
 
     def adapt_with(
         self, loss: LossFunction, first_order: bool, losses: list[torch.Tensor] | None = None
@@ -135,12 +158,12 @@ class GradientAdaptedSegmenter(Learner):
             loss,
             self.initial_parameters(),
             self.inner_learning_rates(),
-            self.config.inner_steps,
+            self.options.inner_steps,
             first_order=first_order,
             losses=losses,
         )
 
-    def adapt(self, support: SupportSet) -> Predictor:
+    def adapt(self, support: LabelledImages) -> Predictor:
         """Test time: ``inner_steps`` SGD steps at ``inner_lr`` on the support loss."""
         with torch.no_grad():  # support features need no graph at test time
             loss = self.support_loss(support)

@@ -9,15 +9,25 @@ baseline: Chen et al., "A Closer Look at Few-shot Classification", ICLR 2019; Ti
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
-from fewseg.episodes.tensors import EpisodeTensors
+from fewseg.episodes.tensors import EpisodeTensors, LabelledImages
 from fewseg.errors import FewSegError
-from fewseg.learners.adaptation import GradientAdaptedSegmenter
-from fewseg.learners.base import LEARNERS
+from fewseg.learners.adaptation import GradientAdaptedSegmenter, GradientOptions
+from fewseg.learners.base import register_learner
+from fewseg.options import option
 
 
+@dataclass
+class FineTuneOptions(GradientOptions):
+    outer_lr: float = option(1e-3, "learning rate of the training optimizer (Adam)")
+
+
+@register_learner(
+    "finetune", "control: plain segmentation training, then SGD fine-tuning on the support set"
+)
 class FineTune(GradientAdaptedSegmenter):
     """Train: foreground BCE of the plain segmenter on every labelled image of the episodes
     (supports and queries, each with its episode's class mask), averaged over all valid
@@ -28,23 +38,20 @@ class FineTune(GradientAdaptedSegmenter):
     same adapted parameters (the head alone under ``head_only`` or a frozen encoder).
     """
 
-    name = "finetune"
+    Options = FineTuneOptions
+    options: FineTuneOptions
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.outer_parameters(), lr=self.options.outer_lr)
 
     def meta_gradients(self, episodes: Sequence[EpisodeTensors]) -> dict[str, float]:
         if not episodes:
             raise FewSegError("finetune: empty meta-batch")
         device = next(self.model.head.parameters()).device
-        examples = [e.labelled_images() for e in episodes]
-        images = torch.cat([e.images for e in examples]).to(device)
-        masks = torch.cat([e.masks for e in examples]).to(device)
-        ignore = torch.cat([e.ignore for e in examples]).to(device)
-        loss = self.pixel_loss(self.inputs(images), images.shape[-2:], masks, ignore)(
-            self.initial_parameters()
-        )
+        examples = LabelledImages.cat([e.labelled_images() for e in episodes]).to(device)
+        images = examples.images
+        loss = self.pixel_loss(
+            self.inputs(images), images.shape[-2:], examples.masks, examples.ignore
+        )(self.initial_parameters())
         loss.backward()
         return {"loss": loss.item()}
-
-
-LEARNERS.register(
-    "finetune", "control: plain segmentation training, then SGD fine-tuning on the support set"
-)(FineTune)

@@ -7,13 +7,9 @@ background and foreground prototypes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
-
 import torch
 import torch.nn.functional as F
 
-from fewseg.episodes.tensors import SupportSet
-from fewseg.identity_memo import IdentityMemo
 from fewseg.models.upsample import adaptive_average_pool, bilinear_resize
 
 
@@ -62,42 +58,17 @@ def combined_prototypes(pools: ShotPool) -> torch.Tensor:
     return (per_shot * present.unsqueeze(-1)).sum(dim=0) / counts.unsqueeze(-1)
 
 
-SHOT_POOLS_KEPT = 256
-"""Shots whose pooled features a learner keeps; an entry holds the shot's image and masks,
-which an evaluation's samples hold anyway (fewseg.episodes.sample_cache)."""
-
-
-def shot_pools_memo() -> IdentityMemo[ShotPool]:
-    """The memo :func:`support_prototypes` takes."""
-    return IdentityMemo(None, SHOT_POOLS_KEPT)
-
-
 def support_prototypes(
-    support: SupportSet,
-    features_of: Callable[[Sequence[torch.Tensor] | torch.Tensor], torch.Tensor],
-    memo: IdentityMemo[ShotPool] | None,
-    version: Hashable = None,
+    features: torch.Tensor, masks: torch.Tensor, ignore: torch.Tensor
 ) -> torch.Tensor:
-    """:func:`shot_prototypes` of a support set, with ``features_of(images)`` its features.
-
-    For a support set made of shots (:meth:`SupportSet.of_shots`) each shot's pooled
-    features are found in or added to ``memo`` (:func:`shot_pools_memo`) by the identity of
-    the shot's tensors and ``version``, which must identify what ``features_of`` computes
-    (None for a frozen backbone): an evaluation meets each labelled image in many support
-    sets, and pooling K shots' features took longer than predicting a query. Shots on
-    another device than the CPU are not kept: an evaluation copies each episode's tensors
-    there anew, so they would never be found again.
-    """
-    if memo is None or not support.mask_rows or support.rows[0].device.type != "cpu":
-        features = features_of(support.encoder_images())
-        return shot_prototypes(features, support.masks, support.ignore)
-
-    def pool(image: torch.Tensor, mask: torch.Tensor, ignore: torch.Tensor, _: object) -> ShotPool:
-        features = features_of([image])
-        return _pools(features, mask_weights(mask[None], ignore[None], features.shape[-2:]))
-
-    shots = zip(support.rows, support.mask_rows, support.ignore_rows, strict=True)
-    pools = [memo.get(shot, version, compute=pool) for shot in shots]
+    """:func:`shot_prototypes`, each shot pooled on its own (features [K,C,h,w], masks and
+    ignore [K,H,W]): the prediction-time form, whose values do not depend on how many
+    shots there are."""
+    size = features.shape[-2:]
+    pools = [
+        _pools(features[k : k + 1], mask_weights(masks[k : k + 1], ignore[k : k + 1], size))
+        for k in range(len(features))
+    ]
     return combined_prototypes((torch.cat([p[0] for p in pools]), torch.cat([p[1] for p in pools])))
 
 
@@ -109,18 +80,14 @@ def feature_norms(features: torch.Tensor) -> torch.Tensor:
 
 
 def cosine_logits(
-    features: torch.Tensor,
-    prototypes: torch.Tensor,
-    scale: float | torch.Tensor,
-    norms: torch.Tensor | None = None,
+    features: torch.Tensor, prototypes: torch.Tensor, scale: float | torch.Tensor
 ) -> torch.Tensor:
     """scale · cos(feature, prototype) per pixel: [B,C,h,w] and [P,C] → [B,P,h,w].
 
     As ``F.normalize``, but the feature norms divide the dot products instead of the
-    features. ``norms``: :func:`feature_norms` of ``features``, where the caller keeps
-    them (an evaluation meets each query image in many episodes)."""
+    features."""
     dots = torch.einsum("bchw,pc->bphw", features, F.normalize(prototypes, dim=1))
-    return _divided_by_norms(dots, features, scale, norms)
+    return scale * (dots / feature_norms(features))
 
 
 def margin_direction(prototypes: torch.Tensor) -> torch.Tensor:
@@ -131,10 +98,7 @@ def margin_direction(prototypes: torch.Tensor) -> torch.Tensor:
 
 
 def cosine_margin(
-    features: torch.Tensor,
-    direction: torch.Tensor,
-    scale: float | torch.Tensor,
-    norms: torch.Tensor | None = None,
+    features: torch.Tensor, direction: torch.Tensor, scale: float | torch.Tensor
 ) -> torch.Tensor:
     """The foreground logit of :func:`cosine_logits` against a background logit of 0:
     features [B,C,h,w] → [B,1,h,w], scale · (cos(feature, foreground) − cos(feature,
@@ -142,17 +106,7 @@ def cosine_margin(
     where the two logits take two."""
     batch, _, height, width = features.shape
     dots = torch.matmul(direction, features.flatten(2)).view(batch, 1, height, width)
-    return _divided_by_norms(dots, features, scale, norms)
-
-
-def _divided_by_norms(
-    dots: torch.Tensor,
-    features: torch.Tensor,
-    scale: float | torch.Tensor,
-    norms: torch.Tensor | None,
-) -> torch.Tensor:
-    """scale · dots / ‖feature‖ per pixel; ``norms`` when the caller keeps them."""
-    return scale * (dots / (feature_norms(features) if norms is None else norms))
+    return scale * (dots / feature_norms(features))
 
 
 def prediction_logits(
@@ -160,10 +114,9 @@ def prediction_logits(
     direction: torch.Tensor,
     scale: float | torch.Tensor,
     size: tuple[int, int] | torch.Size,
-    norms: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Foreground logits [B,1,H,W] for prediction: :func:`cosine_margin`, bilinearly resized
     to ``size``. Resizing is linear and the softmax shift-invariant, so the probabilities
     and the argmax are those of the resized two-class :func:`cosine_logits`, for half the
     resizing and no background map."""
-    return bilinear_resize(cosine_margin(features, direction, scale, norms), size)
+    return bilinear_resize(cosine_margin(features, direction, scale), size)

@@ -9,19 +9,37 @@ giving θ'_i; the outer step is θ ← θ + ε (mean_i θ'_i − θ).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
-from fewseg.episodes.tensors import EpisodeTensors, SupportSet
+from fewseg.episodes.tensors import EpisodeTensors, LabelledImages
 from fewseg.errors import FewSegError
-from fewseg.learners.adaptation import GradientAdaptedSegmenter
-from fewseg.learners.base import LEARNERS, Predictor
-from fewseg.learners.config import LearnerConfig
+from fewseg.learners.adaptation import GradientAdaptedSegmenter, GradientOptions
+from fewseg.learners.base import Predictor, register_learner
 from fewseg.learners.inner_loop import LossFunction, Params
+from fewseg.options import option
 
 INNER_OPTIMIZERS = ("sgd", "adam")
 
 
+@dataclass
+class ReptileOptions(GradientOptions):
+    reptile_optimizer: str = option("sgd", "the inner optimizer: sgd or adam")
+    reptile_epsilon: float = option(0.5, "outer step size: θ ← θ + ε (mean θ' − θ)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.reptile_optimizer not in INNER_OPTIMIZERS:
+            raise FewSegError(
+                f"reptile_optimizer must be one of {', '.join(INNER_OPTIMIZERS)}, "
+                f"got {self.reptile_optimizer!r}"
+            )
+
+
+@register_learner(
+    "reptile", "Reptile (Nichol et al. 2018): move towards SGD/Adam-adapted weights, first order"
+)
 class Reptile(GradientAdaptedSegmenter):
     """Reptile on the adapted parameters (the head alone under ``head_only``/frozen encoder).
 
@@ -31,23 +49,16 @@ class Reptile(GradientAdaptedSegmenter):
     Reptile update. Parameters that are not adapted receive no update.
     """
 
-    name = "reptile"
-
-    def __init__(self, config: LearnerConfig) -> None:
-        if config.reptile_optimizer not in INNER_OPTIMIZERS:
-            raise FewSegError(
-                f"reptile_optimizer must be one of {', '.join(INNER_OPTIMIZERS)}, "
-                f"got {config.reptile_optimizer!r}"
-            )
-        super().__init__(config)
+    Options = ReptileOptions
+    options: ReptileOptions
 
     def outer_parameters(self) -> list[torch.nn.Parameter]:
         return list(self.initial_parameters().values())
 
     def make_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.outer_parameters(), lr=self.config.reptile_epsilon)
+        return torch.optim.SGD(self.outer_parameters(), lr=self.options.reptile_epsilon)
 
-    def task_loss(self, examples: SupportSet) -> LossFunction:
+    def task_loss(self, examples: LabelledImages) -> LossFunction:
         """Mean foreground BCE of ``examples`` as a function of the adapted parameters."""
         with torch.no_grad():  # the encoder is not adapted in head-only mode: constant features
             inputs = self.inputs(examples.images)
@@ -58,15 +69,15 @@ class Reptile(GradientAdaptedSegmenter):
         ``start``; returns the adapted parameters and the loss at ``start``."""
         params = {n: p.detach().clone().requires_grad_(True) for n, p in start.items()}
         leaves = list(params.values())
-        lr = self.config.inner_lr
+        lr = self.options.inner_lr
         optimizer = (
             torch.optim.Adam(leaves, lr=lr)
-            if self.config.reptile_optimizer == "adam"
+            if self.options.reptile_optimizer == "adam"
             else torch.optim.SGD(leaves, lr=lr)
         )
         initial_loss: torch.Tensor | None = None
         with torch.enable_grad():
-            for _ in range(self.config.inner_steps):
+            for _ in range(self.options.inner_steps):
                 value = loss(params)
                 for leaf, g in zip(leaves, torch.autograd.grad(value, leaves), strict=True):
                     leaf.grad = g
@@ -107,10 +118,10 @@ class Reptile(GradientAdaptedSegmenter):
             "adapted_loss": torch.stack(adapted_losses).mean().item(),
         }
 
-    def adapt(self, support: SupportSet) -> Predictor:
+    def adapt(self, support: LabelledImages) -> Predictor:
         """Test time: the training inner optimizer, ``inner_steps`` steps on the support set
         (SGD through the shared functional loop; Adam with fresh state)."""
-        if self.config.reptile_optimizer == "sgd":
+        if self.options.reptile_optimizer == "sgd":
             return super().adapt(support)
         adapted, _ = self.inner_optimize(self.task_loss(support), self.initial_parameters())
 
@@ -120,8 +131,3 @@ class Reptile(GradientAdaptedSegmenter):
             return self.logits(adapted, self.inputs(query_images), size)
 
         return predict
-
-
-LEARNERS.register(
-    "reptile", "Reptile (Nichol et al. 2018): move towards SGD/Adam-adapted weights, first order"
-)(Reptile)

@@ -1,8 +1,7 @@
 """Feature extractors, registered by name.
 
-A backbone maps normalised images [B,3,H,W] to a feature map [B,C,h,w] and states its
-``out_channels`` and ``stride``. A frozen backbone stays in eval mode whatever mode its
-parent is put in, so BatchNorm running statistics never change.
+A backbone is an :class:`~fewseg.models.encoder.Encoder`: it maps normalised images
+[B,3,H,W] to a feature map [B,C,h,w] and states its ``out_channels`` and ``stride``.
 """
 
 from __future__ import annotations
@@ -18,40 +17,15 @@ from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
 
 from fewseg.errors import FewSegError
 from fewseg.models.batchnorm_folding import FoldedInference
+from fewseg.models.encoder import Encoder
 from fewseg.registry import Registry
 
 BackboneFactory = Callable[..., "Backbone"]
 BACKBONES: Registry[BackboneFactory] = Registry("backbone")
 
 
-class Backbone(nn.Module):
-    """Base class: ``forward(images) -> features`` plus ``out_channels``, ``stride``, ``frozen``.
-
-    ``forward`` also takes ``early_batch_pixels``, a hint from callers that trade memory
-    for speed: how many pixels of images its high-resolution layers may take at once
-    when no graph is recorded (0: one image at a time). A backbone may ignore it.
-    """
-
-    out_channels: int
-    stride: int
-
-    def __init__(self, frozen: bool) -> None:
-        super().__init__()
-        self.frozen = frozen
-
-    def freeze(self) -> None:
-        self.frozen = True
-        self.requires_grad_(False)
-        self.eval()
-
-    def train(self, mode: bool = True) -> Backbone:
-        """A frozen backbone stays in eval mode; a trainable one keeps its BatchNorm layers in
-        eval mode (running statistics are never updated, in inner loops or elsewhere)."""
-        super().train(mode and not self.frozen)
-        for module in self.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
-        return self
+class Backbone(Encoder):
+    """An image encoder with a name in :data:`BACKBONES` and (for most) pretrained weights."""
 
 
 def pretrained_weights_file(weights: MobileNet_V2_Weights) -> Path:
@@ -82,6 +56,8 @@ class MobileNetV2Features(Backbone):
 
     STRIDES = (2, 2, 4, 4, 8, 8, 8, 16, 16, 16, 16, 16, 16, 16, 32, 32, 32, 32, 32)
     PER_IMAGE_BLOCKS = 5  # blocks 0-4: their inputs are at stride 2 or 4
+    # four 96×96 images at once take 10% less time than one at a time and 2.5× the memory
+    EARLY_BATCH_PIXELS = 4 * 96 * 96
 
     def __init__(
         self,
@@ -145,19 +121,17 @@ class MobileNetV2Features(Backbone):
                 outputs.append(x)
         return x
 
-    def forward(self, images: torch.Tensor, early_batch_pixels: int = 0) -> torch.Tensor:
-        """Without autograd, the high-resolution blocks (input stride < 8) take one image at a
-        time (each made channels-last on its own) and the rest the whole batch: the peak
-        memory of a batch is then about that of one image in the early blocks, which
-        dominate it, plus the batch's small stride-8 maps. ``early_batch_pixels`` lets
-        small images through them in groups of up to that many pixels (a caller that
-        trades memory for speed: at 96×96, four images at once take 10% less time and
-        2.5× the memory; at 400×400 a group is slower than one image at a time). The
-        features are bitwise those of one batched pass on CPU (tests/test_backbones.py)."""
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Without autograd, the high-resolution blocks (input stride < 8) take images in
+        groups of up to ``EARLY_BATCH_PIXELS`` pixels (four 96×96 images; one at a time from
+        192×192 up: at 400×400 a group is slower than one image at a time) and the rest the whole
+        batch: the peak memory of a batch is then about that of one group in the early
+        blocks, which dominate it, plus the batch's small stride-8 maps. The features are
+        bitwise those of one batched pass on CPU (tests/test_backbones.py)."""
         split = min(self.PER_IMAGE_BLOCKS, len(self.blocks))
         outputs: list[torch.Tensor] = []
         if len(images) > 1 and not torch.is_grad_enabled():
-            group = max(1, early_batch_pixels // (images.shape[-2] * images.shape[-1]))
+            group = max(1, self.EARLY_BATCH_PIXELS // (images.shape[-2] * images.shape[-1]))
             groups = images.split(group)
             per_group = [[] for _ in groups]  # tap outputs among the early blocks
             x = torch.cat(

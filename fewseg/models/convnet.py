@@ -41,8 +41,7 @@ class ConvEncoder(Backbone):
         if frozen:
             self.freeze()
 
-    def forward(self, images: torch.Tensor, early_batch_pixels: int = 0) -> torch.Tensor:
-        """``early_batch_pixels``: see :class:`Backbone`; a small network runs whole batches."""
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.blocks(images)
 
 

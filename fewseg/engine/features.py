@@ -1,0 +1,235 @@
+"""The engine's feature store: each named image encoded once.
+
+In an evaluation every image appears in many episodes, and a learner's encoder (the part
+that maps an image alone to features) does not change during it; in a training run a
+frozen backbone never changes. A :class:`FeatureStore` attached to such an encoder answers
+its calls for images the episode loaders named (fewseg.episodes.image_keys) from features
+computed before, and computes what it lacks in one batch. Unnamed images (augmented ones)
+go straight through the encoder. With :meth:`FeatureStore.encode_ahead`, encoder threads
+compute the features of images before the learner asks for them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any
+
+import torch
+
+from fewseg.episodes.image_keys import ImageKey, image_keys
+from fewseg.models.encoder import Encoder, Features
+
+DEFAULT_BUDGET_BYTES = 1 << 30
+
+
+def _rows(features: Features) -> list[Features]:
+    """One image's features per row of a batch's."""
+    if isinstance(features, torch.Tensor):
+        return list(features)
+    return [tuple(parts) for parts in zip(*features, strict=True)]
+
+
+def _stacked(rows: Sequence[Features]) -> Features:
+    """The batch of :func:`_rows` (a single row becomes a view)."""
+
+    def stack(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        return parts[0][None] if len(parts) == 1 else torch.stack(list(parts))
+
+    if isinstance(rows[0], torch.Tensor):
+        return stack(rows)  # type: ignore[arg-type]
+    return tuple(stack(parts) for parts in zip(*rows, strict=True))
+
+
+def _nbytes(features: Features) -> int:
+    if isinstance(features, torch.Tensor):
+        return features.nbytes
+    return sum(part.nbytes for part in features)
+
+
+class FeatureStore:
+    """Features by image name for the encoders it is attached to (one store per encoder,
+    or one per encoder function), least recently used out first beyond ``max_bytes``.
+    Thread-safe: a name being computed on one thread is waited for on another."""
+
+    def __init__(self, max_bytes: int = DEFAULT_BUDGET_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[ImageKey, Features] = OrderedDict()
+        self._pending: dict[ImageKey, Future[Features]] = {}
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def features(self, encoder: Encoder, images: torch.Tensor) -> Features:
+        """``encoder``'s features of ``images``: those of named images found or computed
+        once, without gradients; unnamed images computed by the encoder as they are."""
+        keys = image_keys(images)
+        if keys is None:
+            return encoder.compute(images)
+        found: list[Features | Future[Features] | None] = []
+        mine: dict[int, Future[Features]] = {}
+        with self._lock:
+            for i, key in enumerate(keys):
+                entry = self._entries.get(key)
+                if entry is not None:
+                    self._entries.move_to_end(key)
+                    found.append(entry)
+                elif key in self._pending:
+                    found.append(self._pending[key])
+                else:
+                    mine[i] = self._pending[key] = Future()
+                    found.append(None)
+            self.hits += len(keys) - len(mine)
+            self.misses += len(mine)
+        computed = self._compute(encoder, images, keys, mine) if mine else None
+        if computed is not None and len(mine) == len(keys):
+            return computed
+        rows = []
+        for i, entry in enumerate(found):
+            if isinstance(entry, Future):
+                entry = entry.result()
+            elif entry is None:
+                entry = mine[i].result()
+            rows.append(entry)
+        return _stacked(rows)
+
+    def _compute(
+        self,
+        encoder: Encoder,
+        images: torch.Tensor,
+        keys: Sequence[ImageKey],
+        mine: dict[int, Future[Features]],
+    ) -> Features:
+        """The features of the rows ``mine`` of ``images``, in one batch, stored."""
+        rows = list(mine)
+        batch = images if len(rows) == len(images) else images[rows]
+        try:
+            with torch.no_grad():
+                computed = encoder.compute(batch)
+        except BaseException as error:
+            with self._lock:
+                for i in rows:
+                    self._pending.pop(keys[i], None)
+                    mine[i].set_exception(error)
+            raise
+        with self._lock:
+            for i, row in zip(rows, _rows(computed), strict=True):
+                self._store(keys[i], row)
+                self._pending.pop(keys[i], None)
+        for i, row in zip(rows, _rows(computed), strict=True):
+            mine[i].set_result(row)
+        return computed
+
+    def _store(self, key: ImageKey, row: Features) -> None:
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._bytes -= _nbytes(old)
+        self._entries[key] = row
+        self._bytes += _nbytes(row)
+        while self._bytes > self.max_bytes and len(self._entries) > 1:
+            _, evicted = self._entries.popitem(last=False)
+            self._bytes -= _nbytes(evicted)
+
+    # ---- encoding ahead, on threads of its own --------------------------------------------
+
+    def start_encoders(self, workers: int) -> None:
+        """Encoder threads for :meth:`encode_ahead`, each running torch on one thread (one
+        stream of images through a network on every core leaves other threads no core,
+        and small late layers parallelise poorly)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(
+                workers, "fewseg-encode", initializer=torch.set_num_threads, initargs=(1,)
+            )
+
+    def stop_encoders(self, cancel: bool = False) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=cancel)
+            self._pool = None
+
+    def encode_ahead(self, encoder: Encoder, images: torch.Tensor) -> None:
+        """Have the encoder threads compute the features of the named ``images`` that are
+        neither stored nor being computed, one image per task (then they do not depend
+        on which images share a batch). Needs :meth:`start_encoders`."""
+        if self._pool is None:
+            raise RuntimeError("encode_ahead needs start_encoders first")
+        keys = image_keys(images)
+        if keys is None:
+            return
+        for i, key in enumerate(keys):
+            with self._lock:
+                if key in self._entries or key in self._pending:
+                    continue
+                future: Future[Features] = Future()
+                self._pending[key] = future
+            image = images[i : i + 1]
+            self._pool.submit(self._encode_one, encoder, image, key, future)
+
+    def _encode_one(
+        self, encoder: Encoder, image: torch.Tensor, key: ImageKey, future: Future[Features]
+    ) -> None:
+        try:
+            with torch.no_grad():
+                row = _rows(encoder.compute(image))[0]
+        except BaseException as error:
+            with self._lock:
+                self._pending.pop(key, None)
+            future.set_exception(error)
+            return
+        with self._lock:
+            self._store(key, row)
+            self._pending.pop(key, None)
+            self.misses += 1
+        future.set_result(row)
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop_encoders(cancel=error is not None)
+
+
+@contextmanager
+def attached(stores: dict[Encoder, FeatureStore]) -> Iterator[None]:
+    """Each store attached to its encoder for the body, then what was attached before."""
+    previous = {encoder: encoder.attach(store) for encoder, store in stores.items()}
+    try:
+        yield
+    finally:
+        for encoder, store in previous.items():
+            encoder.attach(store)
+
+
+def frozen_encoders(module: torch.nn.Module) -> list[Encoder]:
+    """The encoders in ``module`` whose weights never change (frozen backbones): the outer
+    ones only, as an encoder's output covers what it contains."""
+    found: list[Encoder] = []
+    for child in module.modules():
+        inside = any(child in set(outer.modules()) for outer in found)
+        if isinstance(child, Encoder) and child.frozen and not inside:
+            found.append(child)
+    return found
+
+
+def training_stores(learner: torch.nn.Module) -> dict[Encoder, FeatureStore]:
+    """A store for each frozen encoder of a learner that meta-trains."""
+    return {encoder: FeatureStore() for encoder in frozen_encoders(learner)}
+
+
+def evaluation_stores(learner: Any) -> dict[Encoder, FeatureStore]:
+    """A store for the learner's encoder, which does not change during an evaluation."""
+    encoder = learner.encoder
+    return {encoder: FeatureStore()} if encoder is not None else {}

@@ -1,0 +1,36 @@
+"""The evaluation protocol, plainly: the reference the fast runner (fewseg.engine.runner)
+is tested against, and what to read to know what fewseg's numbers mean."""
+
+from __future__ import annotations
+
+import torch
+
+from fewseg.data.source import SegmentationSource
+from fewseg.engine import distributed
+from fewseg.engine.scoring import foreground_prediction
+from fewseg.engine.settings import EvaluationSettings
+from fewseg.episodes.sampler import EpisodePlan
+from fewseg.episodes.tensors import load_resized_episode
+from fewseg.learners.base import Learner
+from fewseg.metrics import SegmentationScores
+
+
+def score_plan_reference(
+    learner: Learner, source: SegmentationSource, plan: EpisodePlan, settings: EvaluationSettings
+) -> SegmentationScores:
+    """Each episode of the fixed list in turn: adapt to its support set, predict its query
+    at the evaluation size, add the prediction's foreground/background intersection and
+    union to its class's (HSNet/PFENet protocol). A torchrun run's ranks take every
+    world_size-th episode and add up their counts."""
+    device = torch.device(distributed.local_device(settings.device))
+    scores = SegmentationScores(plan.classes_used)
+    learner.eval()
+    for episode in distributed.shard(plan.episodes):
+        tensors = load_resized_episode(source, episode, settings.size).to(device)
+        predict = learner.adapt(tensors.support)
+        with torch.no_grad():
+            logits = predict(tensors.query.images)
+        query = tensors.query
+        prediction = foreground_prediction(logits)[0]
+        scores.update(episode.class_index, prediction, query.masks[0].cpu(), query.ignore[0].cpu())
+    return distributed.all_reduce_scores(scores)

@@ -1,0 +1,113 @@
+"""The evaluation runner: the protocol of fewseg.engine.protocol, fast.
+
+Four kinds of thread share the work and the scores are those of the reference loop
+exactly (tests/test_evaluate.py): a loading thread decodes and resizes the next episodes
+(or DataLoader processes); encoder threads put the features of their images in a feature
+store attached to the learner's encoder (fewseg.engine.features) ahead of the learner;
+the calling thread runs the learner, adapting to each support set (once per distinct
+support set: :class:`AdaptationMemo`) and predicting the query; a scoring thread counts.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from fewseg.data.source import SegmentationSource
+from fewseg.engine import distributed
+from fewseg.engine.adaptation_memo import AdaptationMemo
+from fewseg.engine.features import FeatureStore, attached, evaluation_stores
+from fewseg.engine.scoring import ScoredQuery, ScoringQueue
+from fewseg.engine.settings import EvaluationSettings
+from fewseg.episodes.prefetch import prefetched
+from fewseg.episodes.sampler import Episode, EpisodePlan
+from fewseg.episodes.tensors import EpisodeDataset, EpisodeTensors
+from fewseg.learners.base import Learner
+from fewseg.metrics import SegmentationScores
+from fewseg.models.encoder import Encoder
+
+SCORING_BACKLOG = 64  # predictions waiting to be scored (bounds the memory they hold)
+LOADING_AHEAD = 32  # episodes loaded ahead of the learner
+ENCODING_AHEAD = 16  # episodes whose images are being encoded ahead of the learner
+
+
+def _first(batch: list[EpisodeTensors]) -> EpisodeTensors:
+    return batch[0]
+
+
+def score_plan(
+    learner: Learner,
+    source: SegmentationSource,
+    plan: EpisodePlan,
+    settings: EvaluationSettings,
+    description: str = "evaluate",
+    memo: AdaptationMemo | None = None,
+) -> SegmentationScores:
+    """:func:`fewseg.engine.protocol.score_plan_reference`, fast. ``memo`` (one per
+    learner state, source and image size) lends the predictor of a support set met before
+    instead of adapting again."""
+    memo = memo if memo is not None else AdaptationMemo(capacity=0)
+    dataset = EpisodeDataset(source, tuple(distributed.shard(plan.episodes)), settings.size)
+    loader: Iterable[EpisodeTensors] = (
+        DataLoader(dataset, batch_size=1, collate_fn=_first, num_workers=settings.workers)
+        if settings.workers > 0
+        else prefetched(dataset, ahead=LOADING_AHEAD)
+    )
+    device = torch.device(distributed.local_device(settings.device))
+    learner.eval()
+    quiet = not settings.progress or not distributed.is_main()
+    stores = evaluation_stores(learner)
+    ahead = stores if device.type == "cpu" else {}
+    with ExitStack() as stack:
+        stack.enter_context(attached(stores))
+        for store in ahead.values():
+            stack.enter_context(store)
+            store.start_encoders(torch.get_num_threads())
+        queue = stack.enter_context(ScoringQueue(plan.classes_used, SCORING_BACKLOG))
+        episodes = zip(dataset.episodes, loader, strict=True)
+        bar = tqdm(total=len(dataset), desc=description, unit="ep", disable=quiet, leave=False)
+        with bar:
+            for planned, episode in _encoded_ahead(episodes, ahead, device):
+                predict = memo.predictor(
+                    (planned.class_index, planned.support),
+                    lambda: learner.adapt(episode.support),  # noqa: B023 (called at once)
+                )
+                with torch.no_grad():
+                    logits = predict(episode.query.images)
+                query = episode.query
+                queue.put(
+                    ScoredQuery(
+                        planned.class_index,
+                        logits,
+                        query.masks[0],
+                        query.ignore[0],
+                        (planned.query, planned.class_index),
+                    )
+                )
+                bar.update()
+        scores = queue.finish()
+    return distributed.all_reduce_scores(scores)
+
+
+def _encoded_ahead(
+    episodes: Iterator[tuple[Episode, EpisodeTensors]],
+    stores: dict[Encoder, FeatureStore],
+    device: torch.device,
+) -> Iterator[tuple[Episode, EpisodeTensors]]:
+    """The episodes on ``device``, each handed out once the encodings of the next
+    ``ENCODING_AHEAD`` episodes' images have been asked for."""
+    waiting: deque[tuple[Episode, EpisodeTensors]] = deque()
+    for planned, episode in episodes:
+        episode = episode.to(device)
+        for encoder, store in stores.items():
+            store.encode_ahead(encoder, episode.support.images)
+            store.encode_ahead(encoder, episode.query.images)
+        waiting.append((planned, episode))
+        if len(waiting) > ENCODING_AHEAD:
+            yield waiting.popleft()
+    yield from waiting

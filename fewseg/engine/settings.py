@@ -1,0 +1,17 @@
+"""What an evaluation run is asked to do."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    fold: str
+    shots: int
+    episodes: int
+    size: int
+    workers: int = 0  # data-loading processes (0: a loading thread)
+    device: str = "cpu"
+    progress: bool = True
+    min_class_images: int = 0  # e.g. 6: the same classes for 1- and 5-shot evaluation

@@ -1,0 +1,75 @@
+"""The encoder: the part of a learner that maps each image alone to features.
+
+What an encoder computes for an image does not depend on the support set, so while the
+encoder's weights stay as they are (a frozen backbone; any learner's encoder during one
+evaluation) the engine may answer its calls from features computed before: it attaches a
+*feature store* (fewseg.engine.features), and the encoder hands each call to it. A learner
+only calls its encoder.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+Features = torch.Tensor | tuple[torch.Tensor, ...]
+"""An encoder's output for images [B,3,H,W]: a feature map [B,C,h,w], or several (a
+feature pyramid), each with the batch first."""
+
+
+class FeatureStore(Protocol):
+    def features(self, encoder: Encoder, images: torch.Tensor) -> Features: ...
+
+
+class Encoder(nn.Module):
+    """Base class: ``forward(images) -> features``, ``out_channels``, ``stride``, ``frozen``.
+
+    A frozen encoder's weights never change: it runs without gradients and stays in eval
+    mode whatever mode its parent is put in, so BatchNorm running statistics never change.
+    """
+
+    out_channels: int
+    stride: int
+
+    def __init__(self, frozen: bool) -> None:
+        super().__init__()
+        self.frozen = frozen
+        self._feature_store: FeatureStore | None = None
+
+    def freeze(self) -> None:
+        self.frozen = True
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> Encoder:
+        """A frozen encoder stays in eval mode; a trainable one keeps its BatchNorm layers in
+        eval mode (running statistics are never updated, in inner loops or elsewhere)."""
+        super().train(mode and not self.frozen)
+        for module in self.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+        return self
+
+    def attach(self, store: FeatureStore | None) -> FeatureStore | None:
+        """Hand this encoder's calls to ``store`` (None: compute them); returns the store
+        attached before."""
+        previous, self._feature_store = self._feature_store, store
+        return previous
+
+    def __call__(self, images: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if self._feature_store is not None:
+            return self._feature_store.features(self, images)
+        return self.compute(images)
+
+    def compute(self, images: torch.Tensor) -> Any:
+        """The features, computed (what a feature store calls for what it lacks)."""
+        if self.frozen:
+            with torch.no_grad():
+                return super().__call__(images)
+        return super().__call__(images)
+
+    def __getstate__(self) -> dict[str, Any]:  # a copy or a pickle has no store attached
+        state = super().__getstate__()  # type: ignore[misc]
+        return {**state, "_feature_store": None}
