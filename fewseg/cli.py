@@ -167,8 +167,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     import torch
 
     from fewseg.api import Model
+    from fewseg.apps.segment import SegmentSettings, prepare_inputs, segment
     from fewseg.data.user_images import query_paths, read_support_pair, support_pairs_in
-    from fewseg.engine.segment import SegmentSettings, prepare_inputs, segment
 
     if args.support_dir is not None:
         paths = support_pairs_in(args.support_dir)
@@ -299,6 +299,21 @@ def _add_train(commands: Any, argv: Sequence[str]) -> None:
     train.set_defaults(run=cmd_train, option_names=names)
 
 
+def _add_plan(parser: argparse.ArgumentParser, name: str) -> None:
+    """``--config`` (default configs/NAME.yaml), ``--out`` (runs/NAME), ``--no-progress``."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=Path(f"configs/{name}.yaml"),
+        metavar="FILE.yaml",
+        help=f"the {name}'s plan (default configs/{name}.yaml)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path(f"runs/{name}"), metavar="DIR", help=f"default runs/{name}"
+    )
+    _add_progress(parser)
+
+
 def _add_learner_choice(parser: argparse.ArgumentParser) -> None:
     learner = parser.add_mutually_exclusive_group()
     learner.add_argument(
@@ -343,33 +358,14 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="meta-train every learner, evaluate all on unseen classes, write a report"
     )
-    demo.add_argument(
-        "--config",
-        type=Path,
-        default=Path("configs/demo.yaml"),
-        metavar="FILE.yaml",
-        help="the demo's plan (default configs/demo.yaml)",
-    )
-    demo.add_argument(
-        "--out", type=Path, default=Path("runs/demo"), metavar="DIR", help="default runs/demo"
-    )
-    _add_progress(demo)
+    _add_plan(demo, "demo")
     demo.set_defaults(run=cmd_demo)
 
     bench = commands.add_parser(
         "bench", help="every learner on every fold of a real dataset; writes results.md/json"
     )
-    bench.add_argument(
-        "--config",
-        type=Path,
-        default=Path("configs/bench.yaml"),
-        metavar="FILE.yaml",
-        help="the benchmark's plan (default configs/bench.yaml)",
-    )
+    _add_plan(bench, "bench")
     bench.add_argument("--quick", action="store_true", help="the plan's `quick` overrides")
-    bench.add_argument(
-        "--out", type=Path, default=Path("runs/bench"), metavar="DIR", help="default runs/bench"
-    )
     bench.add_argument(
         "--docs",
         type=Path,
@@ -385,7 +381,6 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         help="train and evaluate N (fold, learner) tasks at once, in separate processes "
         "sharing the machine's threads (default: the number of CPUs)",
     )
-    _add_progress(bench)
     bench.set_defaults(run=cmd_bench)
 
     ev = commands.add_parser(

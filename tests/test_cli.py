@@ -375,3 +375,19 @@ def test_evaluate_on_coco_mini(tmp_path: Path) -> None:
     assert "person" in report["classes_used"]
     assert set(report["per_class"]) <= set(report["classes_used"])
     assert 0 <= report["miou"] <= 100 and 0 <= report["fbiou"] <= 100
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a GPU is here")
+@pytest.mark.parametrize("command", ["evaluate", "segment", "train"])
+def test_a_device_that_is_not_here_is_a_one_line_error(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = {
+        "evaluate": evaluate_args(tmp_path / "out"),
+        "segment": ["segment", "--support", "a.jpg", "a.png", "--query", "b.jpg",
+                    "--out", str(tmp_path / "out")],
+        "train": ["train", "--out", str(tmp_path / "out")],
+    }[command]  # fmt: skip
+    code, out, err = run_cli(capsys, *argv, "--device", "cuda")
+    assert_one_line_error(code, out, err, "device 'cuda': no CUDA GPU is available here")
+    assert not (tmp_path / "out").exists()

@@ -21,7 +21,7 @@ from fewseg.cli import main
 from fewseg.data.user_images import decode_mask, read_support_pair
 from fewseg.engine.config import resolve_config
 from fewseg.engine.loading import LoadedLearner
-from fewseg.engine.segment import (
+from fewseg.apps.segment import (
     SegmentSettings,
     prepare_inputs,
     segment,

@@ -83,3 +83,14 @@ def test_second_order_grad_twice_with_matrices_built_inside_the_transforms() -> 
     assert not torch._C._functorch.is_functorch_wrapped_tensor(matrix)
     expected = F.interpolate(x, (9, 9), mode="bilinear")
     torch.testing.assert_close(bilinear_resize(x, (9, 9)), expected, rtol=0, atol=1e-12)
+
+
+def test_pooling_equal_blocks_of_a_mask_gives_the_matrix_products_bits() -> None:
+    from fewseg.models.upsample import adaptive_average_pool, average_pooling_matrix
+
+    g = torch.Generator().manual_seed(0)
+    for (height, width), size in [((400, 400), (25, 25)), ((96, 80), (12, 10))]:
+        mask = (torch.rand(2, height, width, generator=g) > 0.5).float()
+        rows = average_pooling_matrix(height, size[0], mask.dtype, mask.device)
+        columns = average_pooling_matrix(width, size[1], mask.dtype, mask.device)
+        assert torch.equal(adaptive_average_pool(mask, size), rows @ mask @ columns.T)

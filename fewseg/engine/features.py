@@ -12,7 +12,7 @@ compute the features of images before the learner asks for them.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+import weakref
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from fewseg.episodes.image_keys import ImageKey, image_keys
+from fewseg.episodes.sample_cache import ByteBudgetLRU
 from fewseg.models.encoder import Encoder, Features
 
 DEFAULT_BUDGET_BYTES = 1 << 30
@@ -45,22 +46,14 @@ def _stacked(rows: Sequence[Features]) -> Features:
     return tuple(stack(parts) for parts in zip(*rows, strict=True))
 
 
-def _nbytes(features: Features) -> int:
-    if isinstance(features, torch.Tensor):
-        return features.nbytes
-    return sum(part.nbytes for part in features)
-
-
 class FeatureStore:
     """Features by image name for the encoders it is attached to (one store per encoder,
     or one per encoder function), least recently used out first beyond ``max_bytes``.
     Thread-safe: a name being computed on one thread is waited for on another."""
 
     def __init__(self, max_bytes: int = DEFAULT_BUDGET_BYTES) -> None:
-        self.max_bytes = max_bytes
-        self._entries: OrderedDict[ImageKey, Features] = OrderedDict()
+        self._entries: ByteBudgetLRU[Features] = ByteBudgetLRU(max_bytes)
         self._pending: dict[ImageKey, Future[Features]] = {}
-        self._bytes = 0
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self.hits = 0
@@ -81,7 +74,6 @@ class FeatureStore:
             for i, key in enumerate(keys):
                 entry = self._entries.get(key)
                 if entry is not None:
-                    self._entries.move_to_end(key)
                     found.append(entry)
                 elif key in self._pending:
                     found.append(self._pending[key])
@@ -123,21 +115,11 @@ class FeatureStore:
             raise
         with self._lock:
             for i, row in zip(rows, _rows(computed), strict=True):
-                self._store(keys[i], row)
+                self._entries.put(keys[i], row)
                 self._pending.pop(keys[i], None)
         for i, row in zip(rows, _rows(computed), strict=True):
             mine[i].set_result(row)
         return computed
-
-    def _store(self, key: ImageKey, row: Features) -> None:
-        old = self._entries.pop(key, None)
-        if old is not None:
-            self._bytes -= _nbytes(old)
-        self._entries[key] = row
-        self._bytes += _nbytes(row)
-        while self._bytes > self.max_bytes and len(self._entries) > 1:
-            _, evicted = self._entries.popitem(last=False)
-            self._bytes -= _nbytes(evicted)
 
     # ---- encoding ahead, on threads of its own --------------------------------------------
 
@@ -185,7 +167,7 @@ class FeatureStore:
             future.set_exception(error)
             return
         with self._lock:
-            self._store(key, row)
+            self._entries.put(key, row)
             self._pending.pop(key, None)
             self.misses += 1
         future.set_result(row)
@@ -224,12 +206,30 @@ def frozen_encoders(module: torch.nn.Module) -> list[Encoder]:
     return found
 
 
+_FROZEN_STORES: weakref.WeakKeyDictionary[Encoder, tuple[int, FeatureStore]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def frozen_store(encoder: Encoder) -> FeatureStore:
+    """The store of a frozen encoder, kept while the encoder lives and its weights stay
+    (a run's training, validations and evaluations share it)."""
+    kept = _FROZEN_STORES.get(encoder)
+    if kept is None or kept[0] != encoder.weights_version:
+        kept = _FROZEN_STORES[encoder] = (encoder.weights_version, FeatureStore())
+    return kept[1]
+
+
 def training_stores(learner: torch.nn.Module) -> dict[Encoder, FeatureStore]:
-    """A store for each frozen encoder of a learner that meta-trains."""
-    return {encoder: FeatureStore() for encoder in frozen_encoders(learner)}
+    """The store of each frozen encoder of a learner (:func:`frozen_store`)."""
+    return {encoder: frozen_store(encoder) for encoder in frozen_encoders(learner)}
 
 
 def evaluation_stores(learner: Any) -> dict[Encoder, FeatureStore]:
-    """A store for the learner's encoder, which does not change during an evaluation."""
+    """:func:`training_stores`, and a store of its own for the learner's encoder when that
+    is not frozen: it does not change during one evaluation."""
+    stores = training_stores(learner)
     encoder = learner.encoder
-    return {encoder: FeatureStore()} if encoder is not None else {}
+    if encoder is not None and encoder not in stores:
+        stores[encoder] = FeatureStore()
+    return stores

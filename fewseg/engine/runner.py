@@ -62,7 +62,8 @@ def score_plan(
     learner.eval()
     quiet = not settings.progress or not distributed.is_main()
     stores = evaluation_stores(learner)
-    ahead = stores if device.type == "cpu" else {}
+    encoder = learner.encoder
+    ahead = {encoder: stores[encoder]} if encoder is not None and device.type == "cpu" else {}
     with ExitStack() as stack:
         stack.enter_context(attached(stores))
         for store in ahead.values():

@@ -57,6 +57,9 @@ class ByteBudgetLRU(Generic[Value]):
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._entries
+
 
 class ResizedSamples:
     """``load(image_id, class_index, size)`` → (image, foreground, ignore), as

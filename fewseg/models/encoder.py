@@ -37,6 +37,24 @@ class Encoder(nn.Module):
         super().__init__()
         self.frozen = frozen
         self._feature_store: FeatureStore | None = None
+        # counts the replacements of its weights (a load, a cast, a move)
+        self.weights_version = 0
+        self.register_load_state_dict_post_hook(lambda module, _: module._weights_replaced())
+
+    def _weights_replaced(self) -> None:
+        self.weights_version += 1
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Encoder:
+        """.to(), .double(), .cuda(): the weights are replaced unless they stay where and
+        as they were (``.to`` the device they are on)."""
+        before = self._weight_addresses()
+        result = super()._apply(fn, recurse)
+        if self._weight_addresses() != before:
+            self._weights_replaced()
+        return result
+
+    def _weight_addresses(self) -> tuple[int, ...]:
+        return tuple(t.data_ptr() for t in (*self.parameters(), *self.buffers()))
 
     def freeze(self) -> None:
         self.frozen = True

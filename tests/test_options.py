@@ -1,0 +1,50 @@
+"""Options declared once: checked values, flags, and what changed between two runs."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import pytest
+
+from fewseg.errors import FewSegError
+from fewseg.options import add_flags, changed_options, defaults, option, options_from
+
+
+@dataclass
+class Example:
+    steps: int = option(3, "how many")
+    rate: float = option(0.5, "how fast")
+    name: str = option("a", "which")
+    size: int | None = option(None, "how big, if at all")
+    on: bool = option(True, "whether")
+
+
+def test_values_are_coerced_or_refused_naming_the_option_and_the_source() -> None:
+    options = options_from(Example, {"rate": 2, "name": 7, "size": 5}, "run.yaml")
+    assert (options.rate, options.name, options.size) == (2.0, "7", 5)
+    for values, message in [
+        ({"steps": "three"}, "run.yaml: option steps must be int, got 'three'"),
+        ({"steps": True}, "option steps must be int, got True"),
+        ({"on": 1}, "option on must be bool, got 1"),
+        ({"stepz": 1}, r"run.yaml: unknown option\(s\) of thing: stepz"),
+    ]:
+        with pytest.raises(FewSegError, match=message):
+            options_from(Example, values, "run.yaml", "thing")
+
+
+def test_flags_are_absent_unless_given() -> None:
+    parser = argparse.ArgumentParser()
+    add_flags(parser.add_argument_group("example"), Example)
+    given = vars(parser.parse_args(["--steps", "4", "--no-on", "--size", "9"]))
+    assert given == {"steps": 4, "rate": None, "name": None, "size": 9, "on": False}
+    assert "how fast (default 0.5)" in parser.format_help()
+
+
+def test_changed_options_count_a_missing_one_as_its_default() -> None:
+    saved = {"steps": 3, "rate": 0.5}  # written before `name` existed
+    assert changed_options(saved, {"steps": 3, "rate": 0.5, "name": "a"}, defaults(Example)) == []
+    assert changed_options(saved, {"steps": 4, "rate": 0.5, "name": "b"}, defaults(Example)) == [
+        "name",
+        "steps",
+    ]
