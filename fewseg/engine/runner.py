@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 
 import torch
 from torch.utils.data import DataLoader
@@ -69,6 +69,9 @@ def score_plan(
         for store in ahead.values():
             stack.enter_context(store)
             store.start_encoders(torch.get_num_threads())
+            # the learner's own operations on one thread too, beside the encoder threads:
+            # an idle OpenMP team spins on a core for a while
+            stack.enter_context(torch_threads(1))
         queue = stack.enter_context(ScoringQueue(plan.classes_used, SCORING_BACKLOG))
         episodes = zip(dataset.episodes, loader, strict=True)
         bar = tqdm(total=len(dataset), desc=description, unit="ep", disable=quiet, leave=False)
@@ -93,6 +96,17 @@ def score_plan(
                 bar.update()
         scores = queue.finish()
     return distributed.all_reduce_scores(scores)
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """The calling thread's torch CPU threads set to ``count`` for the body."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 def _encoded_ahead(
