@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import warnings
 from collections.abc import Mapping, Sequence
 from functools import cached_property
@@ -13,8 +10,9 @@ from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
 
+from fewseg.data.coco_index import Annotation, CocoIndex, ImageRecord
+from fewseg.data.coco_json import Rle, segmentation_rle
 from fewseg.data.imageio import check_same_size, read_rgb
 from fewseg.data.source import (
     ClassSample,
@@ -31,65 +29,14 @@ from fewseg.errors import FewSegError
 COCO_FOLDS = 4
 CONVENTIONS = ("interleaved", "consecutive")
 
-Rle = dict[str, Any]
-
-
-def _check_dataset(dataset: object, path: Path) -> None:
-    """Raise a one-line error unless ``dataset`` has the COCO instances structure."""
-
-    def fail(reason: str) -> FewSegError:
-        return FewSegError(f"{path}: not a COCO instances file ({reason})")
-
-    if not isinstance(dataset, dict):
-        raise fail("top level is not an object")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(dataset.get(key), list):
-            raise fail(f"no '{key}' list")
-    for kind, fields in (
-        ("categories", {"id": int, "name": str}),
-        ("images", {"id": int, "file_name": str, "width": int, "height": int}),
-        ("annotations", {"id": int, "image_id": int, "category_id": int}),
-    ):
-        seen: set[int] = set()
-        for i, entry in enumerate(dataset[kind]):
-            if not isinstance(entry, dict):
-                raise fail(f"{kind}[{i}] is not an object")
-            for name, type_ in fields.items():
-                value = entry.get(name)
-                if not isinstance(value, type_) or isinstance(value, bool):
-                    raise fail(f"{kind}[{i}] has no valid '{name}'")
-            if entry["id"] in seen:
-                raise fail(f"{kind} id {entry['id']} appears twice")
-            seen.add(entry["id"])
-    image_ids = {image["id"] for image in dataset["images"]}
-    category_ids = {category["id"] for category in dataset["categories"]}
-    for ann in dataset["annotations"]:
-        if ann["image_id"] not in image_ids:
-            raise fail(f"annotation {ann['id']} refers to unknown image {ann['image_id']}")
-        if ann["category_id"] not in category_ids:
-            raise fail(f"annotation {ann['id']} refers to unknown category {ann['category_id']}")
-        if not isinstance(ann.get("segmentation"), (list, dict)):
-            raise fail(f"annotation {ann['id']} has no segmentation")
-
-
-def _load_coco(path: Path) -> COCO:
-    try:
-        with path.open(encoding="utf-8") as f:
-            dataset = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FewSegError(f"{path}: cannot read COCO json ({exc})") from None
-    _check_dataset(dataset, path)
-    coco = COCO()
-    coco.dataset = dataset
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
-
 
 class CocoSource(SegmentationSource):
     """Classes are the json's categories sorted by id; masks are unions of instances.
 
-    Crowd (``iscrowd=1``) regions of the class, outside its instances, are ignored.
+    Crowd (``iscrowd=1``) regions of the class, outside its instances, are ignored. The
+    json is read through a :class:`~fewseg.data.coco_index.CocoIndex` kept in
+    ``index_cache`` (default ``$XDG_CACHE_HOME/fewseg/index``): parsed and checked the first
+    time, and again whenever the file changes.
     """
 
     kind = "coco"
@@ -101,6 +48,7 @@ class CocoSource(SegmentationSource):
         images_dir: str | Path,
         convention: str = "interleaved",
         min_mask_pixels: int = 0,
+        index_cache: str | Path | None = None,
     ) -> None:
         super().__init__(min_mask_pixels)
         if convention not in CONVENTIONS:
@@ -115,16 +63,9 @@ class CocoSource(SegmentationSource):
             raise FewSegError(f"coco: {self.annotation_file}: no such annotation file")
         if not self.images_dir.is_dir():
             raise FewSegError(f"coco: {self.images_dir}: no such images directory")
-        self._coco = _load_coco(self.annotation_file)
-        categories = sorted(self._coco.dataset["categories"], key=lambda c: c["id"])
-        self._classes = tuple(SegClass(i, c["name"]) for i, c in enumerate(categories))
-        self._index_of_category = {c["id"]: i for i, c in enumerate(categories)}
-        self._instances: dict[tuple[int, int], list[dict[str, Any]]] = {}
-        self._crowds: dict[tuple[int, int], list[dict[str, Any]]] = {}
-        for ann in self._coco.dataset["annotations"]:
-            key = (ann["image_id"], self._index_of_category[ann["category_id"]])
-            group = self._crowds if ann.get("iscrowd", 0) else self._instances
-            group.setdefault(key, []).append(ann)
+        self.index = CocoIndex(self.annotation_file, index_cache)
+        names = [name for _, name in self.index.categories()]
+        self._classes = tuple(SegClass(i, name) for i, name in enumerate(names))
 
     def classes(self) -> Sequence[SegClass]:
         return self._classes
@@ -147,62 +88,88 @@ class CocoSource(SegmentationSource):
         split = interleaved_split if self.convention == "interleaved" else consecutive_split
         return split(n, number, COCO_FOLDS)
 
-    def _rle(self, ann: dict[str, Any]) -> Rle:
-        record = self._coco.imgs[ann["image_id"]]
+    def _rle(self, ann: Annotation, record: ImageRecord) -> Rle:
         try:
-            rle = self._coco.annToRLE(ann)
+            rle = segmentation_rle(ann.segmentation, record.height, record.width)
             size = [int(n) for n in rle["size"]]
         except Exception as exc:  # pycocotools raises bare Exception on bad input
             raise FewSegError(
-                f"{self.annotation_file}: annotation {ann['id']} has an invalid "
+                f"{self.annotation_file}: annotation {ann.ann_id} has an invalid "
                 f"segmentation ({exc})"
             ) from None
-        if size != [record["height"], record["width"]]:
+        if size != [record.height, record.width]:
             raise FewSegError(
-                f"{self.annotation_file}: annotation {ann['id']} is {size[1]}x{size[0]} "
-                f"but its image is {record['width']}x{record['height']}"
+                f"{self.annotation_file}: annotation {ann.ann_id} is {size[1]}x{size[0]} "
+                f"but its image is {record.width}x{record.height}"
             )
         return rle
 
-    def _union(self, anns: list[dict[str, Any]]) -> Rle:
-        return mask_utils.merge([self._rle(ann) for ann in anns], intersect=0)
+    def _union(self, anns: list[Annotation], record: ImageRecord) -> Rle:
+        return mask_utils.merge([self._rle(ann, record) for ann in anns], intersect=0)
 
-    def _decode(self, image_id: int, anns: list[dict[str, Any]]) -> np.ndarray:
-        record = self._coco.imgs[image_id]
+    def _decode(self, anns: list[Annotation], record: ImageRecord) -> np.ndarray:
         if not anns:
-            return np.zeros((record["height"], record["width"]), dtype=bool)
-        rle = self._union(anns)
+            return np.zeros((record.height, record.width), dtype=bool)
+        rle = self._union(anns, record)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # pycocotools vs numpy 2
             return mask_utils.decode(rle).astype(bool, order="C")  # decoded column-major
 
-    def _count(self, anns: list[dict[str, Any]]) -> int:
-        if self.min_mask_pixels > 0:
-            return int(mask_utils.area(self._union(anns)))
-        area = sum(float(ann.get("area", 0)) for ann in anns)
-        return max(1, round(area))
-
     @cached_property
     def _counts(self) -> dict[int, dict[str, int]]:
         counts: dict[int, dict[str, int]] = {c.index: {} for c in self._classes}
-        for (image_id, class_index), anns in self._instances.items():
-            counts[class_index][str(image_id)] = self._count(anns)
+        if self.min_mask_pixels > 0:
+            for class_index, image_id, pixels in self._exact_areas():
+                counts[class_index][str(image_id)] = pixels
+        else:
+            for group in self.index.instance_groups():
+                counts[group.class_index][str(group.image_id)] = max(1, round(group.json_area))
         return counts
+
+    def _exact_areas(self) -> list[tuple[int, int, int]]:
+        """Pixels of each (class, image) union of instances: from the index when stored,
+        else decoded once and stored. Of several invalid annotations, the one reported is
+        in the group that comes first in the json, as when the groups are decoded in order."""
+        stored = self.index.exact_areas()
+        if stored is not None:
+            return stored
+        first = {(g.class_index, g.image_id): g.order for g in self.index.instance_groups()}
+        areas: list[tuple[int, int, int]] = []
+        errors: list[tuple[int, FewSegError]] = []
+        for record, anns in self.index.all_annotations():
+            by_class: dict[int, list[Annotation]] = {}
+            for ann in anns:
+                if not ann.crowd:
+                    by_class.setdefault(ann.class_index, []).append(ann)
+            for class_index, instances in by_class.items():
+                try:
+                    pixels = int(mask_utils.area(self._union(instances, record)))
+                except FewSegError as exc:
+                    errors.append((first[(class_index, record.image_id)], exc))
+                    continue
+                areas.append((class_index, record.image_id, pixels))
+        if errors:
+            raise min(errors, key=lambda e: e[0])[1]
+        self.index.store_exact_areas(areas)
+        return areas
 
     def _class_pixel_counts(self) -> Mapping[int, Mapping[str, int]]:
         return self._counts
 
-    def _image_record(self, image_id: str) -> dict[str, Any]:
+    def _image_record(self, image_id: str) -> ImageRecord:
         try:
-            return self._coco.imgs[int(image_id)]
-        except (ValueError, KeyError):
-            raise FewSegError(f"{self.annotation_file}: no image with id {image_id!r}") from None
+            record = self.index.image(int(image_id))
+        except (ValueError, OverflowError):
+            record = None
+        if record is None:
+            raise FewSegError(f"{self.annotation_file}: no image with id {image_id!r}")
+        return record
 
     def load(self, image_id: str, class_index: int) -> ClassSample:
         record = self._image_record(image_id)
-        image = read_rgb(self.images_dir / record["file_name"])
+        image = read_rgb(self.images_dir / record.file_name)
         mask, ignore = self.load_masks(image_id, class_index)
-        check_same_size(image, mask, f"{self.annotation_file} (image {record['file_name']})")
+        check_same_size(image, mask, f"{self.annotation_file} (image {record.file_name})")
         return ClassSample(image=image, mask=mask, ignore=ignore)
 
     def load_masks(self, image_id: str, class_index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -210,9 +177,9 @@ class CocoSource(SegmentationSource):
         record = self._image_record(image_id)
         if not 0 <= class_index < len(self._classes):
             raise FewSegError(f"coco: no class with index {class_index}")
-        key = (record["id"], class_index)
-        mask = self._decode(record["id"], self._instances.get(key, []))
-        crowd = self._decode(record["id"], self._crowds.get(key, []))
+        anns = [a for a in self.index.annotations(record.image_id) if a.class_index == class_index]
+        mask = self._decode([a for a in anns if not a.crowd], record)
+        crowd = self._decode([a for a in anns if a.crowd], record)
         return mask, crowd & ~mask
 
 
@@ -226,4 +193,5 @@ def open_coco(root: str | None, options: SpecOptions, min_mask_pixels: int) -> C
         options.pop_str("images", "images") or "",
         options.pop_choice("folds", CONVENTIONS, "interleaved"),
         min_mask_pixels,
+        options.index_cache,
     )

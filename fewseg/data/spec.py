@@ -2,13 +2,16 @@
 
 Each reader registers a factory ``factory(root, options, min_mask_pixels)`` in
 :data:`SOURCES`; the factory takes what it understands from ``options`` and the spec
-parser rejects whatever is left over, so a typo never passes silently.
+parser rejects whatever is left over, so a typo never passes silently. Settings that come
+from the command rather than from the spec (the index cache folder) ride along on
+``options`` as attributes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fewseg.data.source import SegmentationSource
 from fewseg.errors import FewSegError
@@ -17,10 +20,15 @@ from fewseg.registry import Registry
 
 @dataclass
 class SpecOptions:
-    """The ``key=value`` options of a spec; readers pop what they use."""
+    """The ``key=value`` options of a spec; readers pop what they use.
+
+    ``index_cache``: where readers that index their annotations keep the index (None: the
+    default, ``$XDG_CACHE_HOME/fewseg/index``).
+    """
 
     spec: str
     values: dict[str, str] = field(default_factory=dict)
+    index_cache: str | Path | None = None
 
     def pop_str(self, key: str, default: str | None = None) -> str | None:
         return self.values.pop(key, default)
@@ -70,11 +78,14 @@ def parse_spec(spec: str) -> tuple[str, str | None, SpecOptions]:
     return kind, root, options
 
 
-def open_source(spec: str, min_mask_pixels: int = 0) -> SegmentationSource:
+def open_source(
+    spec: str, min_mask_pixels: int = 0, index_cache: str | Path | None = None
+) -> SegmentationSource:
     """Build the source a spec names; every error is a one-line :class:`FewSegError`."""
     import fewseg.data  # noqa: F401  (registers the readers)
 
     kind, root, options = parse_spec(spec)
+    options.index_cache = index_cache
     factory = SOURCES.get(kind)
     source = factory(root, options, min_mask_pixels)
     options.reject_rest()
