@@ -122,8 +122,8 @@ class CocoSource(SegmentationSource):
             for class_index, image_id, pixels in self._exact_areas():
                 counts[class_index][str(image_id)] = pixels
         else:
-            for group in self.index.instance_groups():
-                counts[group.class_index][str(group.image_id)] = max(1, round(group.json_area))
+            for class_index, image_id, area in self.index.json_areas():
+                counts[class_index][str(image_id)] = max(1, round(area))
         return counts
 
     def _exact_areas(self) -> list[tuple[int, int, int]]:

@@ -119,9 +119,14 @@ def write_database(path: Path, fill: Callable[[sqlite3.Connection], None]) -> No
     """Create the database ``path`` through ``fill`` under a temporary name, fsync it and
     rename it into place (``fewseg.fileio.atomic_write`` for a file SQLite writes)."""
     fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     temp = Path(temp_name)
     try:
+        try:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, 0o666 & ~umask)  # mkstemp creates 0600
+        finally:
+            os.close(fd)
         connection = sqlite3.connect(temp)
         try:
             connection.execute("PRAGMA journal_mode=OFF")  # the rename makes it atomic
@@ -371,6 +376,11 @@ class CocoIndex:
             "SELECT id, file_name, width, height FROM images WHERE id = ?", (image_id,)
         )
         return ImageRecord(*rows[0]) if rows else None
+
+    def json_areas(self) -> list[tuple[int, int, float]]:
+        """(class index, image id, json area) of every group: :meth:`instance_groups` without
+        the objects, for the start of every command (a second less at COCO-train size)."""
+        return self._query("SELECT class_index, image_id, json_area FROM groups")
 
     def instance_groups(self) -> list[InstanceGroup]:
         return [
