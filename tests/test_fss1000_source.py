@@ -194,3 +194,54 @@ def test_mask_image_size_mismatch(fss: Path) -> None:
 def test_unknown_image(fss: Path) -> None:
     with pytest.raises(FewSegError, match="unknown image 'eagle/9'"):
         Fss1000Source(fss).load("eagle/9", 4)
+
+
+def test_default_fold_is_all_without_a_test_file(fss: Path) -> None:
+    assert Fss1000Source(fss).default_fold == "all"
+    write_splits(fss, val=("cat",))
+    assert Fss1000Source(fss, val="val.txt").default_fold == "all"
+
+
+def test_default_fold_is_test_with_a_test_file(fss: Path) -> None:
+    write_splits(fss, test=("dog",))
+    source = Fss1000Source(fss, test="test.txt")
+    assert source.default_fold == "test"
+    assert source.fold_split(source.default_fold).test == (3,)
+
+
+HSNET_SPLITS = {"trn": ("abacus", "bear", "cat"), "val": ("dog",), "test": ("eagle",)}
+
+
+def write_hsnet_splits(directory: Path) -> None:
+    """HSNet's data/splits/fss: trn/val/test.txt, one class per line, CRLF line ends."""
+    directory.mkdir(parents=True)
+    for name, classes in HSNET_SPLITS.items():
+        (directory / f"{name}.txt").write_bytes("".join(f"{c}\r\n" for c in classes).encode())
+
+
+def test_hsnet_split_directory(fss: Path, tmp_path: Path) -> None:
+    write_hsnet_splits(tmp_path / "splits" / "fss")
+    source = open_spec(f"fss1000:{fss},splits={tmp_path / 'splits' / 'fss'}")
+    assert [c.name for c in source.classes()] == list(CLASSES)
+    assert source.default_fold == "test"
+    test = source.fold_split("test")
+    assert (test.train, test.test) == ((0, 1, 2), (4,))
+    assert source.fold_split("val").test == (3,)
+    assert source.settings()["train_file"] == str(tmp_path / "splits" / "fss" / "trn.txt")
+
+
+def test_hsnet_split_directory_relative_to_root(fss: Path) -> None:
+    write_hsnet_splits(fss / "splits")
+    source = open_spec(f"fss1000:{fss},splits=splits")
+    assert source.fold_split("test").test == (4,)
+
+
+def test_hsnet_split_directory_errors(fss: Path, tmp_path: Path) -> None:
+    with pytest.raises(FewSegError, match=r"nowhere: no such split directory"):
+        open_spec(f"fss1000:{fss},splits=nowhere")
+    write_hsnet_splits(tmp_path / "splits")
+    with pytest.raises(FewSegError, match=r"give splits= or test=, not both"):
+        open_spec(f"fss1000:{fss},splits={tmp_path / 'splits'},test=x.txt")
+    (tmp_path / "splits" / "val.txt").unlink()
+    with pytest.raises(FewSegError, match=r"splits/val\.txt: no such split file"):
+        open_spec(f"fss1000:{fss},splits={tmp_path / 'splits'}")

@@ -4,6 +4,10 @@ Split files (``train=``, ``val=``, ``test=``) list one class name per line, rela
 absolute. With a train file, the classes are exactly those named in the given files; without
 one, they are every class directory, and the meta-train classes of a fold are the classes in
 neither the test nor the val file. Class index = position in the sorted class names.
+
+``splits=DIR`` reads HSNet's split folder (``data/splits/fss`` of juhongm999/hsnet):
+``DIR/trn.txt``, ``DIR/val.txt`` and ``DIR/test.txt`` (520, 240 and 240 classes; CRLF line
+ends are fine) as the train, val and test files.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from fewseg.data.spec import SOURCES, SpecOptions
 from fewseg.errors import FewSegError
 
 SPLIT_NAMES = ("train", "val", "test")
+HSNET_SPLIT_FILES = {"train": "trn.txt", "val": "val.txt", "test": "test.txt"}
 FOLD_CONVENTION = "fss1000-split"
 
 
@@ -146,6 +151,11 @@ class Fss1000Source(SegmentationSource):
             mask = np.zeros_like(mask)
         return ClassSample(image, mask, np.zeros_like(mask))
 
+    @property
+    def default_fold(self) -> str:
+        """``test`` with a test split file, else ``all`` (FSS-1000 has no numbered folds)."""
+        return "test" if "test" in self.split_names else "all"
+
     def fold_split(self, fold: str) -> FoldSplit:
         """``all``: every class is tested; ``test`` / ``val``: the classes of that split file."""
         if fold == "all":
@@ -175,10 +185,20 @@ class Fss1000Source(SegmentationSource):
 @SOURCES.register(
     "fss1000",
     "FSS-1000 class directories <class>/<n>.jpg + <n>.png: "
-    "fss1000:ROOT[,train=FILE][,val=FILE][,test=FILE]",
+    "fss1000:ROOT[,train=FILE][,val=FILE][,test=FILE] or fss1000:ROOT,splits=HSNET_SPLIT_DIR",
 )
 def open_fss1000(root: str | None, options: SpecOptions, min_mask_pixels: int) -> Fss1000Source:
     if root is None:
         raise FewSegError(f"{options.spec}: needs the FSS-1000 directory (fss1000:ROOT)")
-    files = {name: options.pop_str(name) for name in SPLIT_NAMES}
+    files: dict[str, str | Path | None] = {name: options.pop_str(name) for name in SPLIT_NAMES}
+    split_dir = options.pop_str("splits")
+    if split_dir is not None:
+        given = [f"{name}=" for name, path in files.items() if path is not None]
+        if given:
+            raise FewSegError(f"{options.spec}: give splits= or {', '.join(given)}, not both")
+        if not (Path(root) / split_dir).is_dir():
+            raise FewSegError(
+                f"{Path(root) / split_dir}: no such split directory (HSNet's data/splits/fss)"
+            )
+        files = {name: Path(split_dir) / file for name, file in HSNET_SPLIT_FILES.items()}
     return Fss1000Source(root, **files, min_mask_pixels=min_mask_pixels)

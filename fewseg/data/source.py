@@ -148,6 +148,12 @@ class SegmentationSource(ABC):
     def class_name(self, class_index: int) -> str:
         return self.classes()[class_index].name
 
+    @property
+    def default_fold(self) -> str:
+        """The fold a command uses when none is named: ``0``, the first of the standard
+        folds; a source without numbered folds names the one it has."""
+        return "0"
+
     def fold_split(self, fold: str) -> FoldSplit:
         """``all``: every class is a test class; ``0..3``: interleaved folds over the classes."""
         n = len(self.classes())
