@@ -265,3 +265,7 @@ def test_default_cache_is_used_without_index_cache(
     source = open_source(f"coco:{coco_root}")
     assert isinstance(source, CocoSource)
     assert source.index.path.parent == tmp_path / "xdg" / "fewseg" / "index"
+
+
+def test_default_fold_is_the_first_coco_20i_fold(coco_root: Path, tmp_path: Path) -> None:  # noqa: F811
+    assert open_coco(coco_root, tmp_path).default_fold == "0"

@@ -209,3 +209,7 @@ def test_camvid_test_split() -> None:
     sample = source.load(image_id, names.index("car"))
     assert sample.mask.shape == sample.image.shape[:2] == (360, 480)
     assert sample.mask.any()
+
+
+def test_default_fold_is_the_first_numbered_fold(root: Path) -> None:
+    assert open_masks(root).default_fold == "0"

@@ -295,3 +295,90 @@ def test_load_rejects_unknown_image_and_class(voc: Path) -> None:
         source.load("2008_000009", 0)
     with pytest.raises(FewSegError, match="class index 20"):
         source.load("2007_000001", 20)
+
+
+def write_hsnet_folds(directory: Path, split: str, lines: dict[int, list[str]]) -> None:
+    """HSNet's data/splits/pascal/{trn,val}/fold{k}.txt: '<stem>__<VOC label, 2 digits>'."""
+    (directory / split).mkdir(parents=True)
+    for k in range(4):
+        text = "".join(f"{line}\n" for line in lines.get(k, []))
+        (directory / split / f"fold{k}.txt").write_text(text)
+
+
+@pytest.fixture
+def hsnet_splits(voc: Path) -> Path:
+    """Val folds: fold 0 (labels 1-5) lists image 1 and 3 for aeroplane (label 1), fold 2
+    (labels 11-15) lists image 2 for diningtable (11) but not for motorbike (15)."""
+    splits = voc.parent / "splits" / "pascal"
+    write_hsnet_folds(
+        splits,
+        "val",
+        {0: ["2007_000001__01", "2007_000003__01"], 2: ["2007_000002__11"]},
+    )
+    return splits
+
+
+def test_hsnet_fold_files_decide_the_images(voc: Path, hsnet_splits: Path) -> None:
+    source = open_spec(f"pascal:{voc},masks=SegmentationClassAug,splits={hsnet_splits}")
+    assert source.image_ids == ("2007_000001", "2007_000003", "2007_000002")
+    assert source.images_of(index("aeroplane")) == ("2007_000001", "2007_000003")
+    assert source.images_of(index("diningtable")) == ("2007_000002",)
+    assert source.images_of(index("motorbike")) == ()  # in the mask, not in HSNet's list
+    assert source.images_of(index("dog")) == ()
+    assert source.load("2007_000002", index("diningtable")).mask.sum() == 4
+    assert source.settings()["splits"] == str(hsnet_splits)
+    assert source.default_fold == "0"
+
+
+def test_hsnet_fold_files_with_exact_counts(voc: Path, hsnet_splits: Path) -> None:
+    spec = f"pascal:{voc},masks=SegmentationClassAug,splits={hsnet_splits}"
+    assert open_spec(spec, min_mask_pixels=2).images_of(index("aeroplane")) == ("2007_000001",)
+
+
+def test_hsnet_fold_files_read_no_mask_before_loading(
+    voc: Path, hsnet_splits: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = open_spec(f"pascal:{voc},masks=SegmentationClassAug,splits={hsnet_splits}")
+
+    def fail(path: object) -> None:
+        raise AssertionError(f"read {path}")
+
+    monkeypatch.setattr("fewseg.data.pascal.read_label_map", fail)
+    assert source.images_of(index("diningtable")) == ("2007_000002",)
+
+
+def test_hsnet_train_folds_and_missing_files(voc: Path, hsnet_splits: Path) -> None:
+    write_hsnet_folds(hsnet_splits, "trn", {1: ["2007_000001__12"]})
+    source = open_spec(f"pascal:{voc},split=train,splits={hsnet_splits}")
+    assert source.images_of(index("dog")) == ("2007_000001",)
+    (voc / "JPEGImages" / "2007_000001.jpg").unlink()
+    with pytest.raises(FewSegError, match=r"JPEGImages/2007_000001\.jpg: no such file"):
+        open_spec(f"pascal:{voc},split=train,splits={hsnet_splits}").images_of(0)
+    (hsnet_splits / "val" / "fold3.txt").unlink()
+    with pytest.raises(FewSegError, match=r"val/fold3\.txt: no such split file"):
+        open_spec(f"pascal:{voc},splits={hsnet_splits}")
+
+
+@pytest.mark.parametrize("line", ["2007_000001", "2007_000001__21", "2007_000001__x", "__01"])
+def test_malformed_hsnet_line(voc: Path, hsnet_splits: Path, line: str) -> None:
+    (hsnet_splits / "val" / "fold1.txt").write_text(f"{line}\n")
+    with pytest.raises(FewSegError, match=r"fold1\.txt:1: expected '<image>__<label 1\.\.20>'"):
+        open_spec(f"pascal:{voc},splits={hsnet_splits}")
+
+
+def test_list_and_splits_together_are_refused(voc: Path, hsnet_splits: Path) -> None:
+    with pytest.raises(FewSegError, match="give list= or splits=, not both"):
+        open_spec(f"pascal:{voc},list=mine.txt,splits={hsnet_splits}")
+
+
+def test_pfenet_pair_list(voc: Path) -> None:
+    """PFENet's lists/pascal/val.txt: 'JPEGImages/<stem>.jpg SegmentationClassAug/<stem>.png'."""
+    (voc / "lists").mkdir()
+    (voc / "lists" / "val.txt").write_text(
+        "JPEGImages/2007_000002.jpg SegmentationClassAug/2007_000002.png\n"
+        "JPEGImages/2007_000003.jpg SegmentationClassAug/2007_000003.png\n"
+    )
+    source = open_spec(f"pascal:{voc},masks=SegmentationClassAug,list=lists/val.txt")
+    assert source.image_ids == ("2007_000002", "2007_000003")
+    assert source.images_of(index("tvmonitor")) == ("2007_000003",)
+    assert source.images_of(index("diningtable")) == ("2007_000002",)

@@ -157,3 +157,8 @@ def test_unknown_image_or_class_is_an_error(source: SyntheticSource) -> None:
             source.load(image_id, 0)
     with pytest.raises(FewSegError):
         source.load("00000", len(source.classes()))
+
+
+def test_default_fold_is_the_first_numbered_fold(source: SyntheticSource) -> None:
+    assert source.default_fold == "0"
+    assert source.fold_split(source.default_fold) == source.fold_split("0")

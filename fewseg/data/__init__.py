@@ -1,6 +1,13 @@
 """Data sources: one reader per on-disk format, behind :func:`open_source`."""
 
-from fewseg.data import coco, fss1000, masks, pascal, synthetic  # noqa: F401  (register readers)
+from fewseg.data import (  # noqa: F401  (register readers)
+    coco,
+    coco20i,
+    fss1000,
+    masks,
+    pascal,
+    synthetic,
+)
 from fewseg.data.source import ClassSample, FoldSplit, SegClass, SegmentationSource
 from fewseg.data.spec import SOURCES, open_source
 

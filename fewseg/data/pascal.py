@@ -14,6 +14,13 @@ The image list is ``list=FILE`` if given (relative to ROOT, or absolute). Otherw
 that file exists and falls back to ``ImageSets/Segmentation/train.txt``. A list line is either
 a stem (``2007_000032``) or an SBD-style pair (``/JPEGImages/x.jpg /SegmentationClassAug/x.png``);
 only the image's stem is used, and the mask is always read from the ``masks`` directory.
+PFENet's lists (``lists/pascal/voc_sbd_merge_noduplicate.txt`` for train, ``val.txt``) are
+such pair lists: ``list=FILE,masks=SegmentationClassAug``.
+
+``splits=DIR`` reads HSNet's ``data/splits/pascal`` instead of a list: the images of each
+class are those listed with it in ``DIR/{trn,val}/fold{0..3}.txt`` (``<stem>__<label>``
+lines), so no mask is read before it is needed unless ``min_mask_pixels`` asks for exact
+counts. HSNet reads ``SegmentationClassAug`` for both splits.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from fewseg.data.hsnet_splits import read_pascal_folds
 from fewseg.data.imageio import check_same_size, read_label_map, read_rgb
 from fewseg.data.source import (
     ClassSample,
@@ -91,8 +99,11 @@ class PascalSource(SegmentationSource):
         masks: str = "SegmentationClass",
         list_file: str | Path | None = None,
         min_mask_pixels: int = 0,
+        splits_dir: str | Path | None = None,
     ) -> None:
         super().__init__(min_mask_pixels)
+        if list_file is not None and splits_dir is not None:
+            raise FewSegError("pascal: give list= or splits=, not both")
         if split not in SPLITS:
             raise FewSegError(f"pascal: split must be one of {', '.join(SPLITS)}, got {split!r}")
         if masks not in MASK_DIRS:
@@ -103,10 +114,18 @@ class PascalSource(SegmentationSource):
         self.split = split
         self.image_dir = self._require_dir(self.root / "JPEGImages")
         self.mask_dir = self._require_dir(self.root / masks)
-        self.list_file = (
-            self.root / list_file if list_file else default_list_file(self.root, split, masks)
-        )
-        self.image_ids = read_image_list(self.list_file)
+        self.splits_dir = self.root / splits_dir if splits_dir is not None else None
+        self._listed: dict[int, tuple[str, ...]] | None = None
+        if self.splits_dir is not None:
+            self.list_file = None
+            self._listed = read_pascal_folds(self.splits_dir, split, len(VOC_CLASSES))
+            stems = (stem for c in sorted(self._listed) for stem in self._listed[c])
+            self.image_ids = tuple(dict.fromkeys(stems))
+        else:
+            self.list_file = (
+                self.root / list_file if list_file else default_list_file(self.root, split, masks)
+            )
+            self.image_ids = read_image_list(self.list_file)
         self._known_ids = frozenset(self.image_ids)
 
     @staticmethod
@@ -140,12 +159,24 @@ class PascalSource(SegmentationSource):
     @cached_property
     def _counts(self) -> dict[int, dict[str, int]]:
         counts: dict[int, dict[str, int]] = {c: {} for c in range(len(VOC_CLASSES))}
+        if self._listed is not None and self.min_mask_pixels == 0:
+            for image_id in self.image_ids:
+                for path in (self._image_path(image_id), self._mask_path(image_id)):
+                    if not path.is_file():
+                        raise FewSegError(f"{path}: no such file")
+            for class_index, stems in self._listed.items():
+                counts[class_index] = dict.fromkeys(stems, 1)
+            return counts
+        allowed = None
+        if self._listed is not None:
+            allowed = {c: frozenset(stems) for c, stems in self._listed.items()}
         for image_id in self.image_ids:
             if not self._image_path(image_id).is_file():
                 raise FewSegError(f"{self._image_path(image_id)}: no such file")
             per_label = np.bincount(self._read_mask(image_id).ravel(), minlength=256)
             for label in np.flatnonzero(per_label[1 : len(VOC_CLASSES) + 1]):
-                counts[int(label)][image_id] = int(per_label[label + 1])
+                if allowed is None or image_id in allowed.get(int(label), ()):
+                    counts[int(label)][image_id] = int(per_label[label + 1])
         return counts
 
     def _class_pixel_counts(self) -> Mapping[int, Mapping[str, int]]:
@@ -153,7 +184,8 @@ class PascalSource(SegmentationSource):
 
     def load(self, image_id: str, class_index: int) -> ClassSample:
         if image_id not in self._known_ids:
-            raise FewSegError(f"pascal: image {image_id!r} is not in {self.list_file}")
+            where = self.list_file or self.splits_dir
+            raise FewSegError(f"pascal: image {image_id!r} is not in {where}")
         if not 0 <= class_index < len(VOC_CLASSES):
             raise FewSegError(f"pascal: class index {class_index} is not in 0..19")
         image = read_rgb(self._image_path(image_id))
@@ -175,14 +207,19 @@ class PascalSource(SegmentationSource):
             "root": str(self.root),
             "split": self.split,
             "masks": self.mask_dir.name,
-            "list": str(self.list_file),
+            **(
+                {"splits": str(self.splits_dir)}
+                if self.splits_dir is not None
+                else {"list": str(self.list_file)}
+            ),
         }
 
 
 @SOURCES.register(
     "pascal",
     "PASCAL VOC2012/SBD, PASCAL-5i folds: "
-    "pascal:ROOT[,split=train|val][,masks=SegmentationClass|SegmentationClassAug][,list=FILE]",
+    "pascal:ROOT[,split=train|val][,masks=SegmentationClass|SegmentationClassAug]"
+    "[,list=FILE|splits=HSNET_SPLIT_DIR]",
 )
 def open_pascal(root: str | None, options: SpecOptions, min_mask_pixels: int) -> PascalSource:
     if root is None:
@@ -193,4 +230,5 @@ def open_pascal(root: str | None, options: SpecOptions, min_mask_pixels: int) ->
         masks=options.pop_choice("masks", MASK_DIRS, "SegmentationClass"),
         list_file=options.pop_str("list"),
         min_mask_pixels=min_mask_pixels,
+        splits_dir=options.pop_str("splits"),
     )
