@@ -172,6 +172,19 @@ def test_index_of_another_format_is_rebuilt(
     assert open_coco(coco_root, tmp_path).index.built
 
 
+def damage_entry(path: Path, image_id: int) -> None:
+    """Flip a byte in the middle of the image's compressed entry, in place."""
+    connection = sqlite3.connect(path)
+    query = "SELECT entries FROM annotations WHERE image_id = ?"
+    (blob,) = connection.execute(query, (image_id,)).fetchone()
+    connection.close()
+    data = bytearray(path.read_bytes())
+    at = data.find(blob)
+    assert at > 0 and len(blob) > 8
+    data[at + len(blob) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 def test_entry_damaged_inside_is_rebuilt_when_read(
     coco_root: Path,  # noqa: F811
     tmp_path: Path,
@@ -195,6 +208,21 @@ def test_entry_damaged_inside_is_rebuilt_when_read(
     assert source.index.built
     np.testing.assert_array_equal(mask, expected[("12", 1)][0])
     np.testing.assert_array_equal(ignore, expected[("12", 1)][1])
+
+
+def test_entry_damaged_inside_is_rebuilt_while_counting(
+    coco_root: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Exact counts read every entry in one pass: after image 7, image 12's entry is
+    damaged; the pass goes on in the rebuilt index from image 12."""
+    path = tmp_path / index_name(coco_root / JSON)
+    expected = [open_coco(coco_root, tmp_path, 3).images_of(c) for c in range(3)]
+    path.with_suffix(".exact.sqlite").unlink()
+    damage_entry(path, 12)
+    source = open_coco(coco_root, tmp_path, 3)
+    assert [source.images_of(c) for c in range(3)] == expected
+    assert source.index.built
 
 
 def test_json_errors_still_name_the_json(coco_root: Path, tmp_path: Path) -> None:  # noqa: F811

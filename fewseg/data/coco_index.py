@@ -39,12 +39,14 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fewseg.data.coco_json import read_instances
 from fewseg.data.fingerprint import Fingerprint, fingerprint
 from fewseg.data.user_images import warn_on_stderr
 from fewseg.errors import FewSegError
+
+T = TypeVar("T")
 
 INDEX_FORMAT = "1"
 COMPRESSION_LEVEL = 1  # level 1 compresses the annotations 3x at a few seconds per GB
@@ -262,8 +264,8 @@ def _check(connection: sqlite3.Connection, path: Path, expected: dict[str, str])
 class CocoIndex:
     """Read access to the index of one annotation file, building it when needed.
 
-    Thread-safe (one connection behind a lock; lookups take microseconds), and safe to
-    pickle or to use after a fork: each process opens its own connection.
+    Thread-safe (one connection per process behind a lock; lookups take microseconds), and
+    safe to pickle or to use after a fork: each process opens its own connection.
     """
 
     def __init__(self, annotation_file: str | Path, cache_dir: str | Path | None = None) -> None:
@@ -275,7 +277,7 @@ class CocoIndex:
         self.built = False  # whether this object parsed the json
         self._lock = threading.Lock()
         self._connection: sqlite3.Connection | None = None
-        self._pid = -1
+        self._pid = os.getpid()  # the process that owns the lock and the connection
         self._key = fingerprint(self.annotation_file)
         self._open()
 
@@ -305,14 +307,10 @@ class CocoIndex:
         except IndexDamaged as exc:
             connection.close()
             return str(exc)
-        self._set_connection(connection)
-        return None
-
-    def _set_connection(self, connection: sqlite3.Connection) -> None:
         if self._connection is not None:
             self._connection.close()
         self._connection = connection
-        self._pid = os.getpid()
+        return None
 
     def _build(self) -> None:
         dataset = read_instances(self.annotation_file)
@@ -324,8 +322,9 @@ class CocoIndex:
         )
         self.built = True
 
-    def _rebuild_after(self, damage: IndexDamaged) -> None:
-        """Build again after damage found while reading; the json must be unchanged."""
+    def _rebuild(self) -> None:
+        """Build again after damage found while reading; the json must be unchanged, so
+        that what was read before the damage still holds."""
         if fingerprint(self.annotation_file) != self._key:
             raise FewSegError(
                 f"{self.annotation_file}: the file changed during the run; run the command again"
@@ -336,25 +335,32 @@ class CocoIndex:
         self.path.unlink(missing_ok=True)
         self._open()
 
-    def _query(self, sql: str, parameters: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        """Rows of one query; a damaged index is rebuilt once and the query repeated."""
+    def _process_lock(self) -> threading.Lock:
+        """This process's lock: a forked child starts with a new one (the parent's may have
+        been held by a thread that the child does not have) and its own connection."""
+        if self._pid != os.getpid():
+            self._lock = threading.Lock()
+            self._connection = None
+            self._pid = os.getpid()
+        return self._lock
+
+    def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``work(connection)`` under the lock; damage that SQLite or ``work`` finds
+        rebuilds the index once, and ``work`` runs again on the new one."""
         for attempt in (0, 1):
-            with self._lock:
+            with self._process_lock():
                 try:
-                    return self._fetch(sql, parameters)
-                except IndexDamaged as exc:
+                    if self._connection is None:
+                        self._connection = _connect_read_only(self.path)
+                    return work(self._connection)
+                except (sqlite3.DatabaseError, IndexDamaged) as exc:
                     if attempt:
                         raise FewSegError(f"{self.path}: damaged index ({exc})") from None
-                    self._rebuild_after(exc)
+                    self._rebuild()
         raise AssertionError("unreachable")
 
-    def _fetch(self, sql: str, parameters: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        if self._connection is None or self._pid != os.getpid():
-            self._set_connection(_connect_read_only(self.path))
-        try:
-            return self._connection.execute(sql, parameters).fetchall()  # type: ignore[union-attr]
-        except sqlite3.DatabaseError as exc:
-            raise IndexDamaged(str(exc)) from None
+    def _query(self, sql: str, parameters: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        return self._read(lambda connection: connection.execute(sql, parameters).fetchall())
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -363,7 +369,6 @@ class CocoIndex:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._lock = threading.Lock()
 
     # -- lookups --------------------------------------------------------------------------
 
@@ -392,35 +397,41 @@ class CocoIndex:
 
     def annotations(self, image_id: int) -> list[Annotation]:
         """The image's annotations in file order (none for an image without any)."""
-        for attempt in (0, 1):
-            rows = self._query("SELECT entries FROM annotations WHERE image_id = ?", (image_id,))
-            try:
-                return _unpack(rows[0][0]) if rows else []
-            except IndexDamaged as exc:
-                if attempt:
-                    raise FewSegError(f"{self.path}: damaged index ({exc})") from None
-                with self._lock:
-                    self._rebuild_after(exc)
-        raise AssertionError("unreachable")
+
+        def work(connection: sqlite3.Connection) -> list[Annotation]:
+            query = "SELECT entries FROM annotations WHERE image_id = ?"
+            row = connection.execute(query, (image_id,)).fetchone()
+            return _unpack(row[0]) if row else []
+
+        return self._read(work)
 
     def all_annotations(self) -> Iterator[tuple[ImageRecord, list[Annotation]]]:
-        """Every annotated image with its annotations, by image id (one pass, own
-        connection; a damaged index raises :class:`FewSegError`)."""
-        connection = _connect_read_only(self.path)
-        try:
-            rows = connection.execute(
-                "SELECT i.id, i.file_name, i.width, i.height, a.entries "
-                "FROM annotations AS a JOIN images AS i ON i.id = a.image_id ORDER BY a.image_id"
-            )
-            for *record, blob in rows:
-                yield ImageRecord(*record), _unpack(blob)
-        except (sqlite3.DatabaseError, IndexDamaged) as exc:
-            self.path.unlink(missing_ok=True)
-            raise FewSegError(
-                f"{self.path}: damaged index ({exc}); removed it, run again to rebuild it"
-            ) from None
-        finally:
-            connection.close()
+        """Every annotated image with its annotations, by image id: one pass on a
+        connection of its own; after damage, the rebuilt index takes over where it was."""
+        after = -(2**63)
+        for attempt in (0, 1):
+            connection = None
+            try:
+                connection = _connect_read_only(self.path)
+                rows = connection.execute(
+                    "SELECT i.id, i.file_name, i.width, i.height, a.entries "
+                    "FROM annotations AS a JOIN images AS i ON i.id = a.image_id "
+                    "WHERE a.image_id > ? ORDER BY a.image_id",
+                    (after,),
+                )
+                for *record, blob in rows:
+                    item = ImageRecord(*record), _unpack(blob)
+                    after = item[0].image_id
+                    yield item
+                return
+            except (sqlite3.DatabaseError, IndexDamaged) as exc:
+                if attempt:
+                    raise FewSegError(f"{self.path}: damaged index ({exc})") from None
+            finally:
+                if connection is not None:
+                    connection.close()
+            with self._process_lock():
+                self._rebuild()
 
     # -- exact pixel counts ---------------------------------------------------------------
 
