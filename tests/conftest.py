@@ -1,6 +1,5 @@
 """Suite-wide test settings."""
 
-import os
 from collections.abc import Iterator
 
 import pytest
@@ -8,16 +7,15 @@ import torch
 
 
 @pytest.fixture(autouse=True, scope="session")
-def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Dataset indexes go to a folder of the test session, not to ~/.cache (subprocesses
-    of the tests inherit it)."""
-    saved = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
-    yield
-    if saved is None:
-        del os.environ["XDG_CACHE_HOME"]
-    else:
-        os.environ["XDG_CACHE_HOME"] = saved
+def private_index_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Dataset indexes go to a folder of the test session, not to ~/.cache. (Not through
+    XDG_CACHE_HOME: torch finds the pretrained weights under it.)"""
+    from fewseg.data import coco_index
+
+    folder = tmp_path_factory.mktemp("index-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(coco_index, "default_cache_dir", lambda: folder)
+        yield
 
 
 @pytest.fixture(autouse=True, scope="session")

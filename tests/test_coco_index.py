@@ -290,6 +290,7 @@ def test_default_cache_is_used_without_index_cache(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(coco_index, "default_cache_dir", default_cache_dir)  # conftest's
     source = open_source(f"coco:{coco_root}")
     assert isinstance(source, CocoSource)
     assert source.index.path.parent == tmp_path / "xdg" / "fewseg" / "index"
