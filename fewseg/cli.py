@@ -56,6 +56,15 @@ def _add_min_mask_pixels(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_index_cache(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--index-cache",
+        metavar="DIR",
+        help="folder of dataset indexes, built once per annotation file "
+        "(default: ~/.cache/fewseg/index)",
+    )
+
+
 def _add_progress(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -83,7 +92,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     from fewseg.data.spec import open_source
     from fewseg.engine.report import format_table
 
-    source = open_source(args.spec, args.min_mask_pixels)
+    source = open_source(args.spec, args.min_mask_pixels, args.index_cache)
     roles: dict[int, str] = {}
     if args.fold is not None:
         split = source.fold_split(args.fold)
@@ -143,12 +152,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     from fewseg.engine.evaluate import EvaluationSettings, evaluate
     from fewseg.engine.report import evaluation_summary, write_report
 
-    source = open_source(args.dataset, args.min_mask_pixels)
+    source = open_source(args.dataset, args.min_mask_pixels, args.index_cache)
     seeds = args.seeds or [0 if args.seed is None else args.seed]
     torch.manual_seed(seeds[0])
     loaded = _load(args, distributed.local_device(args.device))
     settings = EvaluationSettings(
-        fold=args.fold,
+        fold=args.fold or source.default_fold,
         shots=args.shots,
         episodes=args.episodes,
         size=loaded.image_size(args.size, source.default_size),
@@ -351,6 +360,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     )
     datasets.add_argument("--fold", help="also show each class's role in this fold")
     _add_min_mask_pixels(datasets)
+    _add_index_cache(datasets)
     datasets.set_defaults(run=cmd_datasets)
 
     _add_train(commands, list(argv))
@@ -390,7 +400,10 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     )
     _add_learner_choice(ev)
     ev.add_argument("--dataset", required=True, metavar="SPEC", help="the dataset")
-    ev.add_argument("--fold", default="0", help="0..3, or 'all' for every class (default 0)")
+    ev.add_argument(
+        "--fold",
+        help="0..3, or 'all' for every class (default: the dataset's: 0; fss1000: test or all)",
+    )
     ev.add_argument("--shots", type=_positive, default=1, metavar="K", help="default 1")
     ev.add_argument(
         "--episodes", type=_positive, default=1000, metavar="N", help="per seed (default 1000)"
@@ -430,6 +443,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     _add_progress(ev)
     ev.add_argument("--out", required=True, type=Path, metavar="DIR", help="report directory")
     _add_min_mask_pixels(ev)
+    _add_index_cache(ev)
     ev.set_defaults(run=cmd_evaluate)
 
     seg = commands.add_parser(

@@ -298,3 +298,16 @@ def test_default_cache_is_used_without_index_cache(
 
 def test_default_fold_is_the_first_coco_20i_fold(coco_root: Path, tmp_path: Path) -> None:  # noqa: F811
     assert open_coco(coco_root, tmp_path).default_fold == "0"
+
+
+def test_the_command_line_keeps_the_index_where_it_is_told(
+    coco_root: Path,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from fewseg.cli import main
+
+    cache = tmp_path / "indexes"
+    assert main(["datasets", f"coco:{coco_root}", "--index-cache", str(cache)]) == 0
+    capsys.readouterr()
+    assert list(cache.iterdir())  # the index, built there

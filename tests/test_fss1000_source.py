@@ -245,3 +245,22 @@ def test_hsnet_split_directory_errors(fss: Path, tmp_path: Path) -> None:
     (tmp_path / "splits" / "val.txt").unlink()
     with pytest.raises(FewSegError, match=r"splits/val\.txt: no such split file"):
         open_spec(f"fss1000:{fss},splits={tmp_path / 'splits'}")
+
+
+def test_evaluate_without_a_fold_takes_every_class(
+    fss: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from fewseg.cli import main
+
+    out = tmp_path / "out"
+    code = main(
+        ["evaluate", "--learner", "baseline", "--dataset", f"fss1000:{fss}", "--shots", "1",
+         "--episodes", "6", "--size", "32", "--no-progress",
+         "--out", str(out)]
+    )  # fmt: skip
+    capsys.readouterr()
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["fold"] == "all" and len(report["classes_used"]) == len(CLASSES)

@@ -17,15 +17,15 @@ from PIL import Image
 from tiny_training import TINY_TRAINING, tiny_values
 
 from fewseg.api import Model, resized_log_odds
-from fewseg.cli import main
-from fewseg.data.user_images import decode_mask, read_support_pair
-from fewseg.engine.config import resolve_config
-from fewseg.engine.loading import LoadedLearner
 from fewseg.apps.segment import (
     SegmentSettings,
     prepare_inputs,
     segment,
 )
+from fewseg.cli import main
+from fewseg.data.user_images import decode_mask, read_support_pair
+from fewseg.engine.config import resolve_config
+from fewseg.engine.loading import LoadedLearner
 from fewseg.engine.train import train
 from fewseg.episodes.tensors import LabelledImages
 from fewseg.learners.base import Learner, LearnerOptions, Predictor

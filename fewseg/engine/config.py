@@ -26,7 +26,9 @@ class TrainConfig:
 
     learner: str = option("maml", "the learner to meta-train (fewseg list)")
     dataset: str = option("synthetic", "dataset spec, kind:ROOT[,key=value...]")
-    fold: str = option("0", "the fold whose meta-train classes train")
+    fold: str | None = option(
+        None, "the fold whose meta-train classes train (default: the dataset's, 0 for most)"
+    )
     shots: int = option(1, "support images per training task")
     max_shots: int | None = option(
         None, "each task draws its shot count from shots..max_shots (one model, all K)"
@@ -37,6 +39,9 @@ class TrainConfig:
     size: int | None = option(None, "square image size (default: the dataset's)")
     augment: bool = option(True, "random scale-crop, flip and colour jitter of each task")
     min_mask_pixels: int = option(0, "drop (class, image) pairs whose mask has fewer pixels")
+    index_cache: str | None = option(
+        None, "folder of dataset indexes (default: ~/.cache/fewseg/index)"
+    )
     val_fraction: float = option(0.1, "share of the meta-train classes held out for validation")
     val_every: int = option(100, "steps between validations (0: never)")
     val_episodes: int = option(100, "episodes of each validation")

@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -177,7 +177,9 @@ def train(
 ) -> dict[str, Any]:
     """Meta-train a learner; returns a summary (steps, seconds, last losses, validation)."""
     run_dir = Path(run_dir)
-    source = open_source(config.dataset, config.min_mask_pixels)
+    source = open_source(config.dataset, config.min_mask_pixels, config.index_cache)
+    if config.fold is None:  # the dataset's default, recorded as such
+        config = replace(config, fold=source.default_fold)
     size = config.size or source.default_size
     split = source.fold_split(config.fold)
     most_shots = config.max_shots or config.shots
@@ -300,6 +302,7 @@ def last_saved_step(run_dir: Path) -> int | str:
 
 
 RESUME_MAY_CHANGE = {"steps", "device", "val_every", "checkpoint_every", "log_every"}
+RESUME_MAY_CHANGE |= {"index_cache"}  # where a dataset's index is kept, not what it holds
 RESUME_MAY_CHANGE |= {"backend", "dist_timeout"}  # a run resumes on any world size
 
 
