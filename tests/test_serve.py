@@ -206,6 +206,63 @@ def test_segment_gives_what_the_api_gives_and_the_downloads_hold_it(
         assert np.array_equal(np.asarray(Image.open(out / f"masks/{name}.png")) == 255, truth)
 
 
+def test_the_presence_score_is_shown_when_the_segmenter_gives_one(
+    labeller: Labeller, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ClassSegmenter.presence (issue #18) is used where it exists: here a stand-in."""
+    adapt = labeller.model.adapt_samples
+
+    class WithPresence:
+        def __init__(self, segmenter: object) -> None:
+            self.segmenter = segmenter
+
+        def predict_arrays(self, images: list[np.ndarray]) -> list[np.ndarray]:
+            return self.segmenter.predict_arrays(images)  # type: ignore[attr-defined]
+
+        def presence(self, queries: list[np.ndarray]) -> list[float]:
+            return [0.25 + 0.5 * i for i, _ in enumerate(queries)]
+
+    monkeypatch.setattr(labeller.model, "adapt_samples", lambda *a: WithPresence(adapt(*a)))
+    queries = [
+        save(tmp_path / "one.png", scene(40, 50, (10, 10, 30, 40))),
+        save(tmp_path / "two.png", scene(30, 30, (5, 5, 20, 20))),
+    ]
+    outcome = page.segment(
+        labeller, [], editor_value(support_image(), stroke()), None,
+        [str(q) for q in queries], None, "box", tmp_path,
+    )  # fmt: skip
+    expected = fewseg.load("baseline", size=64).adapt([support_image()], [stroke()])(queries)
+    assert [r.presence for r in outcome.results] == [0.25, 0.75]
+    assert [r.caption() for r in outcome.results] == [
+        f"one.png: {100 * expected[0].mean():.1f}% foreground, presence 0.25",
+        f"two.png: {100 * expected[1].mean():.1f}% foreground, presence 0.75",
+    ]
+    document = json.loads(outcome.downloads["coco.json"].read_text())
+    assert [a["score"] for a in document["annotations"]] == [0.25, 0.75]
+
+
+def test_without_presence_there_is_no_score(
+    labeller: Labeller, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A segmenter without ``presence`` (ClassSegmenter before issue #18): no score shown."""
+    adapt = labeller.model.adapt_samples
+
+    class WithoutPresence:
+        def __init__(self, segmenter: object) -> None:
+            self.predict_arrays = segmenter.predict_arrays  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(labeller.model, "adapt_samples", lambda *a: WithoutPresence(adapt(*a)))
+    query = save(tmp_path / "q.png", scene(20, 20, (0, 0, 8, 8)))
+    outcome = page.segment(
+        labeller, [], editor_value(support_image(), stroke()), None, [str(query)], "", "",
+        tmp_path,
+    )  # fmt: skip
+    assert outcome.results[0].presence is None
+    assert "presence" not in outcome.results[0].caption()
+    document = json.loads(outcome.downloads["coco.json"].read_text())
+    assert all("score" not in annotation for annotation in document["annotations"])
+
+
 def test_segment_without_examples_says_what_to_do(labeller: Labeller, tmp_path: Path) -> None:
     query = save(tmp_path / "q.png", scene(20, 20, (0, 0, 8, 8)))
     for editor in (None, editor_value(support_image())):  # nothing, or an unpainted image
@@ -213,6 +270,31 @@ def test_segment_without_examples_says_what_to_do(labeller: Labeller, tmp_path: 
         assert outcome.results == [] and outcome.message == (
             "**Error:** no support example: upload an image, paint the object, press Add example"
         )
+
+
+def test_bad_input_to_segment_is_a_message_and_nothing_else(
+    labeller: Labeller, tmp_path: Path
+) -> None:
+    """What the page's Segment button shows for each bad input; a good run follows."""
+    query = save(tmp_path / "q.png", scene(20, 20, (0, 0, 8, 8)))
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    empty = save(tmp_path / "empty.png", np.zeros((64, 64), np.uint8))
+    painted = editor_value(support_image(), stroke())
+    cases = [
+        (painted, None, [str(text)], "notes.txt: cannot read image (cannot identify"),
+        (editor_value(support_image()), str(empty), [str(query)], "empty.png: no foreground"),
+        (painted, str(text), [str(query)], "notes.txt: cannot read image"),
+        (None, None, [str(query)], "no support example: upload an image"),
+        (painted, None, [], "no image to segment: add query images (or a folder)"),
+    ]
+    for editor, mask, uploads, message in cases:
+        outcome = page.segment(labeller, [], editor, mask, uploads, None, "", tmp_path)
+        assert outcome.results == [] and outcome.downloads == {}
+        assert outcome.message.startswith("**Error:** ") and message in outcome.message
+        assert "\n" not in outcome.message
+    outcome = page.segment(labeller, [], painted, None, [str(query)], None, "", tmp_path)
+    assert len(outcome.results) == 1 and outcome.message.startswith("Segmented 1 image(s)")
 
 
 # ---- the command --------------------------------------------------------------------------

@@ -220,7 +220,9 @@ class Labeller:
     # ---- segmenting ---------------------------------------------------------------------------
 
     def segment(self, examples: Sequence[Example], queries: Sequence[QueryImage]) -> list[Result]:
-        """Adapt to the examples (through the API) and segment every query."""
+        """Adapt to the examples (through the API) and segment every query; with each mask
+        the presence score (whether the class is in the image at all) when the segmenter
+        gives one (``ClassSegmenter.presence``), else None."""
         if not examples:
             raise FewSegError(
                 "no support example: upload an image, paint the object, press Add example"
@@ -228,8 +230,15 @@ class Labeller:
         segmenter = self.model.adapt_samples(
             [example.sample() for example in examples], [e.name for e in examples]
         )
-        masks = [log_odds > 0 for log_odds in segmenter.predict_arrays([q.image for q in queries])]
-        return [Result(query, mask) for query, mask in zip(queries, masks, strict=True)]
+        images = [q.image for q in queries]
+        masks = [log_odds > 0 for log_odds in segmenter.predict_arrays(images)]
+        scores: Sequence[float | None] = [None] * len(queries)
+        if hasattr(segmenter, "presence"):
+            scores = [float(score) for score in segmenter.presence(images)]
+        return [
+            Result(query, mask, score)
+            for query, mask, score in zip(queries, masks, scores, strict=True)
+        ]
 
     # ---- downloads ----------------------------------------------------------------------------
 
