@@ -141,6 +141,24 @@ def test_queries_from_uploads_and_a_server_folder(labeller: Labeller, tmp_path: 
         labeller.queries([], "  ")
 
 
+def test_a_server_folder_larger_than_the_page_takes_is_refused(
+    labeller: Labeller, tmp_path: Path
+) -> None:
+    for i in range(3):
+        save(tmp_path / "photos" / f"{i}.png", scene(8, 8, (0, 0, 4, 4)))
+    small = Labeller(labeller.model, max_folder_images=2)
+    with pytest.raises(FewSegError) as error:
+        small.queries([], str(tmp_path / "photos"))
+    assert str(error.value) == (
+        f"{tmp_path / 'photos'}: 3 images; the page segments at most 2 at once "
+        "(use `fewseg segment` for more)"
+    )
+    assert (
+        len(Labeller(labeller.model, max_folder_images=3).queries([], str(tmp_path / "photos")))
+        == 3
+    )
+
+
 def test_segment_gives_what_the_api_gives_and_the_downloads_hold_it(
     labeller: Labeller, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
