@@ -97,12 +97,27 @@ def wait_for_status(page: object, starts: str) -> None:
     )
 
 
+ZOOM = "(s => (document.querySelector(s).innerText.match(/\\d+%/) || [''])[0])"
+
+
+def upload_support(page: object, image: Path) -> None:
+    """Upload the support image and wait until the canvas shows it (the editor's zoom
+    reading changes from that of the empty canvas)."""
+    before = page.evaluate(f"{ZOOM}('#support-editor')")  # type: ignore[attr-defined]
+    page.locator("#support-editor input[type=file]").set_input_files(str(image))  # type: ignore[attr-defined]
+    page.wait_for_function(  # type: ignore[attr-defined]
+        f"b => {{ const z = {ZOOM}('#support-editor'); return z !== '' && z !== b; }}",
+        arg=before,
+    )
+    page.wait_for_timeout(500)  # type: ignore[attr-defined]
+
+
 def paint(page: object, mask: np.ndarray) -> None:
     """Brush strokes over ``mask`` on the editor's canvas, which shows the image centred at
     the zoom it reports."""
     editor = page.locator("#support-editor")  # type: ignore[attr-defined]
     editor.get_by_role("button", name="Brush", exact=True).click()
-    zoom = float(editor.get_by_text("%", exact=False).first.inner_text().strip("% \n")) / 100
+    zoom = float(page.evaluate(f"{ZOOM}('#support-editor')").rstrip("%")) / 100  # type: ignore[attr-defined]
     box = editor.locator(".pixi-target canvas").bounding_box()
     height, width = mask.shape
     left = box["x"] + box["width"] / 2 - width * zoom / 2
@@ -150,8 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 page.locator("#query-files").get_by_role("button", name="Clear").first.click()
 
-                page.locator("#support-editor input[type=file]").set_input_files(str(support))
-                page.wait_for_timeout(1000)
+                upload_support(page, support)
                 paint(page, mask)
                 page.locator("#query-files input[type=file]").set_input_files(queries)
                 page.wait_for_function(

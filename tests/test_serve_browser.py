@@ -119,6 +119,22 @@ def wait_for_status(page: object, starts: str) -> str:
     return status(page)
 
 
+ZOOM = "(s => (document.querySelector(s).innerText.match(/\\d+%/) || [''])[0])"
+
+
+def upload_to_editor(page: object, editor: str, image: Path) -> None:
+    """Upload ``image`` into the image editor ``editor`` and wait until the canvas shows it:
+    the editor's zoom reading changes from that of the empty canvas to the image's fit."""
+    before = page.evaluate(f"{ZOOM}({editor!r})")  # type: ignore[attr-defined]
+    page.locator(f"{editor} input[type=file]").set_input_files(str(image))  # type: ignore[attr-defined]
+    page.wait_for_function(  # type: ignore[attr-defined]
+        f"([s, before]) => {{ const z = {ZOOM}(s); return z !== '' && z !== before; }}",
+        arg=[editor, before],
+        timeout=ACTION_MS,
+    )
+    page.wait_for_timeout(300)  # type: ignore[attr-defined]
+
+
 def download(page: object, box: str, name: str, folder: Path) -> Path:
     """Click the download link of ``name`` in the file box ``box``; the saved file."""
     link = page.locator(f'{box} a[download="{name}"]')  # type: ignore[attr-defined]
@@ -161,10 +177,9 @@ def test_label_segment_download_in_chromium(server: str, browser: object, tmp_pa
     assert status(page).startswith("Error: notes.txt: cannot read image")
 
     # the support image, a short brush stroke across the middle of its object
+    upload_to_editor(page, "#support-editor", support)
     editor = page.locator("#support-editor")
-    editor.locator("input[type=file]").set_input_files(str(support))
     canvas = editor.locator(".pixi-target canvas")
-    page.wait_for_timeout(500)
     editor.get_by_role("button", name="Brush", exact=True).click()
     box = canvas.bounding_box()
     assert box is not None
