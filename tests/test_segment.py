@@ -16,7 +16,9 @@ from imagefiles import box_mask, files_under, save, scene, support_pair
 from PIL import Image
 from tiny_training import TINY_TRAINING, tiny_values
 
+import fewseg
 from fewseg.api import Model, resized_log_odds
+from fewseg.apps.exports import NamedMask, coco_document, rle
 from fewseg.apps.segment import (
     SegmentSettings,
     prepare_inputs,
@@ -28,6 +30,7 @@ from fewseg.engine.config import resolve_config
 from fewseg.engine.loading import LoadedLearner
 from fewseg.engine.train import train
 from fewseg.episodes.tensors import LabelledImages
+from fewseg.errors import FewSegError
 from fewseg.learners.base import Learner, LearnerOptions, Predictor
 
 SIZE = "64"
@@ -309,16 +312,312 @@ def test_segment_is_deterministic(tmp_path: Path, capsys: pytest.CaptureFixture[
             assert a.read_bytes() == b.read_bytes(), a.name
 
 
-def test_progress_bar_only_for_many_queries(
+def test_progress_bars_for_every_run_of_more_than_one_query(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     image, mask = support_pair(tmp_path)
-    queries = [str(save(tmp_path / f"q{i}.png", scene(16, 16, (0, 0, 8, 8)))) for i in range(3)]
+    queries = [str(save(tmp_path / f"q{i}.png", scene(16, 16, (0, 0, 8, 8)))) for i in range(2)]
     base = ["segment", "--size", SIZE, "--support", str(image), str(mask), "--query"]
-    assert main([*base, *queries, "--batch-size", "2", "--out", str(tmp_path / "a")]) == 0
-    assert "segment: 100%" in capsys.readouterr().err  # 3 queries > one batch
-    assert main([*base, *queries, "--out", str(tmp_path / "b")]) == 0
-    assert capsys.readouterr().err == ""  # one batch: no bar
+    assert main([*base, *queries, "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err  # 2 queries, one batch: the input check and the run
+    assert "check: 100%" in err and "segment: 100%" in err
+    assert main([*base, queries[0], "--out", str(tmp_path / "b")]) == 0
+    assert capsys.readouterr().err == ""  # one query: no bar
+    assert main([*base, *queries, "--out", str(tmp_path / "c"), "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+# ---- output names, the output folder, formats -------------------------------------------
+
+
+def test_queries_with_one_name_write_under_their_relative_paths(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image, mask = support_pair(tmp_path / "support")
+    photos = tmp_path / "photos"
+    day = save(photos / "day" / "x.png", scene(16, 20, (0, 0, 8, 8)))
+    night = save(photos / "night" / "x.jpg", scene(24, 16, (4, 4, 12, 12)))
+    same_folder = [save(photos / "y.jpg", scene(16, 16, (0, 0, 8, 8))), photos / "y.png"]
+    save(same_folder[1], scene(20, 16, (0, 0, 8, 8)))
+    out = tmp_path / "out"
+    code, _, err = run_segment(
+        capsys, "--support", str(image), str(mask), "--query", str(photos / "day"),
+        str(photos / "night"), *map(str, same_folder), "--out", str(out),
+    )  # fmt: skip
+    assert (code, err) == (0, "")
+    queries = read_summary(out)["queries"]
+    assert [(q["image"], q["mask"], q["overlay"]) for q in queries] == [
+        (str(day), "masks/day/x.png", "overlays/day/x.jpg"),
+        (str(night), "masks/night/x.png", "overlays/night/x.jpg"),
+        (str(same_folder[0]), "masks/y.jpg.png", "overlays/y.jpg.jpg"),
+        (str(same_folder[1]), "masks/y.png.png", "overlays/y.png.jpg"),
+    ]
+    sizes = [Image.open(out / q["mask"]).size for q in queries]
+    assert sizes == [(20, 16), (16, 24), (16, 16), (16, 20)]
+
+
+def test_a_single_folder_names_its_queries_by_file_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image, mask = support_pair(tmp_path / "support")
+    save(tmp_path / "photos" / "a.jpg", scene(16, 16, (0, 0, 8, 8)))
+    out = tmp_path / "out"
+    code, _, _ = run_segment(
+        capsys, "--support", str(image), str(mask), "--query", str(tmp_path / "photos"),
+        "--out", str(out),
+    )  # fmt: skip
+    assert code == 0
+    assert [p.relative_to(out).as_posix() for p in files_under(out)] == [
+        "masks", "masks/a.png", "overlays", "overlays/a.jpg", "summary.json",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("layout", ["flat", "subfolders"])
+def test_a_query_folder_of_image_mask_pairs_segments_the_images(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], layout: str
+) -> None:
+    image, mask = support_pair(tmp_path / "support")
+    folder = tmp_path / "labelled"
+    images, masks = (folder, folder) if layout == "flat" else (folder / "images", folder / "masks")
+    for stem in ("a", "b"):
+        save(images / f"{stem}.jpg", scene(16, 16, (0, 0, 8, 8)))
+        save(masks / f"{stem}.png", box_mask(16, 16, (0, 0, 8, 8)))
+    out = tmp_path / "out"
+    code, _, err = run_segment(
+        capsys, "--support", str(image), str(mask), "--query", str(folder), "--out", str(out)
+    )
+    assert (code, err) == (0, "")
+    queries = read_summary(out)["queries"]
+    assert [(q["image"], q["mask"]) for q in queries] == [
+        (str(images / "a.jpg"), "masks/a.png"),
+        (str(images / "b.jpg"), "masks/b.png"),
+    ]
+
+
+def test_a_non_empty_out_is_refused_unless_overwrite_which_replaces_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image, mask = support_pair(tmp_path / "support")
+    first = save(tmp_path / "first.png", scene(16, 16, (0, 0, 8, 8)))
+    second = save(tmp_path / "second.png", scene(16, 16, (0, 0, 8, 8)))
+    out = tmp_path / "out"
+    out.mkdir()  # an empty folder is fine
+    base = ["--support", str(image), str(mask), "--out", str(out)]
+    assert run_segment(capsys, *base, "--query", str(first))[0] == 0
+    message = one_line_error(capsys, *base, "--query", str(second))
+    assert message == (
+        f"fewseg: error: {out}: not empty (an earlier run's files?); pass --overwrite to "
+        "replace it, or choose another --out"
+    )
+    assert (out / "masks/first.png").is_file() and not (out / "masks/second.png").exists()
+    assert run_segment(capsys, *base, "--query", str(second), "--overwrite")[0] == 0
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["second.png"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_stopped_run_leaves_out_as_it_was(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fewseg.apps.segment as segment_app
+
+    image, mask = support_pair(tmp_path / "support")
+    queries = [str(save(tmp_path / f"q{i}.png", scene(16, 16, (0, 0, 8, 8)))) for i in range(3)]
+    out = tmp_path / "out"
+    base = ["--support", str(image), str(mask), "--out", str(out), "--batch-size", "1"]
+    assert run_segment(capsys, *base, "--query", queries[0])[0] == 0
+    before = {p: p.read_bytes() for p in files_under(out) if p.is_file()}
+    calls = []
+
+    def interrupted(*args: object, **kwargs: object) -> np.ndarray:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return overlay(*args, **kwargs)  # type: ignore[arg-type]
+
+    overlay = segment_app.overlay
+    monkeypatch.setattr(segment_app, "overlay", interrupted)
+    code, _, err = run_segment(capsys, *base, "--query", *queries, "--overwrite")
+    assert (code, err) == (130, "fewseg: interrupted\n")
+    assert {p: p.read_bytes() for p in files_under(out) if p.is_file()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("format", ["png", "coco", "both"])
+def test_formats_png_and_coco_rle(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], format: str
+) -> None:
+    from pycocotools.coco import COCO
+
+    image, mask = support_pair(tmp_path / "support")
+    photos = tmp_path / "photos"
+    queries = [
+        save(photos / "a.jpg", scene(40, 50, (10, 10, 30, 40))),
+        save(photos / "sub" / "b.png", scene(30, 20, (5, 5, 20, 15))),
+    ]
+    model = fewseg.load("baseline", size=64)
+    expected = model.adapt([image], [mask])(queries)
+    out = tmp_path / "out"
+    code, _, _ = run_segment(
+        capsys, "--support", str(image), str(mask), "--query", *map(str, queries),
+        "--out", str(out), "--format", format, "--class-name", "red box",
+    )  # fmt: skip
+    assert code == 0
+    summary = read_summary(out)
+    names = ["a", "sub/b"]
+    if format in ("png", "both"):
+        for name, truth in zip(names, expected, strict=True):
+            assert np.array_equal(read_mask(out / f"masks/{name}.png") == 255, truth)
+    else:
+        assert not (out / "masks").exists() and "mask" not in summary["queries"][0]
+    if format == "png":
+        assert not (out / "coco.json").exists() and "coco" not in summary
+        return
+    assert summary["coco"] == "coco.json" and summary["class_name"] == "red box"
+    coco = COCO(str(out / "coco.json"))
+    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == ["red box"]
+    images = coco.loadImgs(coco.getImgIds())
+    assert [(i["file_name"], i["height"], i["width"]) for i in images] == [
+        ("a.jpg", 40, 50), ("sub/b.png", 30, 20),
+    ]  # fmt: skip
+    for info, truth in zip(images, expected, strict=True):
+        (annotation,) = coco.loadAnns(coco.getAnnIds(imgIds=info["id"]))
+        assert np.array_equal(coco.annToMask(annotation).astype(bool), truth)
+        assert annotation["area"] == int(truth.sum())
+        rows, cols = np.nonzero(truth)
+        x, y = cols.min(), rows.min()
+        assert annotation["bbox"] == [x, y, cols.max() + 1 - x, rows.max() + 1 - y]
+
+
+def coco_counts(text: str) -> list[int]:
+    """Decode COCO's compressed RLE string by its definition (pycocotools' rleFrString):
+    5 bits per character + 48, a sixth bit continuing the number, the sign in the last
+    group's bit 4, and each count from the third on stored as its difference to the one
+    two places back."""
+    counts: list[int] = []
+    position = 0
+    while position < len(text):
+        value, shift, more = 0, 0, True
+        while more:
+            chunk = ord(text[position]) - 48
+            value |= (chunk & 0x1F) << (5 * shift)
+            more = bool(chunk & 0x20)
+            position += 1
+            shift += 1
+            if not more and chunk & 0x10:
+                value |= -1 << (5 * shift)
+        if len(counts) > 2:
+            value += counts[-2]
+        counts.append(value)
+    return counts
+
+
+def test_coco_rle_by_hand() -> None:
+    # column-major: 0 0 | 1 0 | 1 1  ->  runs of 2 zeros, 1 one, 1 zero, 2 ones
+    mask = np.array([[0, 1, 1], [0, 0, 1]], bool)
+    encoded = rle(mask)
+    assert encoded["size"] == [2, 3] and coco_counts(encoded["counts"]) == [2, 1, 1, 2]
+    big = np.zeros((40, 30), bool)
+    big[5:25, 3:13] = True  # 10 columns of 5 zeros, 20 ones, 15 zeros, after 3 empty columns
+    counts = coco_counts(rle(big)["counts"])
+    assert counts == [3 * 40 + 5] + [20, 20] * 9 + [20, 15 + 17 * 40]
+    document = coco_document(
+        [NamedMask("a", "a.jpg", mask), NamedMask("e", "sub/e.png", np.zeros((4, 5), bool))],
+        "cat",
+        scores=[0.75, 0.1],
+    )
+    assert document["images"] == [
+        {"id": 1, "file_name": "a.jpg", "width": 3, "height": 2},
+        {"id": 2, "file_name": "sub/e.png", "width": 5, "height": 4},
+    ]
+    assert document["annotations"] == [  # none for the empty mask
+        {"id": 1, "image_id": 1, "category_id": 1, "segmentation": encoded, "area": 3,
+         "bbox": [1.0, 0.0, 2.0, 2.0], "iscrowd": 0, "score": 0.75},
+    ]  # fmt: skip
+    assert document["categories"] == [{"id": 1, "name": "cat", "supercategory": "cat"}]
+
+
+def test_probability_maps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    image, mask = support_pair(tmp_path / "support")
+    query = save(tmp_path / "q.png", scene(40, 50, (10, 10, 30, 40)))
+    out = tmp_path / "out"
+    code, _, _ = run_segment(
+        capsys, "--support", str(image), str(mask), "--query", str(query), "--out", str(out),
+        "--probabilities",
+    )  # fmt: skip
+    assert code == 0
+    probabilities = fewseg.load("baseline", size=64).adapt([image], [mask]).probabilities([query])
+    written = read_mask(out / "probabilities/q.png")
+    assert written.dtype == np.uint8 and written.shape == (40, 50)
+    assert np.abs(written.astype(int) - np.round(probabilities[0] * 255)).max() <= 1
+    assert read_summary(out)["queries"][0]["probabilities"] == "probabilities/q.png"
+
+
+# ---- grey masks: --mask-threshold --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("threshold", "foreground"),
+    [(127, [0, 0, 1, 1, 1, 1]), (200, [0, 0, 0, 0, 1, 1]), (0, [0, 1, 1, 1, 1, 1])],
+)
+def test_grey_masks_are_thresholded(threshold: int, foreground: list[int]) -> None:
+    label = np.array([0, 100, 128, 200, 201, 255], np.uint8).reshape(2, 3)
+    fg, ignore, encoding = decode_mask(label, "m.jpg", threshold)
+    assert fg.ravel().tolist() == [bool(v) for v in foreground]
+    assert not ignore.any() and encoding == f"grey, > {threshold}"
+    with pytest.raises(FewSegError, match=r"m\.jpg: mask values must be 0/1, 0/255"):
+        decode_mask(label, "m.jpg")  # the API's strict reading
+
+
+def test_a_jpeg_mask_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    image, png_mask = support_pair(tmp_path)
+    jpeg_mask = tmp_path / "mask.jpg"
+    Image.open(png_mask).save(jpeg_mask, quality=70)
+    label = np.asarray(Image.open(jpeg_mask))
+    assert len(np.unique(label)) > 3  # JPEG noise: not 0/255 any more
+    query = save(tmp_path / "q.png", scene(40, 40, (10, 10, 30, 30)))
+    for mask, threshold in ((jpeg_mask, "127"), (jpeg_mask, "60"), (png_mask, "127")):
+        out = tmp_path / f"out-{mask.suffix}-{threshold}"
+        code, _, err = run_segment(
+            capsys, "--support", str(image), str(mask), "--query", str(query), "--out", str(out),
+            "--mask-threshold", threshold,
+        )  # fmt: skip
+        assert (code, err) == (0, "")
+        support = read_summary(out)["support"][0]
+        if mask == jpeg_mask:
+            assert support["encoding"] == f"grey, > {threshold}"
+            assert support["foreground_pixels"] == int((label > int(threshold)).sum())
+        else:
+            assert support["encoding"] == "0/255"
+
+
+def test_a_photo_given_as_the_mask_is_named_as_such(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image, mask = support_pair(tmp_path)
+    message = one_line_error(
+        capsys, "--support", str(mask), str(image), "--query", str(image),
+        "--out", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert message.startswith(f"fewseg: error: {image}: looks like a photo, not a mask (")
+    assert message.endswith("are the image and its mask swapped?")
+    assert not (tmp_path / "out").exists()
+
+
+def test_palette_and_16_bit_masks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    image, _ = support_pair(tmp_path)
+    box = box_mask(64, 64, (8, 12, 32, 36), value=1)
+    wide = Image.fromarray(box.astype(np.uint16) * 65535)
+    sixteen = tmp_path / "sixteen.png"
+    wide.save(sixteen)
+    assert Image.open(sixteen).mode.startswith("I")
+    pair = read_support_pair(image, sixteen, 127)
+    assert pair.encoding == "0/255" and np.array_equal(pair.sample.mask, box == 1)
+    indexed = Image.fromarray(box * 15, mode="L").convert("P")
+    indexed.putpalette([0, 0, 0] * 15 + [192, 128, 128] + [0, 0, 0] * 240)
+    palette = tmp_path / "palette.png"
+    indexed.save(palette)
+    with pytest.raises(FewSegError, match="a palette mask's values are indices, not grey levels"):
+        read_support_pair(image, palette, 127)
 
 
 # ---- every learner ----------------------------------------------------------------------
@@ -372,20 +671,6 @@ def one_line_error(capsys: pytest.CaptureFixture[str], *args: str) -> str:
     assert (code, out, len(err.splitlines())) == (2, "", 1), err
     assert err.startswith("fewseg: error: ")
     return err.strip()
-
-
-def test_queries_whose_outputs_would_collide(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    image, mask = support_pair(tmp_path)
-    a = save(tmp_path / "a" / "x.png", scene(16, 16, (0, 0, 8, 8)))
-    b = save(tmp_path / "b" / "x.jpg", scene(16, 16, (0, 0, 8, 8)))
-    out = tmp_path / "out"
-    message = one_line_error(
-        capsys, "--support", str(image), str(mask), "--query", str(a), str(b), "--out", str(out)
-    )
-    assert message.endswith(f"{a} and {b} would both write masks/x.png: rename one of them")
-    assert not out.exists()
 
 
 def test_support_takes_pairs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -49,3 +49,8 @@ def check_same_size(image: np.ndarray, mask: np.ndarray, mask_path: str | Path) 
             f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
             f"{image.shape[1]}x{image.shape[0]}"
         )
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """The decoded image in its own mode (a mask's palette, bit depth), errors naming the file."""
+    return _open(Path(path))
