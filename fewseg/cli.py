@@ -164,6 +164,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         workers=args.workers,
         device=args.device,
         progress=not args.no_progress,
+        score_at=args.score_at,
+        missing_classes=args.missing_classes,
     )
     report = evaluate(loaded.learner, source, args.dataset, settings, seeds, loaded.trained or None)
     if distributed.is_main():
@@ -422,6 +424,20 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         metavar="PX",
         help="square evaluation size (default: the checkpoint's training size, else the "
         "dataset's: 400 for real data)",
+    )
+    ev.add_argument(
+        "--score-at",
+        choices=("resized", "original"),
+        default="resized",
+        help="score against labels squashed to --size (default), or resize the logits to "
+        "each query label's own size and score there (HSNet's use_original_imgsize)",
+    )
+    ev.add_argument(
+        "--missing-classes",
+        choices=("skip", "zero"),
+        default="skip",
+        help="test classes without episodes: left out of mIoU (default), or IoU 0 "
+        "(HSNet's meter: mIoU over every test class of the fold)",
     )
     ev.add_argument(
         "--workers", type=int, default=0, help="data-loading processes (default 0: a thread)"

@@ -52,7 +52,9 @@ def score_plan(
     learner state, source and image size) lends the predictor of a support set met before
     instead of adapting again."""
     memo = memo if memo is not None else AdaptationMemo(capacity=0)
-    dataset = EpisodeDataset(source, tuple(distributed.shard(plan.episodes)), settings.size)
+    dataset = EpisodeDataset(
+        source, tuple(distributed.shard(plan.episodes)), settings.size, settings.original_truth
+    )
     loader: Iterable[EpisodeTensors] = (
         DataLoader(dataset, batch_size=1, collate_fn=_first, num_workers=settings.workers)
         if settings.workers > 0
@@ -83,16 +85,9 @@ def score_plan(
                 )
                 with torch.no_grad():
                     logits = predict(episode.query.images)
-                query = episode.query
-                queue.put(
-                    ScoredQuery(
-                        planned.class_index,
-                        logits,
-                        query.masks[0],
-                        query.ignore[0],
-                        (planned.query, planned.class_index),
-                    )
-                )
+                mask, ignore = episode.scored_truth()
+                truth_key = (planned.query, planned.class_index)
+                queue.put(ScoredQuery(planned.class_index, logits, mask, ignore, truth_key))
                 bar.update()
         scores = queue.finish()
     return distributed.all_reduce_scores(scores)

@@ -14,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Generic, TypeVar
 
+import numpy as np
 import torch
 
 from fewseg.data.source import SegmentationSource
@@ -96,6 +97,23 @@ class ResizedSamples:
         else:
             self.hits += 1
         return image, *masks
+
+    def original_masks(self, image_id: str, class_index: int) -> tuple[torch.Tensor, ...]:
+        """(foreground [H,W] float in {0,1}, ignore [H,W] bool) at the image's own size
+        (``--score-at original``), memoised with the resized masks."""
+        key = (image_id, class_index, "original")
+        masks = self._masks.get(key)
+        if masks is None:
+            self.misses += 1
+            mask, ignore = self.source.load_masks(image_id, class_index)
+            masks = (
+                torch.from_numpy(mask.astype(np.float32)),
+                torch.from_numpy(ignore.astype(bool)),
+            )
+            self._masks.put(key, masks)
+        else:
+            self.hits += 1
+        return masks
 
 
 _PER_SOURCE: weakref.WeakKeyDictionary[SegmentationSource, ResizedSamples] = (
