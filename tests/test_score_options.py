@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import pytest
 import torch
 
+from fewseg.cli import main
 from fewseg.data.source import ClassSample, SegClass, SegmentationSource
 from fewseg.engine.evaluate import EvaluationSettings, evaluate
 from fewseg.engine.protocol import score_plan_reference
@@ -129,3 +132,29 @@ def test_unknown_scoring_options_are_one_line_errors() -> None:
         EvaluationSettings("all", 1, 1, 2, score_at="native")
     with pytest.raises(FewSegError, match="missing_classes 'none'"):
         EvaluationSettings("all", 1, 1, 2, missing_classes="none")
+
+
+def test_the_command_line_passes_both_options_to_the_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def run_cli(out: Path, *extra: str) -> dict:
+        args = ["evaluate", "--dataset", "synthetic", "--fold", "0", "--episodes", "4"]
+        assert main([*args, "--out", str(out), "--no-progress", *extra]) == 0
+        return json.loads((out / "report.json").read_text())
+
+    plain = run_cli(tmp_path / "plain")
+    assert plain["settings"]["scored_at"] == "evaluation resolution 96x96"
+    assert plain["settings"]["missing_classes"] == "skip"
+    capsys.readouterr()
+    both = run_cli(tmp_path / "both", "--score-at", "original", "--missing-classes", "zero")
+    out = capsys.readouterr().out
+    assert "scored at each query's original size" in out
+    assert "classes without episodes count as IoU 0 in mIoU" in out
+    assert both["settings"]["scored_at"].startswith("original")
+    assert both["settings"]["missing_classes"] == "zero"
+    # synthetic images are 96x96 already: the original size changes no score
+    assert {n: both["per_class"][n] for n in plain["per_class"]} == plain["per_class"]
+    missing = both["classes_without_episodes"]
+    assert len(both["per_class"]) == 12 and len(missing) >= 8  # 4 episodes, 12 classes
+    assert all(both["per_class"][n] == 0.0 for n in missing)
+    assert both["miou"] == pytest.approx(sum(plain["per_class"].values()) / 12, abs=1e-9)
