@@ -117,6 +117,16 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_precision(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="fp32 (default), or mixed precision by torch.autocast: bf16 (CUDA; runs on cpu "
+        "too) or fp16 (CUDA only)",
+    )
+
+
 def _load(args: argparse.Namespace, device: str | None) -> Any:
     """The learner of ``--checkpoint`` (read on the main process of a torchrun run, whose
     disk has it) or ``--learner`` (default baseline)."""
@@ -126,20 +136,21 @@ def _load(args: argparse.Namespace, device: str | None) -> Any:
 
     if args.checkpoint is not None:
         state = distributed.from_main(lambda: read_checkpoint(args.checkpoint))
-        return load_learner(args.checkpoint, device, state=state)
+        return load_learner(args.checkpoint, device, state=state, precision=args.precision)
     from fewseg.learners import LEARNERS
 
     name = args.learner or "baseline"
     LEARNERS.get(name)  # an unknown name is an error naming the known ones
     options = {"weights_path": args.weights} if args.weights else None
-    return load_learner(name, device, options)
+    return load_learner(name, device, options, precision=args.precision)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from fewseg.engine import distributed
     from fewseg.engine.device import resolve_device
+    from fewseg.engine.precision import check_precision
 
-    resolve_device(args.device)
+    check_precision(args.precision, resolve_device(args.device))
     with distributed.session(args.backend, args.dist_timeout, args.device):
         return _evaluate(args)
 
@@ -166,6 +177,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         score_at=args.score_at,
         missing_classes=args.missing_classes,
+        precision=args.precision,
     )
     report = evaluate(loaded.learner, source, args.dataset, settings, seeds, loaded.trained or None)
     if distributed.is_main():
@@ -443,6 +455,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         "--workers", type=int, default=0, help="data-loading processes (default 0: a thread)"
     )
     ev.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    _add_precision(ev)
     ev.add_argument(
         "--backend",
         choices=("auto", "gloo", "nccl"),
@@ -499,6 +512,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     )
     seg.add_argument("--seed", type=int, default=0, help="torch's seed (default 0)")
     seg.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    _add_precision(seg)
     _add_progress(seg)
     seg.set_defaults(run=cmd_segment)
     return parser

@@ -15,6 +15,7 @@ from fewseg import __version__
 from fewseg.data.source import SegmentationSource
 from fewseg.engine import distributed
 from fewseg.engine.adaptation_memo import AdaptationMemo
+from fewseg.engine.precision import check_precision
 from fewseg.engine.report import EvaluationReport, ReportSettings, SeedResult
 from fewseg.engine.runner import score_plan
 from fewseg.engine.settings import EvaluationSettings
@@ -87,6 +88,7 @@ def evaluate(
     if not seeds:
         raise ValueError("evaluate needs at least one seed")
     device = distributed.local_device(settings.device)
+    check_precision(settings.precision, device)
     learner = learner.to(torch.device(device))
     scorer = scorer or _fast_scorer(settings)
     split = source.fold_split(settings.fold)
@@ -118,6 +120,7 @@ def evaluate(
             image_size=settings.size,
             scored_at=scored_at(settings),
             missing_classes=settings.missing_classes,
+            precision=settings.precision,
             learner=learner.settings(),
             device=settings.device,
             trained=trained,

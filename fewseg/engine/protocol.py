@@ -7,6 +7,7 @@ import torch
 
 from fewseg.data.source import SegmentationSource
 from fewseg.engine import distributed
+from fewseg.engine.precision import autocast
 from fewseg.engine.scoring import foreground_prediction
 from fewseg.engine.settings import EvaluationSettings
 from fewseg.episodes.sampler import EpisodePlan
@@ -30,9 +31,10 @@ def score_plan_reference(
         tensors = load_resized_episode(source, episode, settings.size, settings.original_truth).to(
             device
         )
-        predict = learner.adapt(tensors.support)
-        with torch.no_grad():
-            logits = predict(tensors.query.images)
+        with autocast(settings.precision, device):
+            predict = learner.adapt(tensors.support)
+            with torch.no_grad():
+                logits = predict(tensors.query.images)
         mask, ignore = tensors.scored_truth()
         prediction = foreground_prediction(logits, mask.shape[-2:])[0]
         scores.update(episode.class_index, prediction, mask.cpu(), ignore.cpu())

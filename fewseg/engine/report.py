@@ -41,6 +41,7 @@ class ReportSettings:
     device: str
     trained: dict[str, Any] | None = None  # checkpoint, step, training config
     missing_classes: str = "skip"  # test classes with no scored episode: skipped, or IoU 0
+    precision: str = "fp32"  # fp32, or the autocast dtype (bf16, fp16)
 
 
 @dataclass(frozen=True)

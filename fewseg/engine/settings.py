@@ -28,6 +28,7 @@ class EvaluationSettings:
     min_class_images: int = 0  # e.g. 6: the same classes for 1- and 5-shot evaluation
     score_at: str = "resized"  # SCORE_AT
     missing_classes: str = "skip"  # MISSING_CLASSES
+    precision: str = "fp32"  # fewseg.engine.precision: fp32, bf16 or fp16 (autocast)
 
     def __post_init__(self) -> None:
         if self.score_at not in SCORE_AT:

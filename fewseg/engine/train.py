@@ -33,6 +33,7 @@ from fewseg.engine.checkpoint import (
 from fewseg.engine.config import TrainConfig, write_yaml
 from fewseg.engine.features import attached, training_stores
 from fewseg.engine.interrupt import StopRequest, TrainingInterrupted
+from fewseg.engine.precision import autocast, check_precision
 from fewseg.engine.run_lock import check_run_dir, run_lock
 from fewseg.engine.runner import score_plan
 from fewseg.engine.settings import EvaluationSettings
@@ -164,6 +165,7 @@ def validate(
         size=size,
         device=distributed.local_device(config.device),
         progress=False,
+        precision=config.precision,
     )
     scores = score_plan(learner, source, plan, settings)
     return 100 * scores.miou()
@@ -179,6 +181,7 @@ def train(
     """Meta-train a learner; returns a summary (steps, seconds, last losses, validation)."""
     run_dir = Path(run_dir)
     check_run_dir(run_dir)
+    check_precision(config.precision, config.device, training=True)
     source = open_source(config.dataset, config.min_mask_pixels, config.index_cache)
     if config.fold is None:  # the dataset's default, recorded as such
         config = replace(config, fold=source.default_fold)
@@ -239,7 +242,8 @@ def train(
                 episodes = [e.to(device) for e in episodes]
                 learner.train()
                 optimizer.zero_grad(set_to_none=True)
-                metrics = learner.meta_gradients(episodes)
+                with autocast(config.precision, device):
+                    metrics = learner.meta_gradients(episodes)
                 metrics = distributed.average_meta_gradients(learner.outer_parameters(), metrics)
                 if not all(math.isfinite(v) for v in metrics.values()):
                     raise TrainingDiverged(
@@ -306,6 +310,7 @@ def last_saved_step(run_dir: Path) -> int | str:
 
 
 RESUME_MAY_CHANGE = {"steps", "device", "val_every", "checkpoint_every", "log_every"}
+RESUME_MAY_CHANGE |= {"precision"}  # like the device: how the arithmetic runs
 RESUME_MAY_CHANGE |= {"index_cache"}  # where a dataset's index is kept, not what it holds
 RESUME_MAY_CHANGE |= {"backend", "dist_timeout"}  # a run resumes on any world size
 
