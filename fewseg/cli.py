@@ -149,7 +149,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from fewseg.engine import distributed
     from fewseg.engine.device import resolve_device
     from fewseg.engine.precision import check_precision
+    from fewseg.engine.run_lock import check_run_dir
 
+    check_run_dir(args.out)
     check_precision(args.precision, resolve_device(args.device))
     with distributed.session(args.backend, args.dist_timeout, args.device):
         return _evaluate(args)

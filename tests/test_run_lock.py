@@ -113,9 +113,13 @@ def test_out_naming_a_file_is_a_one_line_error(
     assert main(train_flags(path)) == 2
     err = capsys.readouterr().err
     assert (
-        err
-        == f"fewseg: error: {path}: exists and is not a directory; --out names a run directory\n"
+        err == f"fewseg: error: {path}: exists and is not a directory (--out names a directory)\n"
     )
     assert path.read_text() == "mine\n"
     assert main(train_flags(path / "run")) == 2  # under a file: cannot be created
     assert "cannot create the run directory" in capsys.readouterr().err
+    evaluate = ["evaluate", "--dataset", "synthetic", "--episodes", "2", "--no-progress"]
+    assert main([*evaluate, "--out", str(path)]) == 2
+    assert capsys.readouterr().err == (
+        f"fewseg: error: {path}: exists and is not a directory (--out names a directory)\n"
+    )

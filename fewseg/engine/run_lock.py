@@ -31,9 +31,10 @@ class RunDirectoryBusy(FewSegError):
 
 
 def check_run_dir(run_dir: Path) -> None:
-    """A one-line error when ``run_dir`` exists but is not a directory."""
+    """A one-line error when ``run_dir`` (a command's ``--out``) exists but is not a
+    directory."""
     if run_dir.exists() and not run_dir.is_dir():
-        raise FewSegError(f"{run_dir}: exists and is not a directory; --out names a run directory")
+        raise FewSegError(f"{run_dir}: exists and is not a directory (--out names a directory)")
 
 
 def holder_text(lock_path: Path) -> str:
