@@ -158,3 +158,42 @@ def test_the_command_line_passes_both_options_to_the_report(
     assert len(both["per_class"]) == 12 and len(missing) >= 8  # 4 episodes, 12 classes
     assert all(both["per_class"][n] == 0.0 for n in missing)
     assert both["miou"] == pytest.approx(sum(plain["per_class"].values()) / 12, abs=1e-9)
+
+
+def test_a_benchmark_plan_takes_both_options_and_reuses_only_a_report_scored_alike(
+    tmp_path: Path,
+) -> None:
+    from test_benchmark import PLAN
+
+    from fewseg.engine.report import write_report
+    from fewseg.experiments.benchmark import finished_report, read_bench_plan
+
+    path = tmp_path / "bench.yaml"
+    path.write_text(PLAN)
+    assert (read_bench_plan(path).score_at, read_bench_plan(path).missing_classes) == (
+        "resized",
+        "skip",
+    )
+    path.write_text(PLAN.replace("min_class_images: 3}", "min_class_images: 3, " + OPTIONS))
+    plan = read_bench_plan(path)
+    assert (plan.score_at, plan.missing_classes) == ("original", "zero")
+    path.write_text(PLAN.replace("min_class_images: 3}", "score_at: native}"))
+    with pytest.raises(FewSegError, match=f"{path}: score_at 'native': expected one of"):
+        read_bench_plan(path)
+    # an earlier run's report is reused only when it was scored the same way
+    report = run("original", "zero")
+    write_report(tmp_path / "eval", report)
+    learner = LeftHalfLearner()
+    same = report.settings
+    settings = EvaluationSettings(
+        "all", 1, 12, 2, score_at="original", missing_classes="zero", progress=False
+    )
+    assert finished_report(tmp_path / "eval", learner, same.dataset, settings, [0]) == report
+    for other in (
+        EvaluationSettings("all", 1, 12, 2, missing_classes="zero"),
+        EvaluationSettings("all", 1, 12, 2, score_at="original"),
+    ):
+        assert finished_report(tmp_path / "eval", learner, same.dataset, other, [0]) is None
+
+
+OPTIONS = "score_at: original, missing_classes: zero}"
