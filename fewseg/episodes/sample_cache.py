@@ -14,7 +14,6 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Generic, TypeVar
 
-import numpy as np
 import torch
 
 from fewseg.data.source import SegmentationSource
@@ -99,15 +98,16 @@ class ResizedSamples:
         return image, *masks
 
     def original_masks(self, image_id: str, class_index: int) -> tuple[torch.Tensor, ...]:
-        """(foreground [H,W] float in {0,1}, ignore [H,W] bool) at the image's own size
-        (``--score-at original``), memoised with the resized masks."""
+        """(foreground [H,W] bool, ignore [H,W] bool) at the image's own size (``--score-at
+        original``: what scoring reads; bool, a quarter of float's bytes), memoised with the
+        resized masks."""
         key = (image_id, class_index, "original")
         masks = self._masks.get(key)
         if masks is None:
             self.misses += 1
             mask, ignore = self.source.load_masks(image_id, class_index)
             masks = (
-                torch.from_numpy(mask.astype(np.float32)),
+                torch.from_numpy(mask.astype(bool)),
                 torch.from_numpy(ignore.astype(bool)),
             )
             self._masks.put(key, masks)
