@@ -3,6 +3,8 @@ goes with its process however it ends; ``--out`` naming a file is a one-line err
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import signal
 import socket
@@ -123,3 +125,19 @@ def test_out_naming_a_file_is_a_one_line_error(
     assert capsys.readouterr().err == (
         f"fewseg: error: {path}: exists and is not a directory (--out names a directory)\n"
     )
+
+
+def test_a_filesystem_without_locks_runs_unguarded_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    lock = RunLock(tmp_path / "run")
+    lock.acquire()
+    assert capsys.readouterr().err == (
+        f"fewseg: warning: {tmp_path / 'run' / LOCK_NAME}: cannot lock (No locks available); "
+        "nothing keeps a second run out of this directory\n"
+    )
+    lock.release()  # nothing held: nothing to do

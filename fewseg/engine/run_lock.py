@@ -7,7 +7,8 @@ simply locked again. The file names its holder (pid, host, start time) for the e
 second run gets. Released at the end of the run, also on an error or Ctrl-C; the file is
 then removed (a run that finds the file it locked removed meanwhile locks the new one).
 
-A flock is only as good as the filesystem's: local disks and recent NFS honour it.
+A flock is only as good as the filesystem's: local disks and recent NFS honour it. On a
+filesystem that refuses locks altogether the run goes on unguarded, with a warning.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -77,6 +79,14 @@ class RunLock:
                     f"{self.run_dir}: another fewseg train is running into it "
                     f"({holder_text(self.path)}); wait for it to end or use another --out"
                 ) from None
+            except OSError as exc:  # no locks on this filesystem (ENOLCK, EOPNOTSUPP)
+                os.close(fd)
+                print(
+                    f"fewseg: warning: {self.path}: cannot lock ({exc.strerror or exc}); "
+                    "nothing keeps a second run out of this directory",
+                    file=sys.stderr,
+                )
+                return
             # the holder before us may have removed the file between our open and our lock
             try:
                 same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
