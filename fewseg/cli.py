@@ -134,15 +134,16 @@ def _load(args: argparse.Namespace, device: str | None) -> Any:
     from fewseg.engine.checkpoint import read_checkpoint
     from fewseg.engine.loading import load_learner
 
+    precision = getattr(args, "precision", "fp32")  # a command without --precision: fp32
     if args.checkpoint is not None:
         state = distributed.from_main(lambda: read_checkpoint(args.checkpoint))
-        return load_learner(args.checkpoint, device, state=state, precision=args.precision)
+        return load_learner(args.checkpoint, device, state=state, precision=precision)
     from fewseg.learners import LEARNERS
 
     name = args.learner or "baseline"
     LEARNERS.get(name)  # an unknown name is an error naming the known ones
     options = {"weights_path": args.weights} if args.weights else None
-    return load_learner(name, device, options, precision=args.precision)
+    return load_learner(name, device, options, precision=precision)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
