@@ -30,6 +30,7 @@ from fewseg.data.imageio import check_same_size, read_label_map, read_rgb
 from fewseg.data.source import ClassSample
 from fewseg.data.user_images import decode_mask
 from fewseg.engine.loading import LoadedLearner, load_learner
+from fewseg.engine.precision import autocast
 from fewseg.episodes.tensors import LabelledImages
 from fewseg.episodes.transforms import resize_transform, sample_to_tensors
 from fewseg.errors import FewSegError
@@ -46,14 +47,15 @@ def load(
     device: str | None = None,
     weights: str | Path | None = None,
     size: int | None = None,
+    precision: str = "fp32",
 ) -> Model:
     """A training-free learner by name (``baseline``), or a trained one from a
     ``fewseg train`` run directory. ``device``: cpu, cuda or cuda:N (None: cuda when
     available); ``weights``: a local backbone weights file for a learner by name;
     ``size``: the square size images are squashed to (default: the training size, else
-    400)."""
+    400); ``precision``: fp32, or bf16/fp16 mixed precision (fp16 on CUDA only)."""
     options = {"weights_path": str(weights)} if weights is not None else None
-    return Model(load_learner(learner, device, options), size)
+    return Model(load_learner(learner, device, options, precision=precision), size)
 
 
 class Model:
@@ -66,6 +68,7 @@ class Model:
         self.learner: Learner = loaded.learner
         self.size = loaded.image_size(size)
         self.device = loaded.device
+        self.precision = loaded.precision
 
     def __repr__(self) -> str:
         return f"Model({self.learner.name!r}, size={self.size}, device={self.device!r})"
@@ -93,7 +96,8 @@ class Model:
     def adapt_support(self, support: LabelledImages) -> ClassSegmenter:
         """Adapt to a support set already at the model's size (:func:`support_tensors`)."""
         self.learner.eval()
-        return ClassSegmenter(self, self.learner.adapt(support.to(self.device)))
+        with autocast(self.precision, self.device):
+            return ClassSegmenter(self, self.learner.adapt(support.to(self.device)))
 
 
 @dataclass(frozen=True)
@@ -130,7 +134,7 @@ class ClassSegmenter:
     def predict_arrays(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Log-odds of checked HxWx3 uint8 images, each at its own size."""
         batch = torch.stack([query_tensor(image, self.model.size) for image in images])
-        with torch.no_grad():
+        with torch.no_grad(), autocast(self.model.precision, self.model.device):
             logits = self.predictor(batch.to(self.model.device)).float().cpu()
         return [
             resized_log_odds(logit, *image.shape[:2])

@@ -148,6 +148,16 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_precision(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="fp32 (default), or mixed precision by torch.autocast: bf16 (CUDA; runs on cpu "
+        "too) or fp16 (CUDA only)",
+    )
+
+
 def _load(args: argparse.Namespace, device: str | None) -> Any:
     """The learner of ``--checkpoint`` (read on the main process of a torchrun run, whose
     disk has it) or ``--learner`` (default baseline)."""
@@ -155,22 +165,26 @@ def _load(args: argparse.Namespace, device: str | None) -> Any:
     from fewseg.engine.checkpoint import read_checkpoint
     from fewseg.engine.loading import load_learner
 
+    precision = getattr(args, "precision", "fp32")  # a command without --precision: fp32
     if args.checkpoint is not None:
         state = distributed.from_main(lambda: read_checkpoint(args.checkpoint))
-        return load_learner(args.checkpoint, device, state=state)
+        return load_learner(args.checkpoint, device, state=state, precision=precision)
     from fewseg.learners import LEARNERS
 
     name = args.learner or "baseline"
     LEARNERS.get(name)  # an unknown name is an error naming the known ones
     options = {"weights_path": args.weights} if args.weights else None
-    return load_learner(name, device, options)
+    return load_learner(name, device, options, precision=precision)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from fewseg.engine import distributed
     from fewseg.engine.device import resolve_device
+    from fewseg.engine.precision import check_precision
+    from fewseg.engine.run_lock import check_run_dir
 
-    resolve_device(args.device)
+    check_run_dir(args.out)
+    check_precision(args.precision, resolve_device(args.device))
     with distributed.session(args.backend, args.dist_timeout, args.device):
         return _evaluate(args)
 
@@ -195,6 +209,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         workers=args.workers,
         device=args.device,
         progress=not args.no_progress,
+        score_at=args.score_at,
+        missing_classes=args.missing_classes,
+        precision=args.precision,
     )
     report = evaluate(loaded.learner, source, args.dataset, settings, seeds, loaded.trained or None)
     if distributed.is_main():
@@ -482,9 +499,24 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         "dataset's: 400 for real data)",
     )
     ev.add_argument(
+        "--score-at",
+        choices=("resized", "original"),
+        default="resized",
+        help="score against labels squashed to --size (default), or resize the logits to "
+        "each query label's own size and score there (HSNet's use_original_imgsize)",
+    )
+    ev.add_argument(
+        "--missing-classes",
+        choices=("skip", "zero"),
+        default="skip",
+        help="test classes without episodes: left out of mIoU (default), or IoU 0 "
+        "(HSNet's meter: mIoU over every test class of the fold)",
+    )
+    ev.add_argument(
         "--workers", type=int, default=0, help="data-loading processes (default 0: a thread)"
     )
     ev.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    _add_precision(ev)
     ev.add_argument(
         "--backend",
         choices=("auto", "gloo", "nccl"),
@@ -568,6 +600,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     )
     seg.add_argument("--seed", type=int, default=0, help="torch's seed (default 0)")
     seg.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    _add_precision(seg)
     _add_progress(seg)
     seg.set_defaults(run=cmd_segment)
 

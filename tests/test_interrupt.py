@@ -116,6 +116,7 @@ def test_sigint_saves_a_checkpoint_and_stops_cleanly(tmp_path: Path) -> None:
         "continue with --resume"
     )
     assert "Traceback" not in stderr
+    assert not (run_dir / ".lock").exists()  # the run directory's lock, released
     assert logged_steps(run_dir) == list(range(1, step + 1))
     resume_in_process(run_dir, step + 2)
     assert read_checkpoint(run_dir)["step"] == step + 2
@@ -136,6 +137,8 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_weights(
         process.kill()
         process.wait(timeout=60)
         assert process.returncode == -signal.SIGKILL
+        # its lock file stays, naming it; the lock itself went with the process
+        assert f"pid {process.pid} on " in (run_dir / ".lock").read_text()
         state = read_checkpoint(run_dir)  # loads: the kill left no half-written checkpoint
         assert state["step"] >= saved
         saved = state["step"]

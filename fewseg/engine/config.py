@@ -48,6 +48,9 @@ class TrainConfig:
     checkpoint_every: int = option(50, "steps between checkpoints")
     log_every: int = option(10, "steps between metric records")
     device: str = option("cpu", "cpu, cuda or cuda:N")
+    precision: str = option(
+        "fp32", "fp32, or bf16: mixed precision by torch.autocast (CUDA; also runs on cpu)"
+    )
     backend: str = option("auto", "torchrun runs: auto (nccl on CUDA, else gloo), gloo or nccl")
     dist_timeout: float = option(600.0, "torchrun runs: seconds a collective waits for the others")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -14,6 +15,7 @@ from fewseg import __version__
 from fewseg.data.source import SegmentationSource
 from fewseg.engine import distributed
 from fewseg.engine.adaptation_memo import AdaptationMemo
+from fewseg.engine.precision import check_precision
 from fewseg.engine.report import EvaluationReport, ReportSettings, SeedResult
 from fewseg.engine.runner import score_plan
 from fewseg.engine.settings import EvaluationSettings
@@ -44,6 +46,21 @@ def evaluate_seed(
     return SeedResult(seed, 100 * scores.miou(), 100 * scores.fbiou(), per_class, seconds)
 
 
+def with_missing_as_zero(run: SeedResult, fold_classes: Sequence[str]) -> SeedResult:
+    """``--missing-classes zero`` (HSNet's meter): every test class of the fold in
+    ``per_class``, IoU 0 for one without a scored episode (none drew it, or it has too
+    few images), and mIoU the mean over them all."""
+    per_class = {name: run.per_class.get(name, 0.0) for name in fold_classes}
+    return replace(run, miou=statistics.fmean(per_class.values()), per_class=per_class)
+
+
+def scored_at(settings: EvaluationSettings) -> str:
+    """What ``report.json`` says of the resolution predictions were scored at."""
+    if settings.score_at == "original":
+        return "original: logits resized to each query label's own size"
+    return f"evaluation resolution {settings.size}x{settings.size}"
+
+
 def _fast_scorer(settings: EvaluationSettings) -> PlanScorer:
     """The runner, sharing one adaptation memo across the seeds' lists (they share support
     sets, mostly at 1-shot)."""
@@ -71,6 +88,7 @@ def evaluate(
     if not seeds:
         raise ValueError("evaluate needs at least one seed")
     device = distributed.local_device(settings.device)
+    check_precision(settings.precision, device)
     learner = learner.to(torch.device(device))
     scorer = scorer or _fast_scorer(settings)
     split = source.fold_split(settings.fold)
@@ -80,6 +98,14 @@ def evaluate(
             source, split.test, settings.shots, settings.episodes, seed, settings.min_class_images
         )
         runs.append(evaluate_seed(learner, source, plan, settings, seed, scorer))
+    without_episodes = sorted(
+        source.class_name(c)
+        for c in plan.classes_used
+        if all(source.class_name(c) not in r.per_class for r in runs)
+    )
+    if settings.missing_classes == "zero":
+        fold_classes = [source.class_name(c) for c in split.test]
+        runs = [with_missing_as_zero(r, fold_classes) for r in runs]
     several = len(runs) > 1
     names = sorted({name for r in runs for name in r.per_class})
     return EvaluationReport(
@@ -92,7 +118,9 @@ def evaluate(
             episodes=settings.episodes,
             seeds=list(seeds),
             image_size=settings.size,
-            scored_at=f"evaluation resolution {settings.size}x{settings.size}",
+            scored_at=scored_at(settings),
+            missing_classes=settings.missing_classes,
+            precision=settings.precision,
             learner=learner.settings(),
             device=settings.device,
             trained=trained,
@@ -109,10 +137,6 @@ def evaluate(
         fold_convention=split.convention,
         classes_used=[source.class_name(c) for c in plan.classes_used],
         classes_left_out={source.class_name(c): n for c, n in plan.classes_left_out.items()},
-        classes_without_episodes=sorted(
-            source.class_name(c)
-            for c in plan.classes_used
-            if all(source.class_name(c) not in r.per_class for r in runs)
-        ),
+        classes_without_episodes=without_episodes,
         meta_train_classes=[source.class_name(c) for c in split.train],
     )

@@ -46,6 +46,24 @@ def _stacked(rows: Sequence[Features]) -> Features:
     return tuple(stack(parts) for parts in zip(*rows, strict=True))
 
 
+def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype autocast gives features computed on ``device`` on this thread now (None:
+    autocast off): features are stored under it, so that a bf16 evaluation and an fp32 one
+    of the same encoder never share them (fewseg.engine.precision)."""
+    return torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+
+
+def _stored_keys(
+    keys: Sequence[ImageKey] | None, images: torch.Tensor, ahead: bool = False
+) -> list[ImageKey] | None:
+    """The image names with the precision they are computed at (``ahead``: on an encoder
+    thread, where this thread's autocast does not reach: full precision)."""
+    if keys is None:
+        return None
+    dtype = None if ahead else _autocast_dtype(images.device)
+    return [(key, dtype) for key in keys] if dtype is not None else list(keys)
+
+
 class FeatureStore:
     """Features by image name for the encoders it is attached to (one store per encoder,
     or one per encoder function), least recently used out first beyond ``max_bytes``.
@@ -65,7 +83,7 @@ class FeatureStore:
     def features(self, encoder: Encoder, images: torch.Tensor) -> Features:
         """``encoder``'s features of ``images``: those of named images found or computed
         once, without gradients; unnamed images computed by the encoder as they are."""
-        keys = image_keys(images)
+        keys = _stored_keys(image_keys(images), images)
         if keys is None:
             return encoder.compute(images)
         found: list[Features | Future[Features] | None] = []
@@ -143,7 +161,7 @@ class FeatureStore:
         on which images share a batch). Needs :meth:`start_encoders`."""
         if self._pool is None:
             raise RuntimeError("encode_ahead needs start_encoders first")
-        keys = image_keys(images)
+        keys = _stored_keys(image_keys(images), images, ahead=True)
         if keys is None:
             return
         for i, key in enumerate(keys):

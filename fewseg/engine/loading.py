@@ -11,6 +11,7 @@ from typing import Any
 
 from fewseg.engine.checkpoint import checkpoint_path, read_checkpoint, restore_learner
 from fewseg.engine.device import resolve_device
+from fewseg.engine.precision import check_precision
 from fewseg.errors import FewSegError
 from fewseg.learners.base import LEARNERS, Learner, build_learner
 
@@ -24,6 +25,7 @@ class LoadedLearner:
     size: int | None  # the square size it was trained at; None: any
     trained: dict[str, Any] = field(default_factory=dict)  # checkpoint, step, train_config
     device: str = "cpu"
+    precision: str = "fp32"  # what it runs at (fewseg.engine.precision)
 
     def image_size(self, requested: int | None = None, fallback: int = DEFAULT_SIZE) -> int:
         """The size to work at: ``requested``, else the training size, else ``fallback``."""
@@ -35,11 +37,14 @@ def load_learner(
     device: str | None = "cpu",
     options: dict[str, Any] | None = None,
     state: dict[str, Any] | None = None,
+    precision: str = "fp32",
 ) -> LoadedLearner:
     """A registered learner's name (it must be training-free; ``options`` are its options,
     e.g. ``weights_path``) or a run directory / checkpoint file of ``fewseg train``
-    (``state``: its content, when read already)."""
+    (``state``: its content, when read already). ``precision``: fp32, bf16 or fp16 (CUDA),
+    the autocast it is to run under."""
     device = resolve_device(device)
+    check_precision(precision, device)
     text = str(name_or_run)
     if text in LEARNERS:
         cls = LEARNERS.get(text)
@@ -48,7 +53,8 @@ def load_learner(
                 f"learner {text!r} must be trained: load a `fewseg train` run directory "
                 "(--checkpoint DIR)"
             )
-        return LoadedLearner(build_learner(text, options).to(device).eval(), None, {}, device)
+        learner = build_learner(text, options).to(device).eval()
+        return LoadedLearner(learner, None, {}, device, precision)
     path = Path(name_or_run)
     if state is None and not checkpoint_path(path).is_file() and not path.exists():
         known = ", ".join(e.name for e in LEARNERS if not e.factory.trainable)
@@ -64,4 +70,4 @@ def load_learner(
         "step": state["step"],
         "train_config": state["train_config"],
     }
-    return LoadedLearner(learner, state["extra"].get("size"), trained, device)
+    return LoadedLearner(learner, state["extra"].get("size"), trained, device, precision)

@@ -7,6 +7,7 @@ import torch
 
 from fewseg.data.source import SegmentationSource
 from fewseg.engine import distributed
+from fewseg.engine.precision import autocast
 from fewseg.engine.scoring import foreground_prediction
 from fewseg.engine.settings import EvaluationSettings
 from fewseg.episodes.sampler import EpisodePlan
@@ -20,17 +21,21 @@ def score_plan_reference(
 ) -> SegmentationScores:
     """Each episode of the fixed list in turn: adapt to its support set, predict its query
     at the evaluation size, add the prediction's foreground/background intersection and
-    union to its class's (HSNet/PFENet protocol). A torchrun run's ranks take every
-    world_size-th episode and add up their counts."""
+    union to its class's (HSNet/PFENet protocol). ``score_at="original"``: the logits are
+    resized to the query label's own size and scored against the label as it is. A
+    torchrun run's ranks take every world_size-th episode and add up their counts."""
     device = torch.device(distributed.local_device(settings.device))
     scores = SegmentationScores(plan.classes_used)
     learner.eval()
     for episode in distributed.shard(plan.episodes):
-        tensors = load_resized_episode(source, episode, settings.size).to(device)
-        predict = learner.adapt(tensors.support)
-        with torch.no_grad():
-            logits = predict(tensors.query.images)
-        query = tensors.query
-        prediction = foreground_prediction(logits)[0]
-        scores.update(episode.class_index, prediction, query.masks[0].cpu(), query.ignore[0].cpu())
+        tensors = load_resized_episode(source, episode, settings.size, settings.original_truth).to(
+            device
+        )
+        with autocast(settings.precision, device):
+            predict = learner.adapt(tensors.support)
+            with torch.no_grad():
+                logits = predict(tensors.query.images)
+        mask, ignore = tensors.scored_truth()
+        prediction = foreground_prediction(logits, mask.shape[-2:])[0]
+        scores.update(episode.class_index, prediction, mask.cpu(), ignore.cpu())
     return distributed.all_reduce_scores(scores)

@@ -40,6 +40,8 @@ class ReportSettings:
     learner: dict[str, Any]  # Learner.settings()
     device: str
     trained: dict[str, Any] | None = None  # checkpoint, step, training config
+    missing_classes: str = "skip"  # test classes with no scored episode: skipped, or IoU 0
+    precision: str = "fp32"  # fp32, or the autocast dtype (bf16, fp16)
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,9 @@ class EvaluationReport:
     there are several), each seed's run, and which classes were used.
 
     ``classes_without_episodes`` names usable test classes that no episode drew (possible
-    with few episodes): mIoU averages only the classes that were scored."""
+    with few episodes): mIoU averages only the classes that were scored, unless
+    ``settings.missing_classes`` is ``zero`` (every test class of the fold, IoU 0 for those
+    unscored)."""
 
     fewseg_version: str
     settings: ReportSettings
@@ -149,6 +153,10 @@ def evaluation_summary(report: EvaluationReport) -> str:
     if report.classes_left_out:
         left = ", ".join(f"{n} ({k} images)" for n, k in report.classes_left_out.items())
         lines.append(f"left out (fewer than {s.shots + 1} images): {left}")
+    if s.missing_classes == "zero" and (report.classes_left_out or report.classes_without_episodes):
+        lines.append("classes without episodes count as IoU 0 in mIoU")
+    if s.scored_at.startswith("original"):
+        lines.append("scored at each query's original size")
     lines.append(
         f"mIoU {score_text(report.miou, report.miou_std)}   "
         f"FB-IoU {score_text(report.fbiou, report.fbiou_std)}   ({report.seconds:.1f} s)"

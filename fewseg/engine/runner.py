@@ -22,6 +22,7 @@ from fewseg.data.source import SegmentationSource
 from fewseg.engine import distributed
 from fewseg.engine.adaptation_memo import AdaptationMemo
 from fewseg.engine.features import FeatureStore, attached, evaluation_stores
+from fewseg.engine.precision import autocast
 from fewseg.engine.scoring import ScoredQuery, ScoringQueue
 from fewseg.engine.settings import EvaluationSettings
 from fewseg.episodes.prefetch import prefetched
@@ -52,7 +53,9 @@ def score_plan(
     learner state, source and image size) lends the predictor of a support set met before
     instead of adapting again."""
     memo = memo if memo is not None else AdaptationMemo(capacity=0)
-    dataset = EpisodeDataset(source, tuple(distributed.shard(plan.episodes)), settings.size)
+    dataset = EpisodeDataset(
+        source, tuple(distributed.shard(plan.episodes)), settings.size, settings.original_truth
+    )
     loader: Iterable[EpisodeTensors] = (
         DataLoader(dataset, batch_size=1, collate_fn=_first, num_workers=settings.workers)
         if settings.workers > 0
@@ -63,7 +66,9 @@ def score_plan(
     quiet = not settings.progress or not distributed.is_main()
     stores = evaluation_stores(learner)
     encoder = learner.encoder
-    ahead = {encoder: stores[encoder]} if encoder is not None and device.type == "cpu" else {}
+    # encoder threads ahead on the CPU; not under autocast, whose state is per thread
+    on_threads = device.type == "cpu" and settings.precision == "fp32"
+    ahead = {encoder: stores[encoder]} if encoder is not None and on_threads else {}
     with ExitStack() as stack:
         stack.enter_context(attached(stores))
         for store in ahead.values():
@@ -77,22 +82,16 @@ def score_plan(
         bar = tqdm(total=len(dataset), desc=description, unit="ep", disable=quiet, leave=False)
         with bar:
             for planned, episode in _encoded_ahead(episodes, ahead, device):
-                predict = memo.predictor(
-                    (planned.class_index, planned.support),
-                    lambda: learner.adapt(episode.support),  # noqa: B023 (called at once)
-                )
-                with torch.no_grad():
-                    logits = predict(episode.query.images)
-                query = episode.query
-                queue.put(
-                    ScoredQuery(
-                        planned.class_index,
-                        logits,
-                        query.masks[0],
-                        query.ignore[0],
-                        (planned.query, planned.class_index),
+                with autocast(settings.precision, device):
+                    predict = memo.predictor(
+                        (planned.class_index, planned.support),
+                        lambda: learner.adapt(episode.support),  # noqa: B023 (called at once)
                     )
-                )
+                    with torch.no_grad():
+                        logits = predict(episode.query.images)
+                mask, ignore = episode.scored_truth()
+                truth_key = (planned.query, planned.class_index)
+                queue.put(ScoredQuery(planned.class_index, logits, mask, ignore, truth_key))
                 bar.update()
         scores = queue.finish()
     return distributed.all_reduce_scores(scores)

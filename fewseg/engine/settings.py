@@ -4,6 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fewseg.errors import FewSegError
+
+SCORE_AT = ("resized", "original")
+"""``resized``: predictions scored against the labels squashed to the evaluation size (the
+default); ``original``: the logits resized to each query label's own size and scored
+there (HSNet's ``use_original_imgsize``)."""
+
+MISSING_CLASSES = ("skip", "zero")
+"""A usable test class that no episode drew: left out of mIoU (``skip``, the default) or
+counted as IoU 0 (``zero``: HSNet's meter averages over every class of the fold)."""
+
 
 @dataclass(frozen=True)
 class EvaluationSettings:
@@ -15,3 +26,19 @@ class EvaluationSettings:
     device: str = "cpu"
     progress: bool = True
     min_class_images: int = 0  # e.g. 6: the same classes for 1- and 5-shot evaluation
+    score_at: str = "resized"  # SCORE_AT
+    missing_classes: str = "skip"  # MISSING_CLASSES
+    precision: str = "fp32"  # fewseg.engine.precision: fp32, bf16 or fp16 (autocast)
+
+    def __post_init__(self) -> None:
+        if self.score_at not in SCORE_AT:
+            raise FewSegError(f"score_at {self.score_at!r}: expected one of {', '.join(SCORE_AT)}")
+        if self.missing_classes not in MISSING_CLASSES:
+            raise FewSegError(
+                f"missing_classes {self.missing_classes!r}: expected one of "
+                f"{', '.join(MISSING_CLASSES)}"
+            )
+
+    @property
+    def original_truth(self) -> bool:
+        return self.score_at == "original"

@@ -33,6 +33,8 @@ from fewseg.engine.checkpoint import (
 from fewseg.engine.config import TrainConfig, write_yaml
 from fewseg.engine.features import attached, training_stores
 from fewseg.engine.interrupt import StopRequest, TrainingInterrupted
+from fewseg.engine.precision import autocast, check_precision
+from fewseg.engine.run_lock import check_run_dir, run_lock
 from fewseg.engine.runner import score_plan
 from fewseg.engine.settings import EvaluationSettings
 from fewseg.episodes.sampler import draw_episode, episode_plan, usable_classes
@@ -163,6 +165,7 @@ def validate(
         size=size,
         device=distributed.local_device(config.device),
         progress=False,
+        precision=config.precision,
     )
     scores = score_plan(learner, source, plan, settings)
     return 100 * scores.miou()
@@ -177,6 +180,8 @@ def train(
 ) -> dict[str, Any]:
     """Meta-train a learner; returns a summary (steps, seconds, last losses, validation)."""
     run_dir = Path(run_dir)
+    check_run_dir(run_dir)
+    check_precision(config.precision, config.device, training=True)
     source = open_source(config.dataset, config.min_mask_pixels, config.index_cache)
     if config.fold is None:  # the dataset's default, recorded as such
         config = replace(config, fold=source.default_fold)
@@ -197,101 +202,104 @@ def train(
     device = torch.device(distributed.local_device(config.device))
     learner.to(device)
     optimizer = learner.make_optimizer()
-    start, elapsed = 0, 0.0
-    existing = checkpoint_path(run_dir)
-    if resume:
-        state = distributed.from_main(lambda: read_checkpoint(run_dir))  # rank 0's disk
-        check_resumable(state, config, learner.options, existing)
-        load_learner_state(learner, state, existing)
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"]["torch"])
-        start, elapsed = state["step"], state["extra"].get("seconds", 0.0)
-    elif distributed.from_main(existing.exists):
-        raise FewSegError(f"{existing} exists: pass --resume to continue it, or another --out")
-    distributed.broadcast_module(learner)
-    main = distributed.is_main()  # only rank 0 writes files
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_yaml(run_dir / "config.yaml", config, options)
-    log = MetricsLog(run_dir, start, enabled=main)
+    with run_lock(run_dir):  # taken before anything in the directory is read or written
+        start, elapsed = 0, 0.0
+        existing = checkpoint_path(run_dir)
+        if resume:
+            state = distributed.from_main(lambda: read_checkpoint(run_dir))  # rank 0's disk
+            check_resumable(state, config, learner.options, existing)
+            load_learner_state(learner, state, existing)
+            optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["rng"]["torch"])
+            start, elapsed = state["step"], state["extra"].get("seconds", 0.0)
+        elif distributed.from_main(existing.exists):
+            raise FewSegError(f"{existing} exists: pass --resume to continue it, or another --out")
+        distributed.broadcast_module(learner)
+        main = distributed.is_main()  # only rank 0 writes files
+        if main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_yaml(run_dir / "config.yaml", config, options)
+        log = MetricsLog(run_dir, start, enabled=main)
 
-    summary: dict[str, Any] = {"start_step": start, "validation": {}}
-    bar = tqdm(
-        range(start, config.steps),
-        initial=start,
-        total=config.steps,
-        desc=f"train {config.learner}",
-        unit="step",
-        disable=not progress or not main,
-    )
-    window: list[dict[str, float]] = []
-    began = time.perf_counter()
-    stop = StopRequest().install()  # Ctrl-C: save at the end of the step, then stop
-    # frozen backbones: each un-augmented image encoded once for the whole run
-    features = ExitStack()
-    features.enter_context(attached(training_stores(learner)))
-    try:
-        for step in bar:
-            episodes = training_batch(source, classes.train, config, size, step, rank, world)
-            episodes = [e.to(device) for e in episodes]
-            learner.train()
-            optimizer.zero_grad(set_to_none=True)
-            metrics = learner.meta_gradients(episodes)
-            metrics = distributed.average_meta_gradients(learner.outer_parameters(), metrics)
-            if not all(math.isfinite(v) for v in metrics.values()):
-                raise TrainingDiverged(
-                    f"non-finite loss at step {step + 1} ({metrics}); the last good checkpoint "
-                    f"is {existing} (step {last_saved_step(run_dir)})"
-                )
-            optimizer.step()
-            done = step + 1
-            window.append(metrics)
-            seconds = elapsed + time.perf_counter() - began
-            bar.set_postfix(
-                loss=f"{metrics['loss']:.3f}",
-                eps=f"{config.meta_batch * (done - start) / max(seconds - elapsed, 1e-9):.1f}",
-            )
-            if done % config.log_every == 0 or done == config.steps:
-                means = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
-                log.write(
-                    done, {**{f"train/{k}": v for k, v in means.items()}, "time/seconds": seconds}
-                )
-                summary["train"] = means
-                window = []
-            if (
-                config.val_every
-                and classes.validation
-                and (done % config.val_every == 0 or done == config.steps)
-            ):
-                miou = validate(learner, source, classes.validation, config, size)
-                log.write(done, {"val/miou": miou})
-                summary["validation"][done] = miou
-            stopping = stop.agreed()
-            if done % config.checkpoint_every == 0 or done == config.steps or stopping:
-                if not all(bool(p.isfinite().all()) for p in learner.parameters()):
+        summary: dict[str, Any] = {"start_step": start, "validation": {}}
+        bar = tqdm(
+            range(start, config.steps),
+            initial=start,
+            total=config.steps,
+            desc=f"train {config.learner}",
+            unit="step",
+            disable=not progress or not main,
+        )
+        window: list[dict[str, float]] = []
+        began = time.perf_counter()
+        stop = StopRequest().install()  # Ctrl-C: save at the end of the step, then stop
+        # frozen backbones: each un-augmented image encoded once for the whole run
+        features = ExitStack()
+        features.enter_context(attached(training_stores(learner)))
+        try:
+            for step in bar:
+                episodes = training_batch(source, classes.train, config, size, step, rank, world)
+                episodes = [e.to(device) for e in episodes]
+                learner.train()
+                optimizer.zero_grad(set_to_none=True)
+                with autocast(config.precision, device):
+                    metrics = learner.meta_gradients(episodes)
+                metrics = distributed.average_meta_gradients(learner.outer_parameters(), metrics)
+                if not all(math.isfinite(v) for v in metrics.values()):
                     raise TrainingDiverged(
-                        f"non-finite parameters at step {done}; the last good checkpoint "
+                        f"non-finite loss at step {step + 1} ({metrics}); the last good checkpoint "
                         f"is {existing} (step {last_saved_step(run_dir)})"
                     )
-                if main:
-                    extra = {"seconds": seconds, "size": size}
-                    save_checkpoint(run_dir, done, config, learner, optimizer, extra)
-            if stopping and done < config.steps:
-                raise TrainingInterrupted(
-                    f"checkpoint of step {done} saved to {existing}; continue with --resume"
+                optimizer.step()
+                done = step + 1
+                window.append(metrics)
+                seconds = elapsed + time.perf_counter() - began
+                bar.set_postfix(
+                    loss=f"{metrics['loss']:.3f}",
+                    eps=f"{config.meta_batch * (done - start) / max(seconds - elapsed, 1e-9):.1f}",
                 )
-    finally:
-        features.close()
-        stop.restore()
-        log.close()
-        bar.close()
-    summary.update(
-        steps=config.steps,
-        seconds=elapsed + time.perf_counter() - began,
-        train_classes=[source.class_name(c) for c in classes.train],
-        validation_classes=[source.class_name(c) for c in classes.validation],
-    )
-    return summary
+                if done % config.log_every == 0 or done == config.steps:
+                    means = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+                    log.write(
+                        done,
+                        {**{f"train/{k}": v for k, v in means.items()}, "time/seconds": seconds},
+                    )
+                    summary["train"] = means
+                    window = []
+                if (
+                    config.val_every
+                    and classes.validation
+                    and (done % config.val_every == 0 or done == config.steps)
+                ):
+                    miou = validate(learner, source, classes.validation, config, size)
+                    log.write(done, {"val/miou": miou})
+                    summary["validation"][done] = miou
+                stopping = stop.agreed()
+                if done % config.checkpoint_every == 0 or done == config.steps or stopping:
+                    if not all(bool(p.isfinite().all()) for p in learner.parameters()):
+                        raise TrainingDiverged(
+                            f"non-finite parameters at step {done}; the last good checkpoint "
+                            f"is {existing} (step {last_saved_step(run_dir)})"
+                        )
+                    if main:
+                        extra = {"seconds": seconds, "size": size}
+                        save_checkpoint(run_dir, done, config, learner, optimizer, extra)
+                if stopping and done < config.steps:
+                    raise TrainingInterrupted(
+                        f"checkpoint of step {done} saved to {existing}; continue with --resume"
+                    )
+        finally:
+            features.close()
+            stop.restore()
+            log.close()
+            bar.close()
+        summary.update(
+            steps=config.steps,
+            seconds=elapsed + time.perf_counter() - began,
+            train_classes=[source.class_name(c) for c in classes.train],
+            validation_classes=[source.class_name(c) for c in classes.validation],
+        )
+        return summary
 
 
 def last_saved_step(run_dir: Path) -> int | str:
@@ -302,6 +310,7 @@ def last_saved_step(run_dir: Path) -> int | str:
 
 
 RESUME_MAY_CHANGE = {"steps", "device", "val_every", "checkpoint_every", "log_every"}
+RESUME_MAY_CHANGE |= {"precision"}  # like the device: how the arithmetic runs
 RESUME_MAY_CHANGE |= {"index_cache"}  # where a dataset's index is kept, not what it holds
 RESUME_MAY_CHANGE |= {"backend", "dist_timeout"}  # a run resumes on any world size
 

@@ -97,6 +97,24 @@ class ResizedSamples:
             self.hits += 1
         return image, *masks
 
+    def original_masks(self, image_id: str, class_index: int) -> tuple[torch.Tensor, ...]:
+        """(foreground [H,W] bool, ignore [H,W] bool) at the image's own size (``--score-at
+        original``: what scoring reads; bool, a quarter of float's bytes), memoised with the
+        resized masks."""
+        key = (image_id, class_index, "original")
+        masks = self._masks.get(key)
+        if masks is None:
+            self.misses += 1
+            mask, ignore = self.source.load_masks(image_id, class_index)
+            masks = (
+                torch.from_numpy(mask.astype(bool)),
+                torch.from_numpy(ignore.astype(bool)),
+            )
+            self._masks.put(key, masks)
+        else:
+            self.hits += 1
+        return masks
+
 
 _PER_SOURCE: weakref.WeakKeyDictionary[SegmentationSource, ResizedSamples] = (
     weakref.WeakKeyDictionary()

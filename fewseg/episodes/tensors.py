@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch.utils.data import Dataset
@@ -68,14 +68,24 @@ class LabelledImages:
 
 @dataclass(frozen=True)
 class EpisodeTensors:
-    """A support set and one query with its ground truth."""
+    """A support set and one query with its ground truth. ``truth``: the query's (mask
+    [H,W], ignore [H,W]) at its own size, where it is scored there (``--score-at
+    original``); it stays on the CPU, where scores are counted."""
 
     class_index: int
     support: LabelledImages
     query: LabelledImages
+    truth: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def to(self, device: torch.device | str) -> EpisodeTensors:
-        return EpisodeTensors(self.class_index, self.support.to(device), self.query.to(device))
+        return EpisodeTensors(
+            self.class_index, self.support.to(device), self.query.to(device), self.truth
+        )
+
+    def scored_truth(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (mask, ignore) the query's prediction is scored against: ``truth``, else
+        the query's own at the images' size."""
+        return self.truth or (self.query.masks[0], self.query.ignore[0])
 
     def labelled_images(self) -> LabelledImages:
         """All labelled images of the episode, support shots first and the query last."""
@@ -112,30 +122,44 @@ def resized_image_key(source: SegmentationSource, image_id: str, size: int) -> I
     return (source.key, image_id, size)
 
 
-def load_resized_episode(source: SegmentationSource, episode: Episode, size: int) -> EpisodeTensors:
+def load_resized_episode(
+    source: SegmentationSource, episode: Episode, size: int, original_truth: bool = False
+) -> EpisodeTensors:
     """The episode squashed to size x size (the evaluation's and an un-augmented training
     run's transform), its images named by :func:`resized_image_key`; each (image, class,
-    size) is decoded and resized once per process (see sample_cache)."""
+    size) is decoded and resized once per process (see sample_cache). ``original_truth``:
+    with the query's masks at its own size too (``EpisodeTensors.truth``)."""
     samples = resized_samples(source)
-    return _episode_tensors(
+    tensors = _episode_tensors(
         episode,
         lambda i: samples.load(i, episode.class_index, size),
         lambda i: resized_image_key(source, i, size),
     )
+    if not original_truth:
+        return tensors
+    mask, ignore = samples.original_masks(episode.query, episode.class_index)
+    return replace(tensors, truth=(mask, ignore))
 
 
 class EpisodeDataset(Dataset[EpisodeTensors]):
     """A fixed episode list as a map-style dataset (one item = one episode)."""
 
     def __init__(
-        self, source: SegmentationSource, episodes: tuple[Episode, ...], size: int
+        self,
+        source: SegmentationSource,
+        episodes: tuple[Episode, ...],
+        size: int,
+        original_truth: bool = False,
     ) -> None:
         self.source = source
         self.episodes = episodes
         self.size = size
+        self.original_truth = original_truth
 
     def __len__(self) -> int:
         return len(self.episodes)
 
     def __getitem__(self, index: int) -> EpisodeTensors:
-        return load_resized_episode(self.source, self.episodes[index], self.size)
+        return load_resized_episode(
+            self.source, self.episodes[index], self.size, self.original_truth
+        )

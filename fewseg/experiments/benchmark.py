@@ -18,7 +18,7 @@ import torch
 from fewseg.allocator import retain_freed_memory
 from fewseg.data.source import SegmentationSource
 from fewseg.data.spec import open_source
-from fewseg.engine.evaluate import EvaluationSettings, evaluate
+from fewseg.engine.evaluate import EvaluationSettings, evaluate, scored_at
 from fewseg.engine.report import EvaluationReport, read_report, write_report
 from fewseg.errors import FewSegError
 from fewseg.experiments.demo import DemoPlan, overlay_grid, prepare_learner
@@ -36,6 +36,8 @@ class BenchPlan:
     episodes: int
     seeds: list[int]
     min_class_images: int = 0
+    score_at: str = "resized"  # evaluate's --score-at
+    missing_classes: str = "skip"  # evaluate's --missing-classes
     cross_domain_seeds: list[int] | None = None  # None: the same seeds as the main dataset
     dataset_name: str = ""
     source_file: str = "bench.yaml"
@@ -79,6 +81,15 @@ def read_bench_plan(path: str | Path, quick: bool = False) -> BenchPlan:
                 if key in overrides:
                     evaluation[key] = overrides.pop(key)
             train.update(overrides)
+        # checked now, not when the first evaluation starts
+        EvaluationSettings(
+            "all",
+            1,
+            1,
+            1,
+            score_at=str(evaluation.get("score_at", "resized")),
+            missing_classes=str(evaluation.get("missing_classes", "skip")),
+        )
         return BenchPlan(
             dataset=str(values["dataset"]),
             folds=folds,
@@ -89,6 +100,8 @@ def read_bench_plan(path: str | Path, quick: bool = False) -> BenchPlan:
             episodes=int(evaluation["episodes"]),
             seeds=[int(s) for s in evaluation["seeds"]],
             min_class_images=int(evaluation.get("min_class_images", 0)),
+            score_at=str(evaluation.get("score_at", "resized")),
+            missing_classes=str(evaluation.get("missing_classes", "skip")),
             cross_domain_seeds=(
                 [int(s) for s in evaluation["cross_domain_seeds"]]
                 if "cross_domain_seeds" in evaluation
@@ -100,6 +113,8 @@ def read_bench_plan(path: str | Path, quick: bool = False) -> BenchPlan:
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise FewSegError(f"{path}: not a benchmark plan ({exc})") from None
+    except FewSegError as exc:
+        raise FewSegError(f"{path}: {exc}") from None
 
 
 def summarize_folds(per_fold: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -180,6 +195,8 @@ def run_task(plan: BenchPlan, task: BenchTask, out: Path, progress: bool) -> dic
                 size,
                 progress=progress,
                 min_class_images=plan.min_class_images,
+                score_at=plan.score_at,
+                missing_classes=plan.missing_classes,
             )
             seeds = plan.seeds_for(dataset)
             report_dir = fold_dir / "eval" / f"{task.learner}-{dataset}-{shots}shot"
@@ -212,8 +229,8 @@ def finished_report(
     seeds: list[int],
 ) -> EvaluationReport | None:
     """The report an earlier (interrupted) run wrote for this very evaluation, if any: same
-    dataset, fold, shots, episodes, seeds, image size and learner settings. Delete the run
-    directory to evaluate again."""
+    dataset, fold, shots, episodes, seeds, image size, scoring and learner settings. Delete
+    the run directory to evaluate again."""
     path = report_dir / "report.json"
     if not path.is_file():
         return None
@@ -229,6 +246,8 @@ def finished_report(
         settings.episodes,
         seeds,
         settings.size,
+        scored_at(settings),
+        settings.missing_classes,
         json.loads(json.dumps(learner.settings())),
     )
     found = (
@@ -238,6 +257,8 @@ def finished_report(
         written.episodes,
         written.seeds,
         written.image_size,
+        written.scored_at,
+        written.missing_classes,
         written.learner,
     )
     return report if found == expected else None

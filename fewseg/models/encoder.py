@@ -18,6 +18,18 @@ Features = torch.Tensor | tuple[torch.Tensor, ...]
 """An encoder's output for images [B,3,H,W]: a feature map [B,C,h,w], or several (a
 feature pyramid), each with the batch first."""
 
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def full_precision(features: Features) -> Features:
+    """Features computed under autocast (``--precision bf16|fp16``) as float32: the
+    learners' heads may run inside ``torch.func.vmap``, which autocast does not reach (on
+    the CPU at least), where half-precision features would meet float32 weights; and every
+    path (stored features or not) then gives the head the same input."""
+    if isinstance(features, torch.Tensor):
+        return features.float() if features.dtype in HALF_DTYPES else features
+    return tuple(full_precision(part) for part in features)
+
 
 class FeatureStore(Protocol):
     def features(self, encoder: Encoder, images: torch.Tensor) -> Features: ...
@@ -82,11 +94,12 @@ class Encoder(nn.Module):
         return self.compute(images)
 
     def compute(self, images: torch.Tensor) -> Any:
-        """The features, computed (what a feature store calls for what it lacks)."""
+        """The features, computed (what a feature store calls for what it lacks); float32
+        even when computed under autocast (:func:`full_precision`)."""
         if self.frozen:
             with torch.no_grad():
-                return super().__call__(images)
-        return super().__call__(images)
+                return full_precision(super().__call__(images))
+        return full_precision(super().__call__(images))
 
     def __getstate__(self) -> dict[str, Any]:  # a copy or a pickle has no store attached
         state = super().__getstate__()  # type: ignore[misc]
