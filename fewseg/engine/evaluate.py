@@ -41,7 +41,21 @@ def evaluate_seed(
     scores = scorer(learner, source, plan, settings)
     seconds = time.perf_counter() - start
     per_class = {source.class_name(c): 100 * iou for c, iou in scores.class_iou().items()}
-    return SeedResult(seed, 100 * scores.miou(), 100 * scores.fbiou(), per_class, seconds)
+    boundary = {source.class_name(c): 100 * b for c, b in scores.class_boundary_iou().items()}
+    return SeedResult(
+        seed,
+        100 * scores.miou(),
+        100 * scores.fbiou(),
+        per_class,
+        seconds,
+        100 * scores.boundary_iou(),
+        boundary,
+    )
+
+
+def _boundary(run: SeedResult) -> float:
+    assert run.boundary_iou is not None  # every run of this fewseg scores it
+    return run.boundary_iou
 
 
 def _fast_scorer(settings: EvaluationSettings) -> PlanScorer:
@@ -101,8 +115,14 @@ def evaluate(
         fbiou=statistics.fmean(r.fbiou for r in runs),
         miou_std=statistics.pstdev(r.miou for r in runs) if several else None,
         fbiou_std=statistics.pstdev(r.fbiou for r in runs) if several else None,
+        boundary_iou=statistics.fmean(_boundary(r) for r in runs),
+        boundary_iou_std=statistics.pstdev(_boundary(r) for r in runs) if several else None,
         per_class={
             n: statistics.fmean(r.per_class[n] for r in runs if n in r.per_class) for n in names
+        },
+        per_class_boundary={
+            n: statistics.fmean(r.per_class_boundary[n] for r in runs if n in r.per_class_boundary)
+            for n in sorted({n for r in runs for n in r.per_class_boundary})
         },
         seconds=sum(r.seconds for r in runs),
         runs=runs,
