@@ -17,10 +17,9 @@ The state is [2, n_classes] and [n_classes] tensors, so it all-reduces across pr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import math
 
 import numpy as np
 import torch
