@@ -242,3 +242,14 @@ class SegmentationScores:
         """Mean of :meth:`class_boundary_iou` over the classes (NaN when none)."""
         ious = list(self.class_boundary_iou().values())
         return sum(ious) / len(ious) if ious else float("nan")
+
+
+def auroc(positives: Sequence[float], negatives: Sequence[float]) -> float:
+    """The area under the ROC curve of scores meant to be higher for ``positives``: the
+    probability that a random positive outscores a random negative, ties counting half
+    (the Mann–Whitney U statistic over |P|·|N|)."""
+    if not positives or not negatives:
+        raise ValueError("AUROC needs at least one positive and one negative score")
+    pos = np.asarray(positives, dtype=np.float64)[:, None]
+    neg = np.asarray(negatives, dtype=np.float64)[None, :]
+    return float(((pos > neg).sum() + 0.5 * (pos == neg).sum()) / (pos.size * neg.size))

@@ -110,6 +110,7 @@ def evaluate(
             learner=learner.settings(),
             device=settings.device,
             trained=trained,
+            inference=settings.inference.to_dict() if settings.inference else None,
         ),
         miou=statistics.fmean(r.miou for r in runs),
         fbiou=statistics.fmean(r.fbiou for r in runs),

@@ -7,6 +7,7 @@ import torch
 
 from fewseg.data.source import SegmentationSource
 from fewseg.engine import distributed
+from fewseg.engine.inference import evaluation_predictor
 from fewseg.engine.scoring import foreground_prediction
 from fewseg.engine.settings import EvaluationSettings
 from fewseg.episodes.sampler import EpisodePlan
@@ -27,7 +28,7 @@ def score_plan_reference(
     learner.eval()
     for episode in distributed.shard(plan.episodes):
         tensors = load_resized_episode(source, episode, settings.size).to(device)
-        predict = learner.adapt(tensors.support)
+        predict = evaluation_predictor(learner, tensors.support, settings)
         with torch.no_grad():
             logits = predict(tensors.query.images)
         query = tensors.query

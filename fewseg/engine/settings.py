@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fewseg.refinement.options import InferenceOptions
+
 
 @dataclass(frozen=True)
 class EvaluationSettings:
@@ -15,3 +17,5 @@ class EvaluationSettings:
     device: str = "cpu"
     progress: bool = True
     min_class_images: int = 0  # e.g. 6: the same classes for 1- and 5-shot evaluation
+    # post-processing and test-time refinement of every prediction (None: the learner's own)
+    inference: InferenceOptions | None = None
