@@ -273,3 +273,18 @@ def test_the_options_reach_every_evaluation_flag() -> None:
     options = _inference_options(args)
     assert options == InferenceOptions(edges="none", refine="repri")
     assert np.isclose(options.edge_eps, InferenceOptions().edge_eps)
+
+
+def test_an_evaluation_predictor_keeps_its_support_set_only_when_its_options_need_it() -> None:
+    """An evaluation memoises hundreds of predictors: the support images of each must not
+    stay with it unless a refinement or a presence threshold uses them."""
+    support, query = _episode()
+    plain = refined_adapt(ChannelLearner(), support, PLAIN, keep_support=False)
+    assert plain.support is None and torch.equal(plain(query), query[:, :1] - 1.0)
+    with pytest.raises(RuntimeError, match="without its support set"):
+        plain.presence(query)
+    for options in (InferenceOptions(refine="ssp"), InferenceOptions(min_presence=0.5)):
+        assert options.needs_support
+        kept = refined_adapt(ChannelLearner(), support, options, keep_support=False)
+        assert kept.support is support
+    assert refined_adapt(ChannelLearner(), support, PLAIN).support is support  # the API's

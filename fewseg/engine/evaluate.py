@@ -13,7 +13,7 @@ import torch
 from fewseg import __version__
 from fewseg.data.source import SegmentationSource
 from fewseg.engine import distributed
-from fewseg.engine.adaptation_memo import AdaptationMemo
+from fewseg.engine.adaptation_memo import DEFAULT_CAPACITY, AdaptationMemo
 from fewseg.engine.report import EvaluationReport, ReportSettings, SeedResult
 from fewseg.engine.runner import score_plan
 from fewseg.engine.settings import EvaluationSettings
@@ -58,10 +58,15 @@ def _boundary(run: SeedResult) -> float:
     return run.boundary_iou
 
 
+SUPPORT_HOLDING_CAPACITY = 32
+
+
 def _fast_scorer(settings: EvaluationSettings) -> PlanScorer:
     """The runner, sharing one adaptation memo across the seeds' lists (they share support
-    sets, mostly at 1-shot)."""
-    memo = AdaptationMemo()
+    sets, mostly at 1-shot). Predictors that keep their support set (refinements, a presence
+    threshold) are kept fewer: each holds the support images and their features."""
+    holds_support = settings.inference is not None and settings.inference.needs_support
+    memo = AdaptationMemo(SUPPORT_HOLDING_CAPACITY if holds_support else DEFAULT_CAPACITY)
 
     def scorer(
         learner: Learner, source: SegmentationSource, plan: EpisodePlan, s: EvaluationSettings

@@ -18,4 +18,4 @@ def evaluation_predictor(
         return learner.adapt(support)
     from fewseg.refinement.pipeline import refined_adapt
 
-    return refined_adapt(learner, support, settings.inference)
+    return refined_adapt(learner, support, settings.inference, keep_support=False)

@@ -69,6 +69,12 @@ class InferenceOptions:
         names = tuple(r.strip() for r in self.refine.split(",") if r.strip())
         return () if names == ("none",) else names
 
+    @property
+    def needs_support(self) -> bool:
+        """Whether predictions need the support set itself (its features), not only the
+        learner's predictor: a refinement, or a presence threshold."""
+        return bool(self.refinements) or self.min_presence > 0
+
     def to_dict(self) -> dict[str, Any]:
         return as_dict(self)
 

@@ -140,13 +140,15 @@ class RefinedPredictor:
     each query's own size)."""
 
     learner: Learner
-    support: LabelledImages
+    support: LabelledImages | None  # None: built for options that never need it
     predictor: Predictor
     options: InferenceOptions
     _support_features: SupportFeatures | None = field(default=None, repr=False)
 
     def support_features(self) -> SupportFeatures:
         if self._support_features is None:
+            if self.support is None:
+                raise RuntimeError("this predictor was built without its support set")
             encoder = feature_encoder(self.learner, "refinement")
             self._support_features = SupportFeatures.of(encoder, self.support)
         return self._support_features
@@ -215,7 +217,11 @@ class RefinedPredictor:
 
 
 def refined_adapt(
-    learner: Learner, support: LabelledImages, options: InferenceOptions
+    learner: Learner, support: LabelledImages, options: InferenceOptions, keep_support: bool = True
 ) -> RefinedPredictor:
-    """Adapt ``learner`` to ``support`` and apply ``options`` to its predictions."""
-    return RefinedPredictor(learner, support, learner.adapt(support), options)
+    """Adapt ``learner`` to ``support`` and apply ``options`` to its predictions. Without
+    ``keep_support`` the predictor keeps the support set only when ``options`` need it (an
+    evaluation keeps many predictors: the support images of each would add up to gigabytes);
+    then it cannot score presence on request."""
+    kept = support if keep_support or options.needs_support else None
+    return RefinedPredictor(learner, kept, learner.adapt(support), options)
