@@ -5,13 +5,16 @@
 >>> segment = model.adapt(["cat1.jpg", "cat2.jpg"], ["cat1.png", "cat2.png"])
 >>> masks = segment(["a.jpg"])                # HxW bool arrays, each at its image's size
 >>> probabilities = segment.probabilities(["a.jpg"])
+>>> scores = segment.presence(["a.jpg"])     # per query, 0..1: is the class there at all?
 
 Images are paths, PIL images or HxWx3 uint8 arrays (grayscale and RGBA are converted);
 masks are paths, PIL images or HxW arrays: bool, or 8-bit with 0/1 or 0/255 (foreground =
 1 or 255), or 0/1 with 255 = ignore. Images are squashed to the model's square size (the
 size it was trained at; 400 for a training-free learner) for the network, and each
-query's logits resized back to its own size. Any bad input is a :class:`FewSegError`
-naming it.
+query's log-odds brought back to its own size by the inference options
+(:class:`fewseg.refinement.options.InferenceOptions`: by default a guided filter with the
+full-size query as guide, so that mask edges follow the image's; test-time refinement and
+``min_presence`` as chosen). Any bad input is a :class:`FewSegError` naming it.
 """
 
 from __future__ import annotations
@@ -34,8 +37,10 @@ from fewseg.engine.precision import autocast
 from fewseg.episodes.tensors import LabelledImages
 from fewseg.episodes.transforms import resize_transform, sample_to_tensors
 from fewseg.errors import FewSegError
-from fewseg.learners.base import Learner, Predictor
+from fewseg.learners.base import Learner
 from fewseg.models.segmenter import foreground_logit
+from fewseg.refinement.options import InferenceOptions
+from fewseg.refinement.pipeline import RefinedPredictor, edge_aware, refined_adapt, rgb
 
 ImageLike = str | Path | Image.Image | np.ndarray
 MaskLike = str | Path | Image.Image | np.ndarray
@@ -48,22 +53,31 @@ def load(
     weights: str | Path | None = None,
     size: int | None = None,
     precision: str = "fp32",
+    inference: InferenceOptions | None = None,
 ) -> Model:
     """A training-free learner by name (``baseline``), or a trained one from a
     ``fewseg train`` run directory. ``device``: cpu, cuda or cuda:N (None: cuda when
     available); ``weights``: a local backbone weights file for a learner by name;
     ``size``: the square size images are squashed to (default: the training size, else
-    400); ``precision``: fp32, or bf16/fp16 mixed precision (fp16 on CUDA only)."""
+    400); ``precision``: fp32, or bf16/fp16 mixed precision (fp16 on CUDA only);
+    ``inference``: edge-aware upsampling, test-time refinement, ``min_presence`` (default
+    :class:`InferenceOptions` ()'s)."""
     options = {"weights_path": str(weights)} if weights is not None else None
-    return Model(load_learner(learner, device, options, precision=precision), size)
+    return Model(load_learner(learner, device, options, precision=precision), size, inference)
 
 
 class Model:
     """A loaded learner, ready to adapt to support sets."""
 
-    def __init__(self, loaded: LoadedLearner, size: int | None = None) -> None:
+    def __init__(
+        self,
+        loaded: LoadedLearner,
+        size: int | None = None,
+        inference: InferenceOptions | None = None,
+    ) -> None:
         if size is not None and size < 8:
             raise FewSegError(f"size must be >= 8, got {size}")
+        self.inference = inference if inference is not None else InferenceOptions()
         self.loaded = loaded
         self.learner: Learner = loaded.learner
         self.size = loaded.image_size(size)
@@ -97,7 +111,9 @@ class Model:
         """Adapt to a support set already at the model's size (:func:`support_tensors`)."""
         self.learner.eval()
         with autocast(self.precision, self.device):
-            return ClassSegmenter(self, self.learner.adapt(support.to(self.device)))
+            return ClassSegmenter(
+                self, refined_adapt(self.learner, support.to(self.device), self.inference)
+            )
 
 
 @dataclass(frozen=True)
@@ -105,7 +121,7 @@ class ClassSegmenter:
     """Segments the class of a support set in query images."""
 
     model: Model
-    predictor: Predictor
+    predictor: RefinedPredictor
 
     def __call__(self, queries: Sequence[ImageLike]) -> list[np.ndarray]:
         """HxW bool masks, each at its query's own size (positive log-odds: foreground)."""
@@ -114,6 +130,20 @@ class ClassSegmenter:
     def probabilities(self, queries: Sequence[ImageLike]) -> list[np.ndarray]:
         """HxW float32 foreground probabilities in [0, 1], each at its query's own size."""
         return [torch.sigmoid(torch.from_numpy(x)).numpy() for x in self.log_odds(queries)]
+
+    def presence(self, queries: Sequence[ImageLike]) -> list[float]:
+        """Per query, how likely the support's class is in it at all, in [0, 1]
+        (fewseg.refinement.presence): low when it is absent."""
+        if isinstance(queries, str | Path | Image.Image | np.ndarray):
+            raise FewSegError("pass a list of query images")
+        scores: list[float] = []
+        for start in range(0, len(queries), BATCH_SIZE):
+            images = [
+                read_image(query, start + i)
+                for i, query in enumerate(queries[start : start + BATCH_SIZE])
+            ]
+            scores += self.predict_with_presence(images)[1]
+        return scores
 
     def log_odds(self, queries: Sequence[ImageLike]) -> list[np.ndarray]:
         """HxW float32 foreground log-odds, bilinearly resized to each query's own size."""
@@ -133,13 +163,25 @@ class ClassSegmenter:
 
     def predict_arrays(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Log-odds of checked HxWx3 uint8 images, each at its own size."""
+        return self.predict_with_presence(images, presence=False)[0]
+
+    def predict_with_presence(
+        self, images: Sequence[np.ndarray], presence: bool = True
+    ) -> tuple[list[np.ndarray], list[float]]:
+        """Log-odds of checked HxWx3 uint8 images, each at its own size, and (with
+        ``presence``) each one's presence score; below the options' ``min_presence`` a
+        query's mask is empty."""
         batch = torch.stack([query_tensor(image, self.model.size) for image in images])
+        batch = batch.to(self.model.device)
         with torch.no_grad(), autocast(self.model.precision, self.model.device):
-            logits = self.predictor(batch.to(self.model.device)).float().cpu()
-        return [
-            resized_log_odds(logit, *image.shape[:2])
-            for logit, image in zip(logits, images, strict=True)
-        ]
+            log_odds, scores = self.predictor.refined_with_presence(batch, presence)
+        guides = rgb(batch)
+        with torch.no_grad():
+            out = [
+                full_size_log_odds(logit, guide, image, self.predictor.options)
+                for logit, guide, image in zip(log_odds.float(), guides, images, strict=True)
+            ]
+        return out, [] if scores is None else scores.float().cpu().tolist()
 
 
 # ---- inputs -------------------------------------------------------------------------------
@@ -223,6 +265,16 @@ def query_tensor(image: np.ndarray, size: int) -> torch.Tensor:
     empty = np.zeros(image.shape[:2], bool)
     tensor, _, _ = sample_to_tensors(ClassSample(image, empty, empty), resize_transform(size))
     return tensor
+
+
+def full_size_log_odds(
+    log_odds: torch.Tensor, guide: torch.Tensor, image: np.ndarray, options: InferenceOptions
+) -> np.ndarray:
+    """One query's foreground log-odds [1,h,w] at the model's size → (H, W) at the image's
+    own, by the options' edge-aware upsampling with the full-size image as guide (the fast
+    guided filter), or bilinearly."""
+    full = torch.as_tensor(np.array(image), device=guide.device).permute(2, 0, 1)[None] / 255
+    return edge_aware(log_odds[None], guide[None], options, full)[0, 0].float().cpu().numpy()
 
 
 def resized_log_odds(logits: torch.Tensor, height: int, width: int) -> np.ndarray:

@@ -212,6 +212,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         score_at=args.score_at,
         missing_classes=args.missing_classes,
         precision=args.precision,
+        inference=_inference_options(args),
     )
     report = evaluate(loaded.learner, source, args.dataset, settings, seeds, loaded.trained or None)
     if distributed.is_main():
@@ -398,6 +399,30 @@ def _add_plan(parser: argparse.ArgumentParser, name: str) -> None:
     _add_progress(parser)
 
 
+def _add_inference_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per field of InferenceOptions (fewseg.refinement.options)."""
+    from fewseg.options import add_flags
+    from fewseg.refinement.options import InferenceOptions
+
+    group = parser.add_argument_group(
+        "inference options", "applied to any learner's predictions (docs/evaluation.md)"
+    )
+    add_flags(group, InferenceOptions)
+
+
+def _inference_options(args: argparse.Namespace) -> Any:
+    """The InferenceOptions of the command line: the defaults, then the flags given."""
+    from fewseg.options import field_names, options_from
+    from fewseg.refinement.options import InferenceOptions
+
+    values = {
+        name: getattr(args, name)
+        for name in field_names(InferenceOptions)
+        if getattr(args, name, None) is not None
+    }
+    return options_from(InferenceOptions, values, "command line")
+
+
 def _add_learner_choice(parser: argparse.ArgumentParser) -> None:
     learner = parser.add_mutually_exclusive_group()
     learner.add_argument(
@@ -534,6 +559,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     ev.add_argument("--out", required=True, type=Path, metavar="DIR", help="report directory")
     _add_min_mask_pixels(ev)
     _add_index_cache(ev)
+    _add_inference_flags(ev)
     ev.set_defaults(run=cmd_evaluate)
 
     seg = commands.add_parser(

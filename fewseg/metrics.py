@@ -1,13 +1,23 @@
-"""Few-shot segmentation metrics (HSNet/PFENet protocol).
+"""Few-shot segmentation metrics (HSNet/PFENet protocol) and Boundary IoU.
 
 Per test class, foreground intersection and union are summed over all episodes of that
 class, and IoU_c = I_c / U_c; mIoU is the mean over classes. FB-IoU pools foreground and
 background intersection/union over every episode of the fold. Ignored pixels count in
-neither. The state is two [2, n_classes] tensors, so it all-reduces across processes.
+neither.
+
+Boundary IoU (Cheng et al., CVPR 2021) scores only the band along each mask's contour:
+the boundary region of a mask is its pixels within distance d of a pixel outside it (the
+image border counts as outside), d = 2% of the image diagonal rounded (at least 1), the
+distance measured as their reference code's repeated 3x3 erosion does (chessboard). The
+boundary IoU of a prediction is |P_d ∩ G_d| / |P_d ∪ G_d| over the pixels not ignored;
+per class the two counts are summed over its episodes, like the IoU.
+
+The state is [2, n_classes] and [n_classes] tensors, so it all-reduces across processes.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -15,6 +25,71 @@ import numpy as np
 import torch
 
 BACKGROUND, FOREGROUND = 0, 1
+BOUNDARY_DILATION_RATIO = 0.02  # Cheng et al.'s d: 2% of the image diagonal
+
+
+def boundary_width(height: int, width: int, ratio: float = BOUNDARY_DILATION_RATIO) -> int:
+    """d in pixels for an image of this size: round(ratio · diagonal), at least 1 (11 at
+    400x400)."""
+    return max(1, round(ratio * math.hypot(height, width)))
+
+
+def _eroded_along(mask: np.ndarray, width: int, axis: int) -> np.ndarray:
+    """True where every pixel within ``width`` along ``axis`` is in ``mask`` (outside the
+    image counts as not): a sliding count of the pixels outside, by cumulative sums."""
+    outside = np.logical_not(mask)
+    pad = [(0, 0), (0, 0)]
+    pad[axis] = (width + 1, width)  # one extra leading zero-count row for the differences
+    counts = np.pad(outside, pad, constant_values=True).cumsum(axis=axis, dtype=np.int32)
+    if axis == 0:
+        counts[0] = 0
+        window = counts[2 * width + 1 :] - counts[: -2 * width - 1]
+    else:
+        counts[:, 0] = 0
+        window = counts[:, 2 * width + 1 :] - counts[:, : -2 * width - 1]
+    return window == 0
+
+
+def mask_boundary(mask: np.ndarray, width: int) -> np.ndarray:
+    """The boundary region of an HxW bool mask: its pixels with a pixel outside the mask (or
+    the image) within chessboard distance ``width``, i.e. the mask minus its erosion by a
+    (2·width+1)² square (Cheng et al.'s ``mask_to_boundary``)."""
+    mask = np.asarray(mask, dtype=bool)
+    if width < 1:
+        raise ValueError(f"boundary width must be >= 1, got {width}")
+    eroded = _eroded_along(_eroded_along(mask, width, 0), width, 1)
+    return mask & ~eroded
+
+
+def boundary_intersection_union(
+    prediction: torch.Tensor, target: torch.Tensor, ignore: torch.Tensor
+) -> tuple[float, float]:
+    """Boundary IoU counts for one foreground prediction: (|P_d ∩ G_d|, |P_d ∪ G_d|) over
+    the pixels not ignored, d = :func:`boundary_width` of the map's size."""
+    return BoundaryTruth.of(target, ignore).intersection_union(prediction)
+
+
+@dataclass(frozen=True)
+class BoundaryTruth:
+    """The ground truth's boundary region (not ignored) and the width d, prepared once."""
+
+    valid: np.ndarray  # bool: not ignored
+    boundary: np.ndarray  # bool: G_d and not ignored
+    width: int
+
+    @classmethod
+    def of(cls, target: torch.Tensor, ignore: torch.Tensor) -> BoundaryTruth:
+        valid = np.atleast_2d(~ignore.detach().cpu().numpy().astype(bool))
+        truth = np.atleast_2d(target.detach().cpu().numpy().astype(bool))
+        width = boundary_width(*truth.shape)
+        return cls(valid, mask_boundary(truth, width) & valid, width)
+
+    def intersection_union(self, prediction: torch.Tensor) -> tuple[float, float]:
+        predicted = np.atleast_2d(prediction.detach().cpu().numpy())
+        predicted = mask_boundary(predicted, self.width) & self.valid
+        both = np.count_nonzero(predicted & self.boundary)
+        either = np.count_nonzero(predicted) + np.count_nonzero(self.boundary) - both
+        return float(both), float(either)
 
 
 def intersection_union(
@@ -50,12 +125,19 @@ class GroundTruth:
     valid_target: np.ndarray  # bool: foreground and not ignored
     n_valid: int
     n_target: int
+    boundary: BoundaryTruth
 
     @classmethod
     def of(cls, target: torch.Tensor, ignore: torch.Tensor) -> GroundTruth:
         valid = ~ignore.cpu().numpy()
         valid_target = target.detach().cpu().numpy().astype(bool) & valid
-        return cls(valid, valid_target, np.count_nonzero(valid), np.count_nonzero(valid_target))
+        return cls(
+            valid,
+            valid_target,
+            np.count_nonzero(valid),
+            np.count_nonzero(valid_target),
+            BoundaryTruth.of(target, ignore),
+        )
 
     def intersection_union(self, prediction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``prediction``: a boolean foreground map (on the CPU) of the target's shape."""
@@ -73,7 +155,8 @@ class GroundTruth:
 
 
 class SegmentationScores:
-    """Accumulates per-class intersection/union over episodes."""
+    """Accumulates per-class intersection/union and boundary intersection/union over
+    episodes."""
 
     def __init__(self, class_indices: Sequence[int]) -> None:
         self.class_indices = tuple(class_indices)
@@ -81,6 +164,8 @@ class SegmentationScores:
         n = len(self.class_indices)
         self.intersection = torch.zeros(2, n, dtype=torch.float64)
         self.union = torch.zeros(2, n, dtype=torch.float64)
+        self.boundary_intersection = torch.zeros(n, dtype=torch.float64)
+        self.boundary_union = torch.zeros(n, dtype=torch.float64)
         self.episodes = torch.zeros(n, dtype=torch.float64)
 
     def update(
@@ -90,18 +175,32 @@ class SegmentationScores:
         target: torch.Tensor,
         ignore: torch.Tensor,
     ) -> None:
-        self._add_counts(class_index, *intersection_union(prediction, target, ignore))
+        self._add_counts(
+            class_index,
+            *intersection_union(prediction, target, ignore),
+            boundary_intersection_union(prediction, target, ignore),
+        )
 
     def update_with(self, class_index: int, prediction: torch.Tensor, truth: GroundTruth) -> None:
         """:meth:`update` against a prepared ground truth."""
-        self._add_counts(class_index, *truth.intersection_union(prediction))
+        self._add_counts(
+            class_index,
+            *truth.intersection_union(prediction),
+            truth.boundary.intersection_union(prediction),
+        )
 
     def _add_counts(
-        self, class_index: int, intersection: torch.Tensor, union: torch.Tensor
+        self,
+        class_index: int,
+        intersection: torch.Tensor,
+        union: torch.Tensor,
+        boundary: tuple[float, float],
     ) -> None:
         column = self._column[class_index]
         self.intersection[:, column] += intersection.cpu()
         self.union[:, column] += union.cpu()
+        self.boundary_intersection[column] += boundary[0]
+        self.boundary_union[column] += boundary[1]
         self.episodes[column] += 1
 
     def add(self, other: SegmentationScores) -> None:
@@ -110,6 +209,8 @@ class SegmentationScores:
             raise ValueError("scores over different classes cannot be added")
         self.intersection += other.intersection
         self.union += other.union
+        self.boundary_intersection += other.boundary_intersection
+        self.boundary_union += other.boundary_union
         self.episodes += other.episodes
 
     def class_iou(self) -> dict[int, float]:
@@ -128,3 +229,27 @@ class SegmentationScores:
         intersection = self.intersection.sum(dim=1)
         union = self.union.sum(dim=1)
         return ((intersection / union).mean()).item()
+
+    def class_boundary_iou(self) -> dict[int, float]:
+        """Boundary IoU per class whose boundary regions have at least one pixel (fraction)."""
+        return {
+            c: (self.boundary_intersection[i] / self.boundary_union[i]).item()
+            for c, i in self._column.items()
+            if self.boundary_union[i] > 0
+        }
+
+    def boundary_iou(self) -> float:
+        """Mean of :meth:`class_boundary_iou` over the classes (NaN when none)."""
+        ious = list(self.class_boundary_iou().values())
+        return sum(ious) / len(ious) if ious else float("nan")
+
+
+def auroc(positives: Sequence[float], negatives: Sequence[float]) -> float:
+    """The area under the ROC curve of scores meant to be higher for ``positives``: the
+    probability that a random positive outscores a random negative, ties counting half
+    (the Mann–Whitney U statistic over |P|·|N|)."""
+    if not positives or not negatives:
+        raise ValueError("AUROC needs at least one positive and one negative score")
+    pos = np.asarray(positives, dtype=np.float64)[:, None]
+    neg = np.asarray(negatives, dtype=np.float64)[None, :]
+    return float(((pos > neg).sum() + 0.5 * (pos == neg).sum()) / (pos.size * neg.size))

@@ -42,6 +42,9 @@ def test_summary_is_fold_mean_per_seed_then_statistics_over_seeds() -> None:
     summary = summarize_folds(per_fold)
     assert summary["mean"] == 20.0  # first seed, mean of folds
     assert summary["fbiou_mean"] == 60.0
+    assert summary["boundary_mean"] is None  # reports from before boundary IoU
+    per_fold["0"]["boundary_iou"], per_fold["1"]["boundary_iou"] = 4.0, 6.0
+    assert summarize_folds(per_fold)["boundary_mean"] == 5.0
     assert summary["seeds_mean"] == 30.0  # fold means per seed: 20, 40
     assert summary["std"] == pytest.approx(10.0)
 
@@ -79,6 +82,11 @@ def test_tiny_benchmark_writes_results(tmp_path: Path) -> None:
     assert other["miou"] == report["runs"][0]["miou"]
     text = page.read_text()
     assert "## other" in text and "Published anchors" in text and "## Targets" in text
+    assert "boundary IoU" in text
+    assert entry["boundary_mean"] == pytest.approx(
+        (entry["per_fold"]["0"]["boundary_iou"] + entry["per_fold"]["1"]["boundary_iou"]) / 2
+    )
+    assert other["boundary_iou"] == report["runs"][0]["boundary_iou"]
     assert "## Examples" in text
     for dataset in ("synthetic:images=8,size=64", "other"):  # the best learner's grid each
         means = {n: r[dataset]["1shot"]["mean"] for n, r in data["results"].items()}

@@ -243,8 +243,10 @@ def test_evaluate_prints_a_summary(first_run: Run) -> None:
     assert lines[0] == (
         "baseline on synthetic — fold 0 (interleaved), 1-shot, 20 episodes, seed 0, 96x96"
     )
+    boundary = report["per_class_boundary"]
     assert table_rows(first_run.stdout) == [
-        [name, f"{iou:.1f}"] for name, iou in sorted(report["per_class"].items())
+        [name, f"{iou:.1f}", f"{boundary[name]:.1f}"]
+        for name, iou in sorted(report["per_class"].items())
     ]
     assert f"mIoU {report['miou']:.2f}   FB-IoU {report['fbiou']:.2f}" in first_run.stdout
     assert lines[-1] == f"report: {first_run.out / 'report.json'}"

@@ -19,6 +19,7 @@ from fewseg.engine.figures import (
     episode_row,
     grid_size_px,
     outline,
+    outline_width,
     overlay,
     plot_episode_grid,
     plot_learning_curves,
@@ -138,6 +139,25 @@ def test_outline_at_image_border() -> None:
     expected = np.ones((4, 4), bool)
     expected[1:3, 1:3] = False
     assert np.array_equal(outline(mask), expected)
+
+
+def test_outline_width_band_and_scaling() -> None:
+    mask = np.zeros((9, 9), bool)
+    mask[1:8, 1:8] = True  # 7x7: a 2-px band leaves the 3x3 centre
+    expected = mask.copy()
+    expected[3:6, 3:6] = False
+    assert np.array_equal(outline(mask, 2), expected)
+    assert outline_width(300, 200) == 1
+    assert outline_width(600, 1000) == 4  # 1000 / 250
+
+
+def test_overlay_outline_is_thicker_on_a_large_image() -> None:
+    image = np.zeros((1000, 800, 3), np.uint8)
+    mask = np.zeros((1000, 800), bool)
+    mask[100:900, 100:700] = True
+    out = overlay(image, mask, (255, 0, 0), alpha=0.0)
+    assert (out[500, 100:104] == (255, 0, 0)).all()  # 4 px of outline
+    assert (out[500, 104] == 0).all()
 
 
 def test_plot_learning_curves(tmp_path: Path) -> None:

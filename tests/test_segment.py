@@ -32,6 +32,7 @@ from fewseg.engine.train import train
 from fewseg.episodes.tensors import LabelledImages
 from fewseg.errors import FewSegError
 from fewseg.learners.base import Learner, LearnerOptions, Predictor
+from fewseg.refinement.options import PLAIN
 
 SIZE = "64"
 
@@ -140,7 +141,7 @@ def test_summary_values_are_the_hand_computed_ones(tmp_path: Path) -> None:
     gray = save(tmp_path / "gray.png", np.full((6, 16, 3), 128, np.uint8))
     inputs = prepare_inputs([pair], [white, black, gray], size=8)
     out = tmp_path / "out"
-    model = Model(LoadedLearner(PatternLearner(LearnerOptions()), None), size=8)
+    model = Model(LoadedLearner(PatternLearner(LearnerOptions()), None), size=8, inference=PLAIN)
     summary = segment(model, inputs, out, SegmentSettings(2))
     assert summary == read_summary(out)
     queries = {Path(q["image"]).stem: q for q in summary["queries"]}

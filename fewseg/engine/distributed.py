@@ -180,15 +180,18 @@ def average_meta_gradients(
 
 
 def all_reduce_scores(scores: SegmentationScores) -> SegmentationScores:
-    """Sum every rank's intersection, union and episode counts in place (float64 sums of
-    integer pixel counts are exact, so the result equals a single process's)."""
+    """Sum every rank's intersection, union, boundary and episode counts in place (float64
+    sums of integer pixel counts are exact, so the result equals a single process's)."""
     if active():
-        flat = torch.cat([scores.intersection.reshape(-1), scores.union.reshape(-1)])
-        flat = all_reduce_sum(torch.cat([flat, scores.episodes]), "summing evaluation scores")
-        n = scores.intersection.numel()
-        scores.intersection = flat[:n].view_as(scores.intersection).clone()
-        scores.union = flat[n : 2 * n].view_as(scores.union).clone()
-        scores.episodes = flat[2 * n :].clone()
+        names = ("intersection", "union", "boundary_intersection", "boundary_union", "episodes")
+        parts = [getattr(scores, name) for name in names]
+        flat = all_reduce_sum(
+            torch.cat([p.reshape(-1) for p in parts]), "summing evaluation scores"
+        )
+        for name, part, chunk in zip(
+            names, parts, flat.split([p.numel() for p in parts]), strict=True
+        ):
+            setattr(scores, name, chunk.view_as(part).clone())
     return scores
 
 

@@ -14,7 +14,7 @@ import torch
 from fewseg import __version__
 from fewseg.data.source import SegmentationSource
 from fewseg.engine import distributed
-from fewseg.engine.adaptation_memo import AdaptationMemo
+from fewseg.engine.adaptation_memo import DEFAULT_CAPACITY, AdaptationMemo
 from fewseg.engine.precision import check_precision
 from fewseg.engine.report import EvaluationReport, ReportSettings, SeedResult
 from fewseg.engine.runner import score_plan
@@ -43,7 +43,24 @@ def evaluate_seed(
     scores = scorer(learner, source, plan, settings)
     seconds = time.perf_counter() - start
     per_class = {source.class_name(c): 100 * iou for c, iou in scores.class_iou().items()}
-    return SeedResult(seed, 100 * scores.miou(), 100 * scores.fbiou(), per_class, seconds)
+    boundary = {source.class_name(c): 100 * b for c, b in scores.class_boundary_iou().items()}
+    return SeedResult(
+        seed,
+        100 * scores.miou(),
+        100 * scores.fbiou(),
+        per_class,
+        seconds,
+        100 * scores.boundary_iou(),
+        boundary,
+    )
+
+
+def _boundary(run: SeedResult) -> float:
+    assert run.boundary_iou is not None  # every run of this fewseg scores it
+    return run.boundary_iou
+
+
+SUPPORT_HOLDING_CAPACITY = 32
 
 
 def with_missing_as_zero(run: SeedResult, fold_classes: Sequence[str]) -> SeedResult:
@@ -63,8 +80,10 @@ def scored_at(settings: EvaluationSettings) -> str:
 
 def _fast_scorer(settings: EvaluationSettings) -> PlanScorer:
     """The runner, sharing one adaptation memo across the seeds' lists (they share support
-    sets, mostly at 1-shot)."""
-    memo = AdaptationMemo()
+    sets, mostly at 1-shot). Predictors that keep their support set (refinements, a presence
+    threshold) are kept fewer: each holds the support images and their features."""
+    holds_support = settings.inference is not None and settings.inference.needs_support
+    memo = AdaptationMemo(SUPPORT_HOLDING_CAPACITY if holds_support else DEFAULT_CAPACITY)
 
     def scorer(
         learner: Learner, source: SegmentationSource, plan: EpisodePlan, s: EvaluationSettings
@@ -124,13 +143,20 @@ def evaluate(
             learner=learner.settings(),
             device=settings.device,
             trained=trained,
+            inference=settings.inference.to_dict() if settings.inference else None,
         ),
         miou=statistics.fmean(r.miou for r in runs),
         fbiou=statistics.fmean(r.fbiou for r in runs),
         miou_std=statistics.pstdev(r.miou for r in runs) if several else None,
         fbiou_std=statistics.pstdev(r.fbiou for r in runs) if several else None,
+        boundary_iou=statistics.fmean(_boundary(r) for r in runs),
+        boundary_iou_std=statistics.pstdev(_boundary(r) for r in runs) if several else None,
         per_class={
             n: statistics.fmean(r.per_class[n] for r in runs if n in r.per_class) for n in names
+        },
+        per_class_boundary={
+            n: statistics.fmean(r.per_class_boundary[n] for r in runs if n in r.per_class_boundary)
+            for n in sorted({n for r in runs for n in r.per_class_boundary})
         },
         seconds=sum(r.seconds for r in runs),
         runs=runs,

@@ -113,21 +113,41 @@ def denormalize(image: torch.Tensor) -> np.ndarray:
     return np.clip(np.round(pixels * 255.0), 0, 255).astype(np.uint8)
 
 
-def outline(mask: np.ndarray) -> np.ndarray:
-    """1-px inner boundary: mask pixels with a 4-neighbour outside the mask (or the image)."""
-    padded = np.pad(mask.astype(bool), 1, constant_values=False)
-    eroded = (
-        padded[1:-1, 1:-1]
-        & padded[:-2, 1:-1]
-        & padded[2:, 1:-1]
-        & padded[1:-1, :-2]
-        & padded[1:-1, 2:]
-    )
-    return mask.astype(bool) & ~eroded
+OUTLINE_FRACTION = 1 / 250  # the outline's width: this fraction of the image's longer side
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, color: Color, alpha: float = 0.5) -> np.ndarray:
-    """Blend ``color`` into the mask region at ``alpha`` and draw its outline opaquely."""
+def outline_width(height: int, width: int) -> int:
+    """The overlay outline's width in pixels: 1 up to 375 px, then growing with the image
+    (4 px at 1000 px), so it stays visible on a full-size photo."""
+    return max(1, round(max(height, width) * OUTLINE_FRACTION))
+
+
+def outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
+    """The inner boundary band ``width`` px wide: mask pixels within ``width`` 4-neighbour
+    steps of a pixel outside the mask (or the image)."""
+    inside = mask.astype(bool)
+    eroded = inside
+    for _ in range(width):
+        padded = np.pad(eroded, 1, constant_values=False)
+        eroded = (
+            padded[1:-1, 1:-1]
+            & padded[:-2, 1:-1]
+            & padded[2:, 1:-1]
+            & padded[1:-1, :-2]
+            & padded[1:-1, 2:]
+        )
+    return inside & ~eroded
+
+
+def overlay(
+    image: np.ndarray,
+    mask: np.ndarray,
+    color: Color,
+    alpha: float = 0.5,
+    width: int | None = None,
+) -> np.ndarray:
+    """Blend ``color`` into the mask region at ``alpha`` and draw its outline opaquely,
+    ``width`` px wide (default :func:`outline_width` of the image)."""
     if image.shape[:2] != mask.shape:
         raise ValueError(f"image {image.shape[:2]} and mask {mask.shape} sizes differ")
     mask = mask.astype(bool)
@@ -135,7 +155,8 @@ def overlay(image: np.ndarray, mask: np.ndarray, color: Color, alpha: float = 0.
     out = image.copy()
     blended = (1.0 - alpha) * image[mask].astype(np.float64) + alpha * rgb
     out[mask] = np.round(blended).astype(np.uint8)
-    out[outline(mask)] = np.asarray(color, dtype=np.uint8)
+    band = outline(mask, outline_width(*mask.shape) if width is None else width)
+    out[band] = np.asarray(color, dtype=np.uint8)
     return out
 
 

@@ -7,6 +7,7 @@ import torch
 
 from fewseg.data.source import SegmentationSource
 from fewseg.engine import distributed
+from fewseg.engine.inference import evaluation_predictor
 from fewseg.engine.precision import autocast
 from fewseg.engine.scoring import foreground_prediction
 from fewseg.engine.settings import EvaluationSettings
@@ -32,7 +33,7 @@ def score_plan_reference(
             device
         )
         with autocast(settings.precision, device):
-            predict = learner.adapt(tensors.support)
+            predict = evaluation_predictor(learner, tensors.support, settings)
             with torch.no_grad():
                 logits = predict(tensors.query.images)
         mask, ignore = tensors.scored_truth()

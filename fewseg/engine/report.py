@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ class SeedResult:
     fbiou: float  # percent
     per_class: dict[str, float]  # class name → IoU in percent
     seconds: float
+    boundary_iou: float | None = None  # percent (None: a report of fewseg before 0.3)
+    per_class_boundary: dict[str, float] = field(default_factory=dict)  # name → boundary IoU %
 
 
 @dataclass(frozen=True)
@@ -42,12 +44,14 @@ class ReportSettings:
     trained: dict[str, Any] | None = None  # checkpoint, step, training config
     missing_classes: str = "skip"  # test classes with no scored episode: skipped, or IoU 0
     precision: str = "fp32"  # fp32, or the autocast dtype (bf16, fp16)
+    inference: dict[str, Any] | None = None  # fewseg.refinement.InferenceOptions, as a dict
 
 
 @dataclass(frozen=True)
 class EvaluationReport:
     """``report.json``: the settings and the scores (mean over seeds; population std when
-    there are several), each seed's run, and which classes were used.
+    there are several), each seed's run, and which classes were used. ``boundary_iou`` is
+    the mean over classes of the Boundary IoU (fewseg.metrics), in percent like the others.
 
     ``classes_without_episodes`` names usable test classes that no episode drew (possible
     with few episodes): mIoU averages only the classes that were scored, unless
@@ -68,14 +72,19 @@ class EvaluationReport:
     meta_train_classes: list[str]
     miou_std: float | None = None
     fbiou_std: float | None = None
+    boundary_iou: float | None = None  # None: a report of fewseg before 0.3
+    boundary_iou_std: float | None = None
+    per_class_boundary: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON object (key order as written since fewseg 0.1; the stds only with
-        several seeds, the training record only for a trained learner)."""
+        """The JSON object (key order as written since fewseg 0.1, then the boundary IoU;
+        the stds only with several seeds, the training record only for a trained learner,
+        the inference options only when set)."""
         data = asdict(self)
         settings = data.pop("settings")
-        if settings["trained"] is None:
-            del settings["trained"]
+        for optional in ("trained", "inference"):
+            if settings[optional] is None:
+                del settings[optional]
         stds = {k: data.pop(k) for k in ("miou_std", "fbiou_std")}
         ordered: dict[str, Any] = {
             "fewseg_version": data.pop("fewseg_version"),
@@ -84,6 +93,9 @@ class EvaluationReport:
             "fbiou": data.pop("fbiou"),
         }
         ordered.update({k: v for k, v in stds.items() if v is not None})
+        ordered["boundary_iou"] = data.pop("boundary_iou")
+        if (std := data.pop("boundary_iou_std")) is not None:
+            ordered["boundary_iou_std"] = std
         return {**ordered, **data}
 
     @classmethod
@@ -148,8 +160,15 @@ def evaluation_summary(report: EvaluationReport) -> str:
         f"({report.fold_convention}), {s.shots}-shot, {s.episodes} episodes, "
         f"seed {seeds}, {s.image_size}x{s.image_size}"
     )
-    table = format_table(["class", "IoU %"], sorted(report.per_class.items()))
-    lines = [title, "", table, ""]
+    rows = [
+        [name, iou, report.per_class_boundary.get(name, float("nan"))]
+        for name, iou in sorted(report.per_class.items())
+    ]
+    table = format_table(["class", "IoU %", "boundary IoU %"], rows)
+    lines = [title]
+    if s.inference:
+        lines.append("inference: " + ", ".join(f"{k} {v}" for k, v in s.inference.items()))
+    lines += ["", table, ""]
     if report.classes_left_out:
         left = ", ".join(f"{n} ({k} images)" for n, k in report.classes_left_out.items())
         lines.append(f"left out (fewer than {s.shots + 1} images): {left}")
@@ -159,6 +178,12 @@ def evaluation_summary(report: EvaluationReport) -> str:
         lines.append("scored at each query's original size")
     lines.append(
         f"mIoU {score_text(report.miou, report.miou_std)}   "
-        f"FB-IoU {score_text(report.fbiou, report.fbiou_std)}   ({report.seconds:.1f} s)"
+        f"FB-IoU {score_text(report.fbiou, report.fbiou_std)}   "
+        + (
+            f"boundary IoU {score_text(report.boundary_iou, report.boundary_iou_std)}   "
+            if report.boundary_iou is not None
+            else ""
+        )
+        + f"({report.seconds:.1f} s)"
     )
     return "\n".join(lines)

@@ -22,6 +22,7 @@ from fewseg.data.source import SegmentationSource
 from fewseg.engine import distributed
 from fewseg.engine.adaptation_memo import AdaptationMemo
 from fewseg.engine.features import FeatureStore, attached, evaluation_stores
+from fewseg.engine.inference import evaluation_predictor
 from fewseg.engine.precision import autocast
 from fewseg.engine.scoring import ScoredQuery, ScoringQueue
 from fewseg.engine.settings import EvaluationSettings
@@ -85,7 +86,7 @@ def score_plan(
                 with autocast(settings.precision, device):
                     predict = memo.predictor(
                         (planned.class_index, planned.support),
-                        lambda: learner.adapt(episode.support),  # noqa: B023 (called at once)
+                        lambda: evaluation_predictor(learner, episode.support, settings),  # noqa: B023
                     )
                     with torch.no_grad():
                         logits = predict(episode.query.images)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fewseg.errors import FewSegError
+from fewseg.refinement.options import InferenceOptions
 
 SCORE_AT = ("resized", "original")
 """``resized``: predictions scored against the labels squashed to the evaluation size (the
@@ -29,6 +30,8 @@ class EvaluationSettings:
     score_at: str = "resized"  # SCORE_AT
     missing_classes: str = "skip"  # MISSING_CLASSES
     precision: str = "fp32"  # fewseg.engine.precision: fp32, bf16 or fp16 (autocast)
+    # post-processing and test-time refinement of every prediction (None: the learner's own)
+    inference: InferenceOptions | None = None
 
     def __post_init__(self) -> None:
         if self.score_at not in SCORE_AT:

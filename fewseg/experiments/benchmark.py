@@ -120,15 +120,18 @@ def read_bench_plan(path: str | Path, quick: bool = False) -> BenchPlan:
 def summarize_folds(per_fold: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Mean over folds of the first seed's mIoU, and mean ± std over seeds of the
     fold-mean mIoU (each seed's fold-mean first, then statistics across seeds; std is None
-    with a single seed)."""
+    with a single seed); the mean over folds of the first seed's FB-IoU and boundary IoU."""
     first = [r["miou"] for r in per_fold.values()]
     n_seeds = min(len(r["seed_miou"]) for r in per_fold.values())
     fold_means = [
         statistics.fmean(r["seed_miou"][s] for r in per_fold.values()) for s in range(n_seeds)
     ]
+    boundary = [r.get("boundary_iou") for r in per_fold.values()]
     return {
         "mean": statistics.fmean(first),
         "fbiou_mean": statistics.fmean(r["fbiou"] for r in per_fold.values()),
+        # the first seed's, mean of folds (None when a fold's report predates boundary IoU)
+        "boundary_mean": None if None in boundary else statistics.fmean(boundary),
         "seeds_mean": statistics.fmean(fold_means),
         "std": statistics.pstdev(fold_means) if n_seeds > 1 else None,  # one seed: no spread
     }
@@ -141,6 +144,8 @@ def fold_entry(report: EvaluationReport) -> dict[str, Any]:
         "fbiou": runs[0].fbiou,
         "seed_miou": [r.miou for r in runs],
         "seed_fbiou": [r.fbiou for r in runs],
+        "boundary_iou": runs[0].boundary_iou,
+        "seed_boundary_iou": [r.boundary_iou for r in runs],
         "classes_used": report.classes_used,
         "classes_left_out": report.classes_left_out,
         "seconds": report.seconds,
@@ -238,6 +243,8 @@ def finished_report(
         report = read_report(path)
     except FewSegError:
         return None  # unreadable: evaluate again
+    if report.boundary_iou is None:
+        return None  # written before boundary IoU was scored: evaluate again
     written = report.settings
     expected = (
         spec,

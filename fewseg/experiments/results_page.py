@@ -38,6 +38,21 @@ def dataset_table(plan: BenchPlan, results: dict[str, Any], dataset: str) -> str
     return format_table(headers, rows)
 
 
+def boundary_table(plan: BenchPlan, results: dict[str, Any], dataset: str) -> str:
+    """mIoU, FB-IoU and boundary IoU side by side: the first seed, mean of folds."""
+    headers = ["learner", "shots", "mIoU", "FB-IoU", "boundary IoU"]
+    rows = []
+    for name, by_dataset in results.items():
+        for shots in plan.shots:
+            entry = by_dataset[dataset][f"{shots}shot"]
+            boundary = entry.get("boundary_mean")
+            rows.append([
+                name, shots, entry["mean"], entry["fbiou_mean"],
+                boundary if boundary is not None else "-",
+            ])  # fmt: skip
+    return format_table(headers, rows)
+
+
 def target_lines(plan: BenchPlan, results: dict[str, Any], dataset: str) -> list[str]:
     lines = []
     for shots, goal in ((1, 25.0), (5, 30.0)):
@@ -178,6 +193,14 @@ def write_results(plan: BenchPlan, outcome: dict[str, Any], docs: Path, command:
             "```",
             "",
             f"![{dataset}](figures/results-{dataset}.png)",
+            "",
+            "mIoU, FB-IoU and boundary IoU (Cheng et al. 2021: the IoU of the bands within "
+            "2% of the image diagonal of each mask's contour; docs/evaluation.md), seed "
+            f"{plan.seeds_for(dataset)[0]}, mean of folds:",
+            "",
+            "```",
+            boundary_table(plan, results, dataset),
+            "```",
             "",
             "Classes left out (fold: class (images)): "
             + "; ".join(

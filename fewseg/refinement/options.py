@@ -1,0 +1,83 @@
+"""What is done to a learner's logits at inference, whichever the learner: the options.
+
+Torch-free (the command line builds its flags from them without importing torch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fewseg.errors import FewSegError
+from fewseg.options import as_dict, option
+
+EDGES = ("guided", "none")
+REFINEMENTS = ("ssp", "repri")
+SHOT_COMBINATIONS = ("mean", "max")
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """Post-processing and test-time refinement applied to any learner's predictions."""
+
+    edges: str = option(
+        "guided",
+        "edge-aware upsampling: guided (a guided filter with the image as guide snaps the "
+        "mask's edges to the image's) or none (bilinear, the learner's own)",
+    )
+    edge_radius: int = option(16, "guided filter window radius in pixels at 400x400")
+    edge_eps: float = option(1e-3, "guided filter regularisation (larger: smoother)")
+    refine: str = option(
+        "none",
+        "test-time refinement, comma-separated, applied in order: ssp (self-support "
+        "prototypes from confident query pixels), repri (transductive, foreground-size "
+        "prior); none: off",
+    )
+    combine_shots: str = option(
+        "mean",
+        "how the refinements' support prototypes combine K shots: mean, or max (each "
+        "query pixel matched to its nearest shot)",
+    )
+    min_presence: float = option(
+        0.0,
+        "below this presence score (0..1: how alike the query's predicted region is to the "
+        "support's foreground) the mask is empty; 0: never",
+    )
+
+    def __post_init__(self) -> None:
+        if self.edges not in EDGES:
+            raise FewSegError(f"edges must be one of {', '.join(EDGES)}, got {self.edges!r}")
+        if self.edge_radius < 1:
+            raise FewSegError(f"edge radius must be >= 1, got {self.edge_radius}")
+        if not self.edge_eps > 0:
+            raise FewSegError(f"edge eps must be > 0, got {self.edge_eps}")
+        unknown = [r for r in self.refinements if r not in REFINEMENTS]
+        if unknown:
+            raise FewSegError(
+                f"unknown refinement {unknown[0]!r} (known: {', '.join(REFINEMENTS)}, none)"
+            )
+        if self.combine_shots not in SHOT_COMBINATIONS:
+            raise FewSegError(
+                f"combine-shots must be one of {', '.join(SHOT_COMBINATIONS)}, "
+                f"got {self.combine_shots!r}"
+            )
+        if not 0 <= self.min_presence <= 1:
+            raise FewSegError(f"min-presence must be in [0, 1], got {self.min_presence}")
+
+    @property
+    def refinements(self) -> tuple[str, ...]:
+        names = tuple(r.strip() for r in self.refine.split(",") if r.strip())
+        return () if names == ("none",) else names
+
+    @property
+    def needs_support(self) -> bool:
+        """Whether predictions need the support set itself (its features), not only the
+        learner's predictor: a refinement, or a presence threshold."""
+        return bool(self.refinements) or self.min_presence > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return as_dict(self)
+
+
+PLAIN = InferenceOptions(edges="none")
+"""The learner's own predictions, untouched."""
