@@ -183,12 +183,15 @@ def test_segment_gives_what_the_api_gives_and_the_downloads_hold_it(
     assert outcome.message.startswith(
         "Segmented 2 image(s) from 2 example(s) (with the one in the editor) in "
     )
-    expected = fewseg.load("baseline", size=64).adapt(
+    segmenter = fewseg.load("baseline", size=64).adapt(
         [support_image(), second_image], [stroke(), second_mask]
-    )(queries)
-    for result, truth in zip(outcome.results, expected, strict=True):
-        assert np.array_equal(result.mask, truth)
-    assert outcome.results[0].caption() == (f"one.png: {100 * expected[0].mean():.1f}% foreground")
+    )
+    expected, presence = segmenter(queries), segmenter.presence(queries)
+    for result, truth, score in zip(outcome.results, expected, presence, strict=True):
+        assert np.array_equal(result.mask, truth) and result.presence == score
+    assert outcome.results[0].caption() == (
+        f"one.png: {100 * expected[0].mean():.1f}% foreground, presence {presence[0]:.2f}"
+    )
     assert outcome.results[0].preview().shape == (40, 50, 3)
 
     with zipfile.ZipFile(outcome.downloads["masks.zip"]) as archive:
