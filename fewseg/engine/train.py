@@ -35,6 +35,7 @@ from fewseg.engine.features import attached, training_stores
 from fewseg.engine.interrupt import StopRequest, TrainingInterrupted
 from fewseg.engine.runner import score_plan
 from fewseg.engine.settings import EvaluationSettings
+from fewseg.episodes.pseudo import SuperpixelSettings, draw_pseudo_episode
 from fewseg.episodes.sampler import draw_episode, episode_plan, usable_classes
 from fewseg.episodes.tensors import EpisodeTensors, load_episode, load_resized_episode
 from fewseg.episodes.transforms import augment_transform
@@ -87,15 +88,23 @@ def training_batch(
     step: int,
     rank: int = 0,
     world_size: int = 1,
+    pseudo_images: Sequence[str] = (),
 ) -> list[EpisodeTensors]:
     """This rank's tasks of step ``step``; task i is a pure function of (seed, step, i), so
-    the global meta-batch is the same whatever the number of processes."""
+    the global meta-batch is the same whatever the number of processes. With a
+    ``pseudo_ratio``, that share of the tasks (drawn per task) are self-supervised
+    episodes from ``pseudo_images``."""
     batch = []
+    ratio = config.pseudo_ratio or 0.0
+    superpixels = SuperpixelSettings(config.superpixels)
     for task in tasks_of_rank(config.meta_batch, rank, world_size):
         rng = np.random.default_rng(task_seed(config.seed, step, task))
         shots = config.shots
         if config.max_shots is not None:
             shots = int(rng.integers(config.shots, config.max_shots + 1))
+        if ratio > 0 and (ratio >= 1 or rng.random() < ratio):
+            batch.append(draw_pseudo_episode(source, pseudo_images, shots, size, rng, superpixels))
+            continue
         episode = draw_episode(source, classes, shots, rng)
         if not config.augment:
             batch.append(load_resized_episode(source, episode, size))
@@ -180,13 +189,18 @@ def train(
     source = open_source(config.dataset, config.min_mask_pixels, config.index_cache)
     if config.fold is None:  # the dataset's default, recorded as such
         config = replace(config, fold=source.default_fold)
+    if config.pseudo_ratio is None:  # an unlabeled dataset: self-supervised episodes only
+        config = replace(config, pseudo_ratio=0.0 if source.classes() else 1.0)
     size = config.size or source.default_size
     split = source.fold_split(config.fold)
     most_shots = config.max_shots or config.shots
     usable, _ = usable_classes(source, split.train, most_shots)
-    if not usable:
+    if not usable and config.pseudo_ratio < 1:
         raise FewSegError(f"fold {config.fold}: no meta-train class has {most_shots + 1} images")
     classes = hold_out_classes(usable, config.val_fraction)
+    pseudo_images = source.pseudo_image_ids(config.fold) if config.pseudo_ratio else ()
+    if config.pseudo_ratio and not pseudo_images:
+        raise FewSegError(f"fold {config.fold}: no images for self-supervised episodes")
     rank, world = distributed.rank(), distributed.world_size()
     tasks_of_rank(config.meta_batch, rank, world)  # a meta-batch that does not split fails now
 
@@ -232,7 +246,9 @@ def train(
     features.enter_context(attached(training_stores(learner)))
     try:
         for step in bar:
-            episodes = training_batch(source, classes.train, config, size, step, rank, world)
+            episodes = training_batch(
+                source, classes.train, config, size, step, rank, world, pseudo_images
+            )
             episodes = [e.to(device) for e in episodes]
             learner.train()
             optimizer.zero_grad(set_to_none=True)

@@ -74,8 +74,10 @@ class TappedBackbone(Backbone):
     ) -> None:
         super().__init__(frozen)
         taps = tuple(taps)
-        if not taps or sorted(set(taps)) != list(taps) or not 0 <= taps[0] <= taps[-1] < len(
-            self.STRIDES
+        if (
+            not taps
+            or sorted(set(taps)) != list(taps)
+            or not 0 <= taps[0] <= taps[-1] < len(self.STRIDES)
         ):
             raise FewSegError(
                 f"{self.name} taps must be increasing indices 0..{len(self.STRIDES) - 1}, "

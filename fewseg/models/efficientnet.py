@@ -88,4 +88,6 @@ class EfficientNetLite0Features(TappedBackbone):
 def build_efficientnet_lite0(
     pretrained: bool = True, weights_path: str | None = None, frozen: bool = True
 ) -> Backbone:
-    return EfficientNetLite0Features(pretrained=pretrained, weights_path=weights_path, frozen=frozen)
+    return EfficientNetLite0Features(
+        pretrained=pretrained, weights_path=weights_path, frozen=frozen
+    )
