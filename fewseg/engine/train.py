@@ -320,6 +320,8 @@ def last_saved_step(run_dir: Path) -> int | str:
 RESUME_MAY_CHANGE = {"steps", "device", "val_every", "checkpoint_every", "log_every"}
 RESUME_MAY_CHANGE |= {"index_cache"}  # where a dataset's index is kept, not what it holds
 RESUME_MAY_CHANGE |= {"backend", "dist_timeout"}  # a run resumes on any world size
+# None: the dataset's own default, resolved and recorded at the start of the run
+RESOLVED_AT_START = {"fold", "pseudo_ratio"}
 
 
 def check_resumable(
@@ -338,7 +340,8 @@ def check_same_run(
     checkpoint lacks was added to fewseg after it was written and counts as its default,
     the value that keeps the behaviour it had before (as when the learner is restored)."""
     changed = changed_options(state["train_config"], asdict(config), defaults(TrainConfig))
-    changed = [k for k in changed if k not in RESUME_MAY_CHANGE]
+    unresolved = {k for k in RESOLVED_AT_START if getattr(config, k) is None}
+    changed = [k for k in changed if k not in RESUME_MAY_CHANGE | unresolved]
     if state["learner_name"] != config.learner:
         changed.append("learner")
     else:
