@@ -59,21 +59,6 @@ def test_a_support_without_foreground_gives_zero_foreground_maxima() -> None:
     assert stats[0].abs().max() == 0 and stats[2].abs().max() == 0
 
 
-def test_k_shots_take_the_maxima_over_shots_and_average_the_prototype_similarities() -> None:
-    torch.manual_seed(0)
-    query = [torch.randn(3, 2, 2)]
-    support = [torch.randn(2, 3, 2, 2)]
-    masks = torch.tensor([[[1, 0], [0, 0]], [[0, 1], [1, 1]]])
-    ignore = torch.zeros(2, 2, 2, dtype=torch.bool)
-    (combined,) = correlation_statistics(query, support, masks, ignore, (0,))
-    per_shot = [
-        block_statistics(query[0], support[0][k], masks[k].float(), torch.ones(2, 2))
-        for k in range(2)
-    ]
-    torch.testing.assert_close(combined[:2], torch.maximum(per_shot[0][:2], per_shot[1][:2]))
-    torch.testing.assert_close(combined[2:], (per_shot[0][2:] + per_shot[1][2:]) / 2)
-
-
 def test_the_prior_is_min_max_normalised() -> None:
     prior = prior_map(torch.tensor([[1.0, 3.0], [2.0, 5.0]]))
     torch.testing.assert_close(prior, torch.tensor([[0.0, 0.5], [0.25, 1.0]]), atol=1e-6, rtol=0)
@@ -152,3 +137,25 @@ def test_one_shot_is_segmented_from_a_fixed_augmented_copy(model: CorrelationMod
     assert not torch.equal(first.images, support.images) and bool(first.masks.any())
     ((_, copy),) = CorrelationTasks(model).support_examples(support)
     assert torch.equal(copy.images, first.images)
+
+
+@pytest.mark.parametrize("shots", [1, 3])
+def test_the_batched_statistics_equal_each_shots_block_statistics(shots: int) -> None:
+    """Pooled masks, ignored pixels, a shot without foreground, cells at a coarser level."""
+    torch.manual_seed(3)
+    query = [torch.randn(5, 4, 4), torch.randn(7, 2, 2)]
+    support = [torch.randn(shots, 5, 4, 4), torch.randn(shots, 7, 2, 2)]
+    masks = (torch.rand(shots, 8, 8) > 0.6).long()
+    masks[-1] = 0 if shots > 1 else masks[-1]
+    ignore = torch.rand(shots, 8, 8) > 0.8
+    batched = correlation_statistics(query, support, masks, ignore, (0, 1))
+    for level, combined in enumerate(batched):
+        size = query[level].shape[-2:]
+        valid = (~ignore).float()
+        fg = torch.nn.functional.adaptive_avg_pool2d(masks.float() * valid, size)
+        va = torch.nn.functional.adaptive_avg_pool2d(valid, size)
+        each = torch.stack(
+            [block_statistics(query[level], support[level][k], fg[k], va[k]) for k in range(shots)]
+        )
+        torch.testing.assert_close(combined[:2], each[:, :2].amax(dim=0))
+        torch.testing.assert_close(combined[2:], each[:, 2:].mean(dim=0))

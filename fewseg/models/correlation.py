@@ -107,22 +107,42 @@ def correlation_statistics(
 ) -> list[torch.Tensor]:
     """The statistics of one query against a K-shot support set, for each correlated level:
     ``query`` levels [C,h,w], ``support`` levels [K,C,h,w], ``masks``/``ignore`` [K,H,W] →
-    one [4,h,w] map per level (maxima over shots, prototype similarities averaged)."""
-    out = []
+    one [4,h,w] map per level: :func:`block_statistics` of each shot, the maxima over shots
+    and the prototype similarities averaged (computed for all shots at once)."""
     valid = (~ignore).float()
     foreground = masks.float() * valid
+    pooled: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+    out = []
     for level in correlated:
-        size = query[level].shape[-2:]
-        fg = adaptive_average_pool(foreground, size)
-        va = adaptive_average_pool(valid, size)
-        shots = torch.stack(
-            [
-                block_statistics(query[level], support[level][k], fg[k], va[k])
-                for k in range(len(masks))
-            ]
-        )
-        out.append(torch.cat([shots[:, :2].amax(dim=0), shots[:, 2:].mean(dim=0)]))
+        height, width = query[level].shape[-2:]
+        if (height, width) not in pooled:
+            size = (height, width)
+            fg = adaptive_average_pool(foreground, size).flatten(1)  # [K, n]
+            pooled[size] = (fg, adaptive_average_pool(valid, size).flatten(1) - fg)
+        fg_weight, bg_weight = pooled[(height, width)]
+        features = support[level].flatten(2)  # [K, C, n]
+        q = unit(query[level].flatten(1)).T  # [hw, C]
+        cosines = q @ unit_columns(features)  # [K, hw, n]
+        half = bg_weight > 0.5
+        bg_cells = torch.where(half.any(dim=1, keepdim=True), half, bg_weight > 0)
+        maxima = [largest_over(cosines, cells) for cells in (fg_weight > 0, bg_cells)]
+        prototypes = unit_columns(features @ torch.stack([fg_weight, bg_weight], 2))  # [K,C,2]
+        similarity = (q @ prototypes).mean(dim=0).T  # [2, hw]
+        out.append(torch.stack([*maxima, *similarity]).view(STATISTICS, height, width))
     return out
+
+
+def unit_columns(features: torch.Tensor) -> torch.Tensor:
+    """[K, C, N] → each column of each shot scaled to unit length (zero columns stay zero)."""
+    return features / features.norm(dim=1, keepdim=True).clamp_min(1e-6)
+
+
+def largest_over(cosines: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """cosines [K, hw, n], cells [K, n] → the largest cosine to a cell of any shot [hw]; a
+    shot without such cells counts as 0 (:func:`block_statistics`)."""
+    masked = cosines.masked_fill(~cells[:, None, :], float("-inf")).amax(dim=2)  # [K, hw]
+    masked = torch.where(cells.any(dim=1, keepdim=True), masked, torch.zeros_like(masked))
+    return masked.amax(dim=0)
 
 
 def prior_map(foreground_maximum: torch.Tensor) -> torch.Tensor:
