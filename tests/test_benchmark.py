@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fewseg.experiments.benchmark import read_bench_plan, run_benchmark, summarize_folds
-from fewseg.experiments.results_page import target_lines, write_results
+from fewseg.experiments.results_page import component_table, target_lines, write_results
 
 PLAN = """
 dataset: "synthetic:images=8,size=64"
@@ -175,4 +175,12 @@ def test_targets_compare_the_best_entries_of_each_family_with_the_better_control
         "(protonet 14.0 vs baseline 13.0: +1.0)",
         "- other 2-shot, best meta-learned beats both controls by ≥ 2: MISSED "
         "(protonet 18.0 vs baseline 19.0: -1.0)",
+    ]
+    assert component_table(plan, results).splitlines()[2:] == [
+        "maml           maml      head         -      0       convnet   20.0    24.0",
+        "maml-corr      maml      correlation  on     0       convnet   26.0    29.0",
+        "protonet       protonet  prototypes   -      0       convnet   27.0    31.0",
+        "finetune       finetune  head         -      0       convnet   21.0    28.0",
+        "finetune-corr  finetune  correlation  on     0       convnet   23.0    27.5",
+        "baseline       baseline  -            -      -       convnet   22.0    25.0",
     ]

@@ -14,7 +14,10 @@ from PIL import Image
 from fewseg.engine.figures import plot_score_bars
 from fewseg.engine.report import format_table
 from fewseg.experiments.benchmark import BenchPlan
+from fewseg.experiments.demo import learner_values
 from fewseg.fileio import atomic_write, write_json
+from fewseg.learners.base import LEARNERS
+from fewseg.options import defaults
 
 MAML_FAMILY = ("maml", "fomaml", "reptile")
 META_LEARNED = (*MAML_FAMILY, "protonet")
@@ -91,6 +94,34 @@ def target_lines(plan: BenchPlan, results: dict[str, Any]) -> list[str]:
                 f"{control_value:.1f}: {margin:+.1f})"
             )
     return lines
+
+
+def component_table(plan: BenchPlan, results: dict[str, Any]) -> str:
+    """Each entry's components (what issue #17's ablation turns on and off) and its mean
+    mIoU on the meta-training dataset at each shot count."""
+    fold_plan = plan.fold_plan(plan.folds[0])
+    rows = []
+    for name in results:
+        learner = plan.learner_of(name)
+        values = {**defaults(LEARNERS.get(learner).Options), **learner_values(fold_plan, name)}
+        model = str(values.get("model", "-"))
+        pseudo = plan.learners[name].get("pseudo_ratio", plan.train.get("pseudo_ratio")) or 0
+        rows.append(
+            [
+                name,
+                learner,
+                model,
+                ("on" if values["prior"] else "off") if model == "correlation" else "-",
+                f"{pseudo:g}" if LEARNERS.get(learner).trainable else "-",
+                str(values.get("backbone", "-")),
+                *(
+                    f"{results[name][plan.dataset_name][f'{k}shot']['mean']:.1f}"
+                    for k in plan.shots
+                ),
+            ]
+        )
+    headers = ["entry", "learner", "model", "prior", "pseudo", "backbone"]
+    return format_table([*headers, *(f"{k}-shot" for k in plan.shots)], rows)
 
 
 def work_total(outcome: dict[str, Any]) -> float:
@@ -217,6 +248,14 @@ def write_results(plan: BenchPlan, outcome: dict[str, Any], docs: Path, command:
             "",
         ]
     lines += ["## Targets", "", *target_lines(plan, results), ""]
+    lines += [
+        f"## Entries and their components ({plan.dataset_name}, mean mIoU of the fold columns)",
+        "",
+        "```",
+        component_table(plan, results),
+        "```",
+        "",
+    ]
     lines += example_lines(outcome.get("overlays", {}), results, figures, plan)
     seconds = outcome["train_seconds"]
     lines += [
