@@ -159,3 +159,16 @@ def test_the_batched_statistics_equal_each_shots_block_statistics(shots: int) ->
         )
         torch.testing.assert_close(combined[:2], each[:, :2].amax(dim=0))
         torch.testing.assert_close(combined[2:], each[:, 2:].mean(dim=0))
+
+
+def test_k_shots_average_the_logits_of_each_shot_unless_told_otherwise(
+    model: CorrelationModel,
+) -> None:
+    support = shots(3)
+    query = torch.rand(2, 3, 32, 32)
+    mean, joint = CorrelationTasks(model), CorrelationTasks(model, shot_mean=False)
+    each = [mean.predictor(support.select([k]))(query) for k in range(3)]
+    torch.testing.assert_close(mean.predictor(support)(query), torch.stack(each).mean(dim=0))
+    groups, skip = model.inputs(query, support.images, support.masks, support.ignore)
+    expected = torch.nn.functional.interpolate(model(groups, skip), size=(32, 32), mode="bilinear")
+    torch.testing.assert_close(joint.predictor(support)(query), expected)

@@ -56,6 +56,11 @@ class GradientOptions(TrainableOptions):
         "(the class-agnostic correlation model's decoder head)",
     )
     prior: bool = option(True, "correlation model: PFENet's prior mask as an input")
+    shot_mean: bool = option(
+        True,
+        "correlation model, K shots: the mean of each shot's logits (else one prediction "
+        "from statistics combined over the shots)",
+    )
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -84,7 +89,7 @@ class GradientAdaptedSegmenter(Learner):
                 options.backbone, options.pretrained, options.weights_path, options.hidden,
                 prior=options.prior,
             )  # fmt: skip
-            self.tasks: CorrelationTasks | None = CorrelationTasks(self.model)
+            self.tasks: CorrelationTasks | None = CorrelationTasks(self.model, options.shot_mean)
         else:
             self.model = Segmenter(build_backbone(options), options.hidden)
             self.tasks = None

@@ -57,29 +57,40 @@ def augmented_copy(shot: LabelledImages, generator: torch.Generator) -> Labelled
 
 
 class CorrelationTasks:
-    """What a gradient learner asks of its correlation model."""
+    """What a learner asks of its correlation model. With ``shot_mean`` a K-shot support
+    set gives K predictions, one per shot, whose logits are averaged (HSNet's K-shot
+    voting, here a mean); otherwise one prediction from statistics combined over shots."""
 
-    def __init__(self, model: CorrelationModel) -> None:
+    def __init__(self, model: CorrelationModel, shot_mean: bool = True) -> None:
         self.model = model
+        self.shot_mean = shot_mean
 
-    def inputs(self, images: torch.Tensor, support: LabelledImages) -> Any:
-        return self.model.inputs(images, support.images, support.masks, support.ignore)
+    def inputs(self, images: torch.Tensor, support: LabelledImages) -> list[Any]:
+        """The decoder's inputs for ``images`` against the support set: one per shot with
+        ``shot_mean``, else one."""
+        sets = [support]
+        if self.shot_mean and support.shots > 1:
+            sets = [support.select([k]) for k in range(support.shots)]
+        return [self.model.inputs(images, s.images, s.masks, s.ignore) for s in sets]
 
     def logits(
-        self, params: Mapping[str, torch.Tensor], inputs: Any, size: tuple[int, int] | torch.Size
+        self,
+        params: Mapping[str, torch.Tensor],
+        inputs: list[Any],
+        size: tuple[int, int] | torch.Size,
     ) -> torch.Tensor:
-        """Foreground logits [B,1,H,W] at ``size``, the decoder's ``params`` (names relative
-        to the decoder, e.g. ``head.0.weight``) substituted."""
-        groups, skip = inputs
-        logits = functional_call(self.model.decoder, dict(params), (groups, skip))
+        """Foreground logits [B,1,H,W] at ``size`` (the mean over ``inputs``), the decoder's
+        ``params`` (names relative to the decoder, e.g. ``head.0.weight``) substituted."""
+        each = [functional_call(self.model.decoder, dict(params), tuple(i)) for i in inputs]
+        logits = each[0] if len(each) == 1 else torch.stack(each).mean(dim=0)
         return bilinear_resize(logits, size)
 
     def loss_function(
-        self, inputs: Any, masks: torch.Tensor, ignore: torch.Tensor
+        self, inputs: list[Any], masks: torch.Tensor, ignore: torch.Tensor
     ) -> Callable[[Mapping[str, torch.Tensor]], torch.Tensor]:
         """params → the class-balanced BCE (``foreground_bce``) of the decoder's logits at
         its own grid (stride 4) against ``masks`` subsampled there (nearest pixel)."""
-        skip = inputs[1]
+        skip = inputs[0][1]
         grid = skip.shape[-2:]
         _, masks, ignore = subsample_masks(masks, ignore, max(grid))
         target, weights = balanced_pixel_weights(masks, ignore, skip.dtype)
@@ -109,7 +120,7 @@ class CorrelationTasks:
 
         return predict
 
-    def support_examples(self, support: LabelledImages) -> list[tuple[Any, LabelledImages]]:
+    def support_examples(self, support: LabelledImages) -> list[tuple[list[Any], LabelledImages]]:
         """(inputs, the labelled query they segment) of the support-only loss."""
         if support.shots == 1:
             generator = torch.Generator().manual_seed(COPY_SEED)

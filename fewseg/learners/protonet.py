@@ -58,6 +58,11 @@ class ProtoNetOptions(TrainableOptions):
         "class-agnostic correlation model, trained on episodes, no test-time adaptation)",
     )
     prior: bool = option(True, "correlation model: PFENet's prior mask as an input")
+    shot_mean: bool = option(
+        True,
+        "correlation model, K shots: the mean of each shot's logits (else one prediction "
+        "from statistics combined over the shots)",
+    )
 
     def __post_init__(self) -> None:
         if self.model not in ("prototypes", "correlation"):
@@ -119,7 +124,7 @@ class ProtoNet(Learner):
                 prior=options.prior,
             )  # fmt: skip
             self.encoder = self.model.encoder
-            self.tasks = CorrelationTasks(self.model)
+            self.tasks = CorrelationTasks(self.model, options.shot_mean)
             return
         backbone = backbone if backbone is not None else build_backbone(options)
         self.encoder = EmbeddingNetwork(backbone, options.hidden)
