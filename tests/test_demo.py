@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from fewseg.engine.checkpoint import read_checkpoint
 from fewseg.errors import FewSegError
 from fewseg.experiments.demo import read_plan, run_demo
 
@@ -82,3 +83,25 @@ def test_running_the_demo_again_reuses_its_trained_models(tmp_path: Path) -> Non
         match=r"fomaml/checkpoint\.pt: cannot resume with different learner option hidden$",
     ):
         run_demo(read_plan(plan_file), tmp_path / "out", progress=False)
+
+
+def test_an_entry_can_run_a_learner_under_a_name_of_its_own(tmp_path: Path) -> None:
+    """``protonet-narrow: {learner: protonet, hidden: 4}`` trains protonet with its own options
+    beside the plain entry (how the benchmark runs each family on both models)."""
+    plan_file = tmp_path / "plan.yaml"
+    two_protonets = PLAN.replace(" inner_steps: 1,", "").replace(
+        "  fomaml: {}\n  protonet: {}\n  baseline: {backbone: mobilenet_v2}",
+        "  protonet: {}\n  protonet-narrow: {learner: protonet, hidden: 4}",
+    )
+    plan_file.write_text(two_protonets)
+    plan = read_plan(plan_file)
+    assert plan.learner_of("protonet-narrow") == "protonet"
+    results = run_demo(plan, tmp_path / "out", progress=False)
+    assert [r.name for r in results] == ["protonet", "protonet-narrow"]
+    state = read_checkpoint(tmp_path / "out/train/protonet-narrow")
+    assert state["learner_name"] == "protonet" and state["learner_options"]["hidden"] == 4
+    wide = read_checkpoint(tmp_path / "out/train/protonet")
+    assert wide["learner_options"]["hidden"] == 8
+    plan_file.write_text(two_protonets.replace("hidden: 4}", "colour: 1}"))
+    with pytest.raises(FewSegError, match="colour"):
+        run_demo(read_plan(plan_file), tmp_path / "bad", progress=False)

@@ -19,16 +19,24 @@ from fewseg.episodes.tensors import EpisodeTensors, load_resized_episode
 from fewseg.errors import FewSegError
 from fewseg.learners import LEARNERS, Learner, build_learner
 from fewseg.models.encoder import Encoder
-from fewseg.options import as_dict, option_help, options_from
+from fewseg.options import as_dict, field_names, option_help, options_from
 
 NAMES = [entry.name for entry in LEARNERS]
 TRAINABLE = [entry.name for entry in LEARNERS if entry.factory.trainable]
+# each learner, and each on the class-agnostic correlation model where it can run on it
+CORRELATION = [n for n in NAMES if "model" in field_names(LEARNERS.get(n).Options)]
+VARIANTS = NAMES + [f"{n}+correlation" for n in CORRELATION]
+TRAINABLE_VARIANTS = [v for v in VARIANTS if v.partition("+")[0] in TRAINABLE]
 SOURCE = "synthetic:images=6,size=64"
 
 
-def tiny(name: str, seed: int = 0, **overrides: object) -> Learner:
+def tiny(variant: str, seed: int = 0, **overrides: object) -> Learner:
+    """The learner ``variant`` names (``NAME`` or ``NAME+MODEL``), small."""
+    name, _, model = variant.partition("+")
+    if model:  # the correlation model taps MobileNetV2's own blocks
+        overrides = {"model": model, "backbone": "mobilenet_v2", **overrides}
     torch.manual_seed(seed)
-    return build_learner(name, tiny_options(name, backbone="mobilenet_v2_s8", **overrides))
+    return build_learner(name, tiny_options(name, **{"backbone": "mobilenet_v2_s8", **overrides}))
 
 
 @pytest.fixture(scope="module")
@@ -66,14 +74,14 @@ def test_options_are_declared_with_help_and_checked(name: str) -> None:
     assert {f.name for f in fields(options_class)} <= set(settings)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", VARIANTS)
 def test_adapt_gives_logits_at_input_resolution(name: str, episodes: list) -> None:
     logits = predictions(tiny(name), episodes[0])
     assert logits.shape[0] == 2 and logits.shape[1] in (1, 2) and logits.shape[2:] == (48, 48)
     assert torch.isfinite(logits).all()
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", VARIANTS)
 def test_the_same_seed_gives_the_same_learner_and_predictions(name: str, episodes: list) -> None:
     first, second = tiny(name), tiny(name)
     for key, value in first.state_dict().items():
@@ -82,7 +90,7 @@ def test_the_same_seed_gives_the_same_learner_and_predictions(name: str, episode
     assert torch.equal(predictions(first, episodes[0]), predictions(first, episodes[0]))
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", VARIANTS)
 def test_the_encoder_is_support_independent(name: str, episodes: list) -> None:
     """The engine may answer the encoder's calls from features computed before."""
     learner = tiny(name)
@@ -99,7 +107,7 @@ def test_the_encoder_is_support_independent(name: str, episodes: list) -> None:
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name", TRAINABLE)
+@pytest.mark.parametrize("name", TRAINABLE_VARIANTS)
 def test_a_training_step_moves_the_outer_parameters(name: str, training_episodes: list) -> None:
     learner = tiny(name).train()
     optimizer = learner.make_optimizer()
@@ -124,7 +132,7 @@ def test_a_training_free_learner_refuses_to_train(name: str, training_episodes: 
         learner.make_optimizer()
 
 
-@pytest.mark.parametrize("name", TRAINABLE)
+@pytest.mark.parametrize("name", TRAINABLE_VARIANTS)
 def test_a_saved_learner_loads_with_the_same_predictions(
     name: str, episodes: list, training_episodes: list, tmp_path
 ) -> None:
@@ -132,22 +140,25 @@ def test_a_saved_learner_loads_with_the_same_predictions(
     optimizer = learner.make_optimizer()
     learner.meta_gradients(training_episodes)
     optimizer.step()
-    config = TrainConfig(learner=name, dataset=SOURCE, steps=1)
+    config = TrainConfig(learner=name.partition("+")[0], dataset=SOURCE, steps=1)
     save_checkpoint(tmp_path, 1, config, learner, optimizer, {"size": 48})
     state = read_checkpoint(tmp_path)
-    assert state["learner_name"] == name and state["learner_options"] == as_dict(learner.options)
+    assert state["learner_name"] == config.learner and state["learner_options"] == as_dict(
+        learner.options
+    )
     restored = restore_learner(state, tmp_path)
     assert type(restored) is type(learner) and restored.options == learner.options
     assert torch.equal(predictions(restored, episodes[1]), predictions(learner, episodes[1]))
 
 
 @pytest.mark.parametrize("freeze", [True, False])
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", VARIANTS)
 def test_no_batchnorm_running_statistic_ever_changes(
     name: str, freeze: bool, training_episodes: list, episodes: list
 ) -> None:
-    overrides = {"freeze_backbone": freeze} if name in TRAINABLE else {}
-    if not freeze and name not in TRAINABLE:
+    trainable = name.partition("+")[0] in TRAINABLE
+    overrides = {"freeze_backbone": freeze} if trainable else {}
+    if not freeze and not trainable:
         pytest.skip("a training-free learner's backbone is always frozen")
     learner = tiny(name, **overrides)
     before = {k: v.clone() for k, v in learner.state_dict().items() if "running" in k}

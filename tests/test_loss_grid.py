@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from fewseg.errors import FewSegError
-from fewseg.learners.adaptation import nearest_indices, subsample_masks
 from fewseg.learners.losses import foreground_bce
 from fewseg.learners.maml import MAML, MAMLOptions
+from fewseg.learners.masks import nearest_indices, subsample_masks
 from fewseg.models.upsample import bilinear_resize
 
 

@@ -7,6 +7,7 @@ from fewseg.data import (  # noqa: F401  (register readers)
     masks,
     pascal,
     synthetic,
+    unlabeled,
 )
 from fewseg.data.source import ClassSample, FoldSplit, SegClass, SegmentationSource
 from fewseg.data.spec import SOURCES, open_source

@@ -148,6 +148,20 @@ class SegmentationSource(ABC):
     def class_name(self, class_index: int) -> str:
         return self.classes()[class_index].name
 
+    def load_image(self, image_id: str) -> np.ndarray:
+        """The (H, W, 3) uint8 image alone (any class of it, loaded)."""
+        for c in self.classes():
+            if image_id in set(self.images_of(c.index)):
+                return self.load(image_id, c.index).image
+        raise FewSegError(f"{self.kind}: no image {image_id!r} in any class")
+
+    def pseudo_image_ids(self, fold: str) -> tuple[str, ...]:
+        """The images self-supervised episodes of ``fold``'s meta-training may use: those
+        that show one of its meta-train classes (test classes appear in them only as
+        unlabelled pixels, as in any training image of the protocol). Sorted."""
+        split = self.fold_split(fold)
+        return tuple(sorted({i for c in split.train for i in self.images_of(c)}))
+
     @property
     def default_fold(self) -> str:
         """The fold a command uses when none is named: ``0``, the first of the standard

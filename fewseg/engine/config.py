@@ -38,6 +38,12 @@ class TrainConfig:
     meta_batch: int = option(4, "tasks per step")
     size: int | None = option(None, "square image size (default: the dataset's)")
     augment: bool = option(True, "random scale-crop, flip and colour jitter of each task")
+    pseudo_ratio: float | None = option(
+        None,
+        "share of tasks drawn as self-supervised superpixel episodes from the fold's "
+        "meta-training images (default: 0; 1 for an unlabeled dataset)",
+    )
+    superpixels: str = option("felzenszwalb", "pseudo-classes: felzenszwalb or slic regions")
     min_mask_pixels: int = option(0, "drop (class, image) pairs whose mask has fewer pixels")
     index_cache: str | None = option(
         None, "folder of dataset indexes (default: ~/.cache/fewseg/index)"
@@ -101,6 +107,12 @@ def check_train_config(config: TrainConfig) -> None:
         )
     if config.size is not None and config.size < 8:
         raise FewSegError(f"option size must be >= 8, got {config.size}")
+    if config.pseudo_ratio is not None and not 0.0 <= config.pseudo_ratio <= 1.0:
+        raise FewSegError(f"option pseudo_ratio must be in [0, 1], got {config.pseudo_ratio}")
+    if config.superpixels not in ("felzenszwalb", "slic"):
+        raise FewSegError(
+            f"option superpixels must be felzenszwalb or slic, got {config.superpixels!r}"
+        )
     if not 0.0 <= config.val_fraction < 1.0:
         raise FewSegError(f"option val_fraction must be in [0, 1), got {config.val_fraction}")
     if config.val_every < 0:

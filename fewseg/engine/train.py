@@ -37,6 +37,7 @@ from fewseg.engine.precision import autocast, check_precision
 from fewseg.engine.run_lock import check_run_dir, run_lock
 from fewseg.engine.runner import score_plan
 from fewseg.engine.settings import EvaluationSettings
+from fewseg.episodes.pseudo import SuperpixelSettings, draw_pseudo_episode
 from fewseg.episodes.sampler import draw_episode, episode_plan, usable_classes
 from fewseg.episodes.tensors import EpisodeTensors, load_episode, load_resized_episode
 from fewseg.episodes.transforms import augment_transform
@@ -89,15 +90,23 @@ def training_batch(
     step: int,
     rank: int = 0,
     world_size: int = 1,
+    pseudo_images: Sequence[str] = (),
 ) -> list[EpisodeTensors]:
     """This rank's tasks of step ``step``; task i is a pure function of (seed, step, i), so
-    the global meta-batch is the same whatever the number of processes."""
+    the global meta-batch is the same whatever the number of processes. With a
+    ``pseudo_ratio``, that share of the tasks (drawn per task) are self-supervised
+    episodes from ``pseudo_images``."""
     batch = []
+    ratio = config.pseudo_ratio or 0.0
+    superpixels = SuperpixelSettings(config.superpixels)
     for task in tasks_of_rank(config.meta_batch, rank, world_size):
         rng = np.random.default_rng(task_seed(config.seed, step, task))
         shots = config.shots
         if config.max_shots is not None:
             shots = int(rng.integers(config.shots, config.max_shots + 1))
+        if ratio > 0 and (ratio >= 1 or rng.random() < ratio):
+            batch.append(draw_pseudo_episode(source, pseudo_images, shots, size, rng, superpixels))
+            continue
         episode = draw_episode(source, classes, shots, rng)
         if not config.augment:
             batch.append(load_resized_episode(source, episode, size))
@@ -185,13 +194,18 @@ def train(
     source = open_source(config.dataset, config.min_mask_pixels, config.index_cache)
     if config.fold is None:  # the dataset's default, recorded as such
         config = replace(config, fold=source.default_fold)
+    if config.pseudo_ratio is None:  # an unlabeled dataset: self-supervised episodes only
+        config = replace(config, pseudo_ratio=0.0 if source.classes() else 1.0)
     size = config.size or source.default_size
     split = source.fold_split(config.fold)
     most_shots = config.max_shots or config.shots
     usable, _ = usable_classes(source, split.train, most_shots)
-    if not usable:
+    if not usable and config.pseudo_ratio < 1:
         raise FewSegError(f"fold {config.fold}: no meta-train class has {most_shots + 1} images")
     classes = hold_out_classes(usable, config.val_fraction)
+    pseudo_images = source.pseudo_image_ids(config.fold) if config.pseudo_ratio else ()
+    if config.pseudo_ratio and not pseudo_images:
+        raise FewSegError(f"fold {config.fold}: no images for self-supervised episodes")
     rank, world = distributed.rank(), distributed.world_size()
     tasks_of_rank(config.meta_batch, rank, world)  # a meta-batch that does not split fails now
 
@@ -238,7 +252,9 @@ def train(
         features.enter_context(attached(training_stores(learner)))
         try:
             for step in bar:
-                episodes = training_batch(source, classes.train, config, size, step, rank, world)
+                episodes = training_batch(
+                    source, classes.train, config, size, step, rank, world, pseudo_images
+                )
                 episodes = [e.to(device) for e in episodes]
                 learner.train()
                 optimizer.zero_grad(set_to_none=True)
@@ -313,6 +329,8 @@ RESUME_MAY_CHANGE = {"steps", "device", "val_every", "checkpoint_every", "log_ev
 RESUME_MAY_CHANGE |= {"precision"}  # like the device: how the arithmetic runs
 RESUME_MAY_CHANGE |= {"index_cache"}  # where a dataset's index is kept, not what it holds
 RESUME_MAY_CHANGE |= {"backend", "dist_timeout"}  # a run resumes on any world size
+# None: the dataset's own default, resolved and recorded at the start of the run
+RESOLVED_AT_START = {"fold", "pseudo_ratio"}
 
 
 def check_resumable(
@@ -331,7 +349,8 @@ def check_same_run(
     checkpoint lacks was added to fewseg after it was written and counts as its default,
     the value that keeps the behaviour it had before (as when the learner is restored)."""
     changed = changed_options(state["train_config"], asdict(config), defaults(TrainConfig))
-    changed = [k for k in changed if k not in RESUME_MAY_CHANGE]
+    unresolved = {k for k in RESOLVED_AT_START if getattr(config, k) is None}
+    changed = [k for k in changed if k not in RESUME_MAY_CHANGE | unresolved]
     if state["learner_name"] != config.learner:
         changed.append("learner")
     else:

@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from fewseg.data.source import SegmentationSource
-from fewseg.episodes.image_keys import ImageKey, cat_images, moved, name_images
+from fewseg.episodes.image_keys import ImageKey, cat_images, image_keys, moved, name_images
 from fewseg.episodes.sample_cache import resized_samples
 from fewseg.episodes.sampler import Episode
 from fewseg.episodes.transforms import sample_to_tensors
@@ -55,6 +55,14 @@ class LabelledImages:
             torch.cat([p.masks for p in parts]),
             torch.cat([p.ignore for p in parts]),
         )
+
+    def select(self, indices: Sequence[int]) -> LabelledImages:
+        """The images at ``indices`` (their names kept)."""
+        images = self.images[list(indices)]
+        keys = image_keys(self.images)
+        if keys is not None:
+            name_images(images, [keys[i] for i in indices])
+        return LabelledImages(images, self.masks[list(indices)], self.ignore[list(indices)])
 
     def to(self, device: torch.device | str) -> LabelledImages:
         """On ``device`` (itself when already there), the images keeping their names."""

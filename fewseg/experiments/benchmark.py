@@ -53,6 +53,9 @@ class BenchPlan:
             return self.cross_domain_seeds
         return self.seeds
 
+    def learner_of(self, entry: str) -> str:
+        return self.fold_plan(self.folds[0]).learner_of(entry)
+
     def fold_plan(self, fold: str) -> DemoPlan:
         return DemoPlan(
             self.dataset,
@@ -161,10 +164,16 @@ class BenchTask:
 
 
 def bench_tasks(plan: BenchPlan) -> list[BenchTask]:
-    """Every (fold, learner) pair; learners that adapt by inner-loop steps first, since
-    their evaluations take longest (the parallel schedule then ends with the short ones)."""
+    """Every (fold, entry) pair; entries on the correlation model first, then those that
+    adapt by inner-loop steps, since their evaluations take longest (the parallel schedule
+    then ends with the short ones)."""
     tasks = [BenchTask(fold, name) for name in plan.learners for fold in plan.folds]
-    return sorted(tasks, key=lambda t: "inner_steps" not in plan.learners[t.learner])
+
+    def cost(task: BenchTask) -> tuple[bool, bool]:
+        options = plan.learners[task.learner]
+        return options.get("model") != "correlation", "inner_steps" not in options
+
+    return sorted(tasks, key=cost)
 
 
 _SOURCES: dict[str, SegmentationSource] = {}

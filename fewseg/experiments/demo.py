@@ -39,6 +39,11 @@ class DemoPlan:
     overlay_episodes: int = 4
     source_file: str = "demo.yaml"
 
+    def learner_of(self, entry: str) -> str:
+        """The registered learner an entry of ``learners`` runs: its ``learner`` option, or
+        the entry's own name (``protonet-corr: {learner: protonet, model: correlation}``)."""
+        return str(self.learners[entry].get("learner", entry))
+
 
 @dataclass
 class LearnerResult:
@@ -73,7 +78,7 @@ def check_plan_options(plan: DemoPlan) -> None:
     the plan (each learner takes those it has)."""
     known = set(TRAIN_FIELDS)
     for name in plan.learners:
-        known |= field_names(LEARNERS.get(name).Options)
+        known |= field_names(LEARNERS.get(plan.learner_of(name)).Options)
     unknown = sorted(set(plan.train) - known)
     if unknown:
         raise FewSegError(
@@ -83,10 +88,12 @@ def check_plan_options(plan: DemoPlan) -> None:
 
 
 def learner_values(plan: DemoPlan, name: str) -> dict[str, Any]:
-    """Learner ``name``'s options in the plan: the shared ones it has, then its own."""
-    own = field_names(LEARNERS.get(name).Options)
+    """Entry ``name``'s learner options in the plan: the shared ones its learner has, then
+    the entry's own."""
+    own = field_names(LEARNERS.get(plan.learner_of(name)).Options)
     shared = {k: v for k, v in plan.train.items() if k in own}
-    return {**shared, **plan.learners[name]}
+    entry = {k: v for k, v in plan.learners[name].items() if k != "learner"}
+    return {**shared, **entry}
 
 
 def train_learner(plan: DemoPlan, name: str, out: Path, progress: bool) -> tuple[Learner, float]:
@@ -94,7 +101,7 @@ def train_learner(plan: DemoPlan, name: str, out: Path, progress: bool) -> tuple
     values = {
         **shared,
         **learner_values(plan, name),
-        "learner": name,
+        "learner": plan.learner_of(name),
         "dataset": plan.dataset,
         "fold": plan.fold,
     }
@@ -121,9 +128,10 @@ def prepare_learner(
     """A training-free learner as built, or a trainable one meta-trained into ``out/train``
     (with its training seconds)."""
     torch.manual_seed(plan.seed)
-    if LEARNERS.get(name).trainable:
+    learner = plan.learner_of(name)
+    if LEARNERS.get(learner).trainable:
         return train_learner(plan, name, out, progress)
-    return load_learner(name, options=learner_values(plan, name)).learner, None
+    return load_learner(learner, options=learner_values(plan, name)).learner, None
 
 
 def overlay_grid(

@@ -1,5 +1,10 @@
 """Shared base of the learners that adapt a segmenter by gradient descent on the support set
-(``maml``, ``fomaml``, ``reptile``, ``finetune``).
+(``maml``, ``fomaml``, ``reptile``, ``finetune``), on either model:
+
+- ``head``: a decoder head on the backbone's features (``Segmenter``);
+- ``correlation``: the class-agnostic correlation model (fewseg.models.correlation), whose
+  decoder head adapts; its support-only loss segments each shot from the other shots
+  (leave-one-out, K > 1) or an augmented copy of the shot from the shot (K = 1).
 
 The adapted parameters are the decoder head's alone when the encoder is frozen or the
 ``head_only`` (ANIL) option is on, and every trainable parameter otherwise. In the
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch.func import functional_call
@@ -18,41 +24,17 @@ from torch.func import functional_call
 from fewseg.episodes.tensors import LabelledImages
 from fewseg.errors import FewSegError
 from fewseg.learners.base import Learner, Predictor, TrainableOptions, build_backbone
+from fewseg.learners.correlation_tasks import MODELS, CorrelationTasks
 from fewseg.learners.inner_loop import LossFunction, Params, adapt_parameters
 from fewseg.learners.losses import balanced_pixel_weights, weighted_bce
+from fewseg.learners.masks import subsample_masks
+from fewseg.models.correlation import CorrelationModel
 from fewseg.models.encoder import Encoder
 from fewseg.models.segmenter import Segmenter
 from fewseg.models.upsample import bilinear_resize
 from fewseg.options import option
 
 HEAD_PREFIX = "head."
-
-
-def nearest_indices(size_in: int, size_out: int, device: torch.device) -> torch.Tensor:
-    """The input pixel whose centre is nearest each output pixel's centre."""
-    centres = (
-        (torch.arange(size_out, device=device, dtype=torch.float64) + 0.5) * size_in / size_out
-    )
-    return centres.floor().long().clamp_max(size_in - 1)
-
-
-def subsample_masks(
-    masks: torch.Tensor, ignore: torch.Tensor, side: int
-) -> tuple[tuple[int, int], torch.Tensor, torch.Tensor]:
-    """Masks and ignore [..., H, W] on a grid whose longer side is ``side`` (nearest
-    pixel; unchanged when already that small): the new (h, w), masks, ignore."""
-    height, width = masks.shape[-2:]
-    if max(height, width) <= side:
-        return (height, width), masks, ignore
-    scale = side / max(height, width)
-    new = (max(1, round(height * scale)), max(1, round(width * scale)))
-    rows = nearest_indices(height, new[0], masks.device)
-    columns = nearest_indices(width, new[1], masks.device)
-
-    def grid(x: torch.Tensor) -> torch.Tensor:
-        return x.index_select(-2, rows).index_select(-1, columns)
-
-    return new, grid(masks), grid(ignore)
 
 
 @dataclass
@@ -68,8 +50,21 @@ class GradientOptions(TrainableOptions):
     loss_size: int = option(
         0, "side of the grid the pixel losses use, masks subsampled (0: the image size)"
     )
+    model: str = option(
+        "head",
+        "what is adapted: head (a decoder head on backbone features) or correlation "
+        "(the class-agnostic correlation model's decoder head)",
+    )
+    prior: bool = option(True, "correlation model: PFENet's prior mask as an input")
+    shot_mean: bool = option(
+        True,
+        "correlation model, K shots: the mean of each shot's logits (else one prediction "
+        "from statistics combined over the shots)",
+    )
 
     def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise FewSegError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
         if self.loss_size < 0:
             raise FewSegError(f"loss_size must be >= 0 (0: the image size), got {self.loss_size}")
         if self.inner_steps < 0:
@@ -79,16 +74,29 @@ class GradientOptions(TrainableOptions):
 
 
 class GradientAdaptedSegmenter(Learner):
-    """A :class:`Segmenter` plus the machinery to adapt some of its parameters functionally."""
+    """A :class:`Segmenter` (or the correlation model) plus the machinery to adapt some of
+    its parameters functionally."""
 
     options: GradientOptions
+    # which part of the correlation model adapts: its decoder's head, or all the decoder
+    correlation_adapts: ClassVar[str] = "head"
 
     def __init__(self, options: GradientOptions) -> None:
         super().__init__(options)
-        self.model = Segmenter(build_backbone(options), options.hidden)
+        self.model: Segmenter | CorrelationModel
+        if options.model == "correlation":
+            self.model = CorrelationModel(
+                options.backbone, options.pretrained, options.weights_path, options.hidden,
+                prior=options.prior,
+            )  # fmt: skip
+            self.tasks: CorrelationTasks | None = CorrelationTasks(self.model, options.shot_mean)
+        else:
+            self.model = Segmenter(build_backbone(options), options.hidden)
+            self.tasks = None
 
     @property
     def head_only(self) -> bool:
+        """Only the decoder head adapts: ANIL, a frozen encoder, or the correlation model."""
         return self.options.head_only or self.model.encoder.frozen
 
     @property
@@ -101,8 +109,11 @@ class GradientAdaptedSegmenter(Learner):
 
     def initial_parameters(self) -> Params:
         """The current (meta-learned) values of the adapted parameters, still attached."""
-        module = self.model.head if self.head_only else self.model
-        prefix = HEAD_PREFIX if self.head_only else ""
+        if self.tasks is not None and self.correlation_adapts == "decoder":
+            module, prefix = self.model.decoder, ""
+        else:
+            module = self.model.head if self.head_only else self.model
+            prefix = HEAD_PREFIX if self.head_only else ""
         return {prefix + n: p for n, p in module.named_parameters() if p.requires_grad}
 
     def logits(
@@ -112,6 +123,8 @@ class GradientAdaptedSegmenter(Learner):
 
         ``inputs`` are encoder features in head-only mode and images otherwise.
         """
+        if self.tasks is not None:
+            return self.tasks.logits(params, inputs, size)
         if self.head_only:
             head_params = {n.removeprefix(HEAD_PREFIX): p for n, p in params.items()}
             logits = functional_call(self.model.head, head_params, (inputs,))
@@ -121,6 +134,17 @@ class GradientAdaptedSegmenter(Learner):
     def inputs(self, images: torch.Tensor) -> torch.Tensor:
         """What :meth:`logits` takes: the encoder's features in head-only mode, else images."""
         return self.model.encoder(images) if self.head_only else images
+
+    def query_inputs(self, images: torch.Tensor, support: LabelledImages) -> Any:
+        """What :meth:`logits` takes for query ``images`` of an episode with ``support``."""
+        if self.tasks is not None:
+            return self.tasks.inputs(images, support)
+        return self.inputs(images)
+
+    def query_loss(self, query: LabelledImages, support: LabelledImages) -> LossFunction:
+        """params → the pixel loss of the query given the support set."""
+        inputs = self.query_inputs(query.images, support)
+        return self.pixel_loss(inputs, query.images.shape[-2:], query.masks, query.ignore)
 
     def pixel_loss(
         self,
@@ -132,7 +156,10 @@ class GradientAdaptedSegmenter(Learner):
         """params → the class-balanced BCE (``foreground_bce``) of the logits on ``inputs``
         (features or images) against masks of ``size``; the pixel weights are computed
         once, here. With ``loss_size`` set (and a frozen encoder) the logits are resized
-        straight to that grid and the masks subsampled onto it."""
+        straight to that grid and the masks subsampled onto it. The correlation model's
+        loss is at its decoder's own grid (stride 4)."""
+        if self.tasks is not None:
+            return self.tasks.loss_function(inputs, masks, ignore)
         if self.head_only and self.options.loss_size:
             size, masks, ignore = subsample_masks(masks, ignore, self.options.loss_size)
         target, weights = balanced_pixel_weights(masks, ignore, inputs.dtype)
@@ -143,6 +170,13 @@ class GradientAdaptedSegmenter(Learner):
         return loss
 
     def support_loss(self, support: LabelledImages) -> LossFunction:
+        """params → the loss the inner loop descends, from the support set alone."""
+        if self.tasks is not None:
+            losses = [
+                self.pixel_loss(inputs, target.images.shape[-2:], target.masks, target.ignore)
+                for inputs, target in self.tasks.support_examples(support)
+            ]
+            return lambda params: torch.stack([loss(params) for loss in losses]).mean()
         inputs = self.inputs(support.images)
         return self.pixel_loss(inputs, support.images.shape[-2:], support.masks, support.ignore)
 
@@ -173,6 +207,6 @@ class GradientAdaptedSegmenter(Learner):
         @torch.no_grad()
         def predict(query_images: torch.Tensor) -> torch.Tensor:
             size = query_images.shape[-2:]
-            return self.logits(adapted, self.inputs(query_images), size)
+            return self.logits(adapted, self.query_inputs(query_images, support), size)
 
         return predict

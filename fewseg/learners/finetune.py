@@ -48,6 +48,12 @@ class FineTune(GradientAdaptedSegmenter):
         if not episodes:
             raise FewSegError("finetune: empty meta-batch")
         device = next(self.model.head.parameters()).device
+        if self.tasks is not None:  # the correlation model: each query from its support
+            tasks = [e.to(device) for e in episodes]
+            params = self.initial_parameters()
+            loss = torch.stack([self.query_loss(t.query, t.support)(params) for t in tasks]).mean()
+            loss.backward()
+            return {"loss": loss.item()}
         examples = LabelledImages.cat([e.labelled_images() for e in episodes]).to(device)
         images = examples.images
         loss = self.pixel_loss(

@@ -94,7 +94,8 @@ class MAML(GradientAdaptedSegmenter):
             raise FewSegError("meta_gradients needs at least one episode")
         device = next(self.model.head.parameters()).device
         tasks = [task.to(device) for task in episodes]
-        if self.options.batch_tasks and self.model.encoder.frozen and self.options.inner_steps > 0:
+        batched = self.options.batch_tasks and self.tasks is None and self.model.encoder.frozen
+        if batched and self.options.inner_steps > 0:
             groups: dict[tuple[Any, ...], list[EpisodeTensors]] = {}
             for task in tasks:
                 shape = (task.support.images.shape, task.query.images.shape)
@@ -116,11 +117,7 @@ class MAML(GradientAdaptedSegmenter):
         else:  # no inner steps: the support loss is measured for the metric alone
             with torch.no_grad():
                 before = support_loss(self.initial_parameters())
-        query = task.query
-        query_loss = self.pixel_loss(
-            self.inputs(query.images), query.images.shape[-2:], query.masks, query.ignore
-        )
-        loss = query_loss(adapted)
+        loss = self.query_loss(task.query, task.support)(adapted)
         (loss / n_tasks).backward()
         return loss.detach()[None], before[None]
 

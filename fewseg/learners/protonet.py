@@ -28,6 +28,7 @@ from fewseg.learners.base import (
     build_backbone,
     register_learner,
 )
+from fewseg.learners.correlation_tasks import CorrelationTasks
 from fewseg.learners.losses import two_class_cross_entropy
 from fewseg.learners.prototypes import (
     cosine_logits,
@@ -37,6 +38,7 @@ from fewseg.learners.prototypes import (
     support_prototypes,
 )
 from fewseg.models.backbones import Backbone
+from fewseg.models.correlation import CorrelationModel
 from fewseg.models.encoder import Encoder
 from fewseg.models.upsample import bilinear_resize
 from fewseg.options import option
@@ -50,8 +52,23 @@ class ProtoNetOptions(TrainableOptions):
         1.0, "weight of prototype alignment regularisation, PAR (0: off)"
     )
     outer_lr: float = option(1e-3, "learning rate of the meta-training optimizer (Adam)")
+    model: str = option(
+        "prototypes",
+        "prototypes (PANet's cosine to masked-average prototypes) or correlation (the "
+        "class-agnostic correlation model, trained on episodes, no test-time adaptation)",
+    )
+    prior: bool = option(True, "correlation model: PFENet's prior mask as an input")
+    shot_mean: bool = option(
+        True,
+        "correlation model, K shots: the mean of each shot's logits (else one prediction "
+        "from statistics combined over the shots)",
+    )
 
     def __post_init__(self) -> None:
+        if self.model not in ("prototypes", "correlation"):
+            raise FewSegError(
+                f"protonet: model must be prototypes or correlation, got {self.model!r}"
+            )
         if not self.scale_init > 0:
             raise FewSegError(f"protonet: scale_init must be > 0, got {self.scale_init}")
         if self.alignment_weight < 0:
@@ -89,6 +106,10 @@ class ProtoNet(Learner):
     The cosine scale is learnt as ``log_scale`` (scale = exp(log_scale), so it stays
     positive), initialised to ``scale_init``. With a frozen backbone only the neck and the
     scale learn.
+
+    With ``model: correlation`` the metric is the correlation model's instead (its
+    statistics of the query against the support features, decoded): trained on the query
+    loss of each episode, applied without test-time adaptation.
     """
 
     Options = ProtoNetOptions
@@ -96,6 +117,15 @@ class ProtoNet(Learner):
 
     def __init__(self, options: ProtoNetOptions, backbone: Backbone | None = None) -> None:
         super().__init__(options)
+        self.tasks: CorrelationTasks | None = None
+        if options.model == "correlation":
+            self.model = CorrelationModel(
+                options.backbone, options.pretrained, options.weights_path, options.hidden,
+                prior=options.prior,
+            )  # fmt: skip
+            self.encoder = self.model.encoder
+            self.tasks = CorrelationTasks(self.model, options.shot_mean)
+            return
         backbone = backbone if backbone is not None else build_backbone(options)
         self.encoder = EmbeddingNetwork(backbone, options.hidden)
         self.log_scale = nn.Parameter(torch.tensor(math.log(options.scale_init)))
@@ -116,6 +146,8 @@ class ProtoNet(Learner):
 
     @torch.no_grad()
     def adapt(self, support: LabelledImages) -> Predictor:
+        if self.tasks is not None:
+            return self.tasks.predictor(support)
         embedded = self.encoder(support.images)
         direction = margin_direction(support_prototypes(embedded, support.masks, support.ignore))
 
@@ -190,6 +222,10 @@ class ProtoNet(Learner):
         """Mean over episodes of query loss + alignment_weight × alignment loss, backpropagated."""
         if not episodes:
             raise FewSegError("protonet: meta_gradients needs at least one episode")
+        if self.tasks is not None:
+            loss = self.tasks.episodic_loss(episodes)
+            loss.backward()
+            return {"loss": loss.item()}
         query_losses, alignment_losses = zip(
             *(
                 self.episode_losses(s, q, e)

@@ -51,6 +51,7 @@ class Reptile(GradientAdaptedSegmenter):
 
     Options = ReptileOptions
     options: ReptileOptions
+    correlation_adapts = "decoder"  # what Reptile moves is what the inner loop adapts
 
     def outer_parameters(self) -> list[torch.nn.Parameter]:
         return list(self.initial_parameters().values())
@@ -59,10 +60,21 @@ class Reptile(GradientAdaptedSegmenter):
         return torch.optim.SGD(self.outer_parameters(), lr=self.options.reptile_epsilon)
 
     def task_loss(self, examples: LabelledImages) -> LossFunction:
-        """Mean foreground BCE of ``examples`` as a function of the adapted parameters."""
+        """Mean foreground BCE of ``examples`` as a function of the adapted parameters
+        (head model: every labelled image of a task; the correlation model needs a
+        support set: :meth:`episode_loss`)."""
+        if self.tasks is not None:
+            return self.support_loss(examples)
         with torch.no_grad():  # the encoder is not adapted in head-only mode: constant features
             inputs = self.inputs(examples.images)
         return self.pixel_loss(inputs, examples.images.shape[-2:], examples.masks, examples.ignore)
+
+    def episode_loss(self, episode: EpisodeTensors) -> LossFunction:
+        """The loss of a training task: the head model's on all its labelled images, the
+        correlation model's on its query given its support set."""
+        if self.tasks is not None:
+            return self.query_loss(episode.query, episode.support)
+        return self.task_loss(episode.labelled_images())
 
     def inner_optimize(self, loss: LossFunction, start: Params) -> tuple[Params, torch.Tensor]:
         """``inner_steps`` steps of the inner optimizer (fresh state) on detached copies of
@@ -100,7 +112,7 @@ class Reptile(GradientAdaptedSegmenter):
         device = next(iter(theta.values())).device
         losses, adapted_losses = [], []
         for episode in episodes:
-            loss = self.task_loss(episode.labelled_images().to(device))
+            loss = self.episode_loss(episode.to(device))
             adapted, initial_loss = self.inner_optimize(loss, theta)
             with torch.no_grad():
                 adapted_losses.append(loss(adapted))

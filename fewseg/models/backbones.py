@@ -47,49 +47,51 @@ def channels_last(images: torch.Tensor) -> torch.Tensor:
     return images.contiguous(memory_format=torch.channels_last)
 
 
-class MobileNetV2Features(Backbone):
-    """MobileNetV2 feature pyramid taps, upsampled to the first tap and concatenated.
+class TappedBackbone(Backbone):
+    """A pretrained network as a sequence of blocks, tapped at some of them.
 
-    ``taps`` are indices into torchvision's ``mobilenet_v2().features``; the default
-    (13, 17) joins the stride-16 (96 ch) and stride-32 (320 ch) blocks at stride 16.
+    ``taps`` are block indices; the features are the tapped blocks' outputs, upsampled to
+    the first tap's resolution and concatenated, or with ``pyramid`` each as it is (a
+    tuple, finest first). Subclasses give ``blocks`` (an ``nn.Sequential``), ``STRIDES``
+    (each block's output stride), ``PER_IMAGE_BLOCKS`` (the blocks whose input stride is
+    below 8) and, where their weights expect another input normalisation than fewseg's
+    ImageNet mean and standard deviation, :meth:`prepare`.
     """
 
-    STRIDES = (2, 2, 4, 4, 8, 8, 8, 16, 16, 16, 16, 16, 16, 16, 32, 32, 32, 32, 32)
-    PER_IMAGE_BLOCKS = 5  # blocks 0-4: their inputs are at stride 2 or 4
+    STRIDES: tuple[int, ...]
+    PER_IMAGE_BLOCKS: int
     # four 96×96 images at once take 10% less time than one at a time and 2.5× the memory
     EARLY_BATCH_PIXELS = 4 * 96 * 96
+    name: str
 
     def __init__(
         self,
-        pretrained: bool = True,
-        weights_path: str | None = None,
-        taps: Sequence[int] = (13, 17),
-        frozen: bool = True,
+        blocks: nn.Sequential,
+        taps: Sequence[int],
+        frozen: bool,
+        weights_source: str,
+        pyramid: bool = False,
     ) -> None:
         super().__init__(frozen)
+        taps = tuple(taps)
         if (
             not taps
-            or sorted(taps) != list(taps)
+            or sorted(set(taps)) != list(taps)
             or not 0 <= taps[0] <= taps[-1] < len(self.STRIDES)
         ):
-            raise FewSegError(f"mobilenet_v2 taps must be increasing indices 0..18, got {taps}")
-        network = mobilenet_v2()
-        if weights_path is not None:
-            self._load(network, weights_path)
-        elif pretrained:
-            weights = MobileNet_V2_Weights.IMAGENET1K_V1
-            if not pretrained_weights_file(weights).is_file():
-                raise FewSegError(
-                    f"ImageNet MobileNetV2 weights not found at {pretrained_weights_file(weights)}"
-                    " (run `make install`, or pass a local weights file)"
-                )
-            network.load_state_dict(weights.get_state_dict(progress=False))
-        self.taps = tuple(taps)
+            raise FewSegError(
+                f"{self.name} taps must be increasing indices 0..{len(self.STRIDES) - 1}, "
+                f"got {taps}"
+            )
+        self.taps = taps
+        self.pyramid = pyramid
         # channels-last convolutions are about 1.5x faster on CPU (docs/performance.md)
-        self.blocks = network.features[: self.taps[-1] + 1].to(memory_format=torch.channels_last)
-        self.out_channels = sum(self.blocks[t].out_channels for t in self.taps)
-        self.stride = self.STRIDES[self.taps[0]]
-        self.weights_source = weights_path or ("imagenet" if pretrained else "random")
+        self.blocks = blocks[: taps[-1] + 1].to(memory_format=torch.channels_last)
+        self.tap_channels = tuple(block_channels(self.blocks[t]) for t in taps)
+        self.tap_strides = tuple(self.STRIDES[t] for t in taps)
+        self.out_channels = sum(self.tap_channels)
+        self.stride = self.tap_strides[0]
+        self.weights_source = weights_source
         # frozen: the blocks run with BatchNorm folded into the convolutions
         self._inference = FoldedInference()
         self.register_load_state_dict_post_hook(lambda module, _: module._inference.invalidate())
@@ -98,7 +100,7 @@ class MobileNetV2Features(Backbone):
 
     def _apply(
         self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True
-    ) -> MobileNetV2Features:
+    ) -> TappedBackbone:
         self._inference.invalidate()  # .to(), .double(), .cuda() replace the weights
         return super()._apply(fn, recurse)
 
@@ -106,12 +108,9 @@ class MobileNetV2Features(Backbone):
         super().freeze()
         self._inference.invalidate()
 
-    @staticmethod
-    def _load(network: nn.Module, weights_path: str) -> None:
-        try:
-            network.load_state_dict(load_state_dict_file(weights_path))
-        except RuntimeError:
-            raise FewSegError(f"{weights_path}: not MobileNetV2 weights") from None
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """Images normalised as fewseg normalises them → as the weights expect them."""
+        return images
 
     def _run(self, x: torch.Tensor, blocks: range, outputs: list[torch.Tensor]) -> torch.Tensor:
         network = self._inference.of(self.blocks) if self.frozen else self.blocks
@@ -121,13 +120,14 @@ class MobileNetV2Features(Backbone):
                 outputs.append(x)
         return x
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """Without autograd, the high-resolution blocks (input stride < 8) take images in
         groups of up to ``EARLY_BATCH_PIXELS`` pixels (four 96×96 images; one at a time from
-        192×192 up: at 400×400 a group is slower than one image at a time) and the rest the whole
-        batch: the peak memory of a batch is then about that of one group in the early
+        192×192 up: at 400×400 a group is slower than one image at a time) and the rest the
+        whole batch: the peak memory of a batch is then about that of one group in the early
         blocks, which dominate it, plus the batch's small stride-8 maps. The features are
         bitwise those of one batched pass on CPU (tests/test_backbones.py)."""
+        images = self.prepare(images)
         split = min(self.PER_IMAGE_BLOCKS, len(self.blocks))
         outputs: list[torch.Tensor] = []
         if len(images) > 1 and not torch.is_grad_enabled():
@@ -144,11 +144,60 @@ class MobileNetV2Features(Backbone):
         else:
             x = self._run(channels_last(images), range(split), outputs)
         self._run(x, range(split, len(self.blocks)), outputs)
+        if self.pyramid:
+            return tuple(o.contiguous() for o in outputs)
         size = outputs[0].shape[-2:]
         resized = [
             o if o.shape[-2:] == size else F.interpolate(o, size, mode="bilinear") for o in outputs
         ]
         return torch.cat(resized, dim=1).contiguous()
+
+
+def block_channels(block: nn.Module) -> int:
+    """The output channels of a block: those of its last convolution."""
+    if hasattr(block, "out_channels"):
+        return int(block.out_channels)
+    convolutions = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
+    return convolutions[-1].out_channels
+
+
+def load_network_weights(network: nn.Module, weights_path: str | Path, what: str) -> None:
+    try:
+        network.load_state_dict(load_state_dict_file(weights_path))
+    except RuntimeError:
+        raise FewSegError(f"{weights_path}: not {what} weights") from None
+
+
+class MobileNetV2Features(TappedBackbone):
+    """MobileNetV2 (torchvision, ImageNet weights); ``taps`` index ``mobilenet_v2().features``.
+    The default (13, 17) joins the stride-16 (96 ch) and stride-32 (320 ch) blocks at
+    stride 16. Its weights take ImageNet mean/std-normalised images, as fewseg makes them."""
+
+    name = "mobilenet_v2"
+    STRIDES = (2, 2, 4, 4, 8, 8, 8, 16, 16, 16, 16, 16, 16, 16, 32, 32, 32, 32, 32)
+    PER_IMAGE_BLOCKS = 5  # blocks 0-4: their inputs are at stride 2 or 4
+
+    def __init__(
+        self,
+        pretrained: bool = True,
+        weights_path: str | None = None,
+        taps: Sequence[int] = (13, 17),
+        frozen: bool = True,
+        pyramid: bool = False,
+    ) -> None:
+        network = mobilenet_v2()
+        if weights_path is not None:
+            load_network_weights(network, weights_path, "MobileNetV2")
+        elif pretrained:
+            weights = MobileNet_V2_Weights.IMAGENET1K_V1
+            if not pretrained_weights_file(weights).is_file():
+                raise FewSegError(
+                    f"ImageNet MobileNetV2 weights not found at {pretrained_weights_file(weights)}"
+                    " (run `make install`, or pass a local weights file)"
+                )
+            network.load_state_dict(weights.get_state_dict(progress=False))
+        source = weights_path or ("imagenet" if pretrained else "random")
+        super().__init__(network.features, taps, frozen, source, pyramid)
 
 
 @BACKBONES.register(

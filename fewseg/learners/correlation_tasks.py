@@ -1,0 +1,134 @@
+"""The correlation model (fewseg.models.correlation) as the learners use it: its inputs for
+a query given a support set, its logits with adapted parameters, and the examples of a
+support-only loss for inner loops and test-time fine-tuning.
+
+A support-only loss needs a query whose mask is known from the support set alone: with
+K > 1 shots each shot is segmented from the other K − 1 (leave-one-out); with one shot, an
+augmented copy of it (a random scale-crop and flip, the same for every support set: test
+time stays deterministic) is segmented from the shot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch.func import functional_call
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from fewseg.episodes.tensors import EpisodeTensors, LabelledImages
+from fewseg.learners.losses import balanced_pixel_weights, weighted_bce
+from fewseg.learners.masks import subsample_masks
+from fewseg.models.correlation import CorrelationModel
+from fewseg.models.upsample import bilinear_resize
+
+MODELS = ("head", "correlation")
+COPY_SEED = 0  # of the one-shot support's augmented copy
+COPY_SCALE = (0.5, 1.0)  # its share of the shot's area
+
+
+def augmented_copy(shot: LabelledImages, generator: torch.Generator) -> LabelledImages:
+    """The shot (one image) scale-cropped (``COPY_SCALE`` of its area, its aspect) back to
+    its size and flipped with probability 1/2; a crop that loses all the foreground is
+    drawn again (up to ten times, then the whole image is kept)."""
+    height, width = shot.images.shape[-2:]
+    for _ in range(10):
+        scale = COPY_SCALE[0] + (COPY_SCALE[1] - COPY_SCALE[0]) * float(
+            torch.rand((), generator=generator)
+        )
+        crop_h, crop_w = max(1, round(height * scale**0.5)), max(1, round(width * scale**0.5))
+        top = int(torch.randint(0, height - crop_h + 1, (), generator=generator))
+        left = int(torch.randint(0, width - crop_w + 1, (), generator=generator))
+        flip = bool(torch.rand((), generator=generator) < 0.5)
+        images = TF.resized_crop(
+            shot.images, top, left, crop_h, crop_w, [height, width], antialias=True
+        )
+        labels = torch.stack([shot.masks, shot.ignore.to(shot.masks.dtype)], dim=1)
+        labels = TF.resized_crop(
+            labels, top, left, crop_h, crop_w, [height, width], InterpolationMode.NEAREST
+        )
+        if flip:
+            images, labels = images.flip(-1), labels.flip(-1)
+        if bool(labels[:, 0].any()):
+            return LabelledImages(images, labels[:, 0], labels[:, 1] > 0.5)
+    return shot
+
+
+class CorrelationTasks:
+    """What a learner asks of its correlation model. With ``shot_mean`` a K-shot support
+    set gives K predictions, one per shot, whose logits are averaged (HSNet's K-shot
+    voting, here a mean); otherwise one prediction from statistics combined over shots."""
+
+    def __init__(self, model: CorrelationModel, shot_mean: bool = True) -> None:
+        self.model = model
+        self.shot_mean = shot_mean
+
+    def inputs(self, images: torch.Tensor, support: LabelledImages) -> list[Any]:
+        """The decoder's inputs for ``images`` against the support set: one per shot with
+        ``shot_mean``, else one."""
+        sets = [support]
+        if self.shot_mean and support.shots > 1:
+            sets = [support.select([k]) for k in range(support.shots)]
+        return [self.model.inputs(images, s.images, s.masks, s.ignore) for s in sets]
+
+    def logits(
+        self,
+        params: Mapping[str, torch.Tensor],
+        inputs: list[Any],
+        size: tuple[int, int] | torch.Size,
+    ) -> torch.Tensor:
+        """Foreground logits [B,1,H,W] at ``size`` (the mean over ``inputs``), the decoder's
+        ``params`` (names relative to the decoder, e.g. ``head.0.weight``) substituted."""
+        each = [functional_call(self.model.decoder, dict(params), tuple(i)) for i in inputs]
+        logits = each[0] if len(each) == 1 else torch.stack(each).mean(dim=0)
+        return bilinear_resize(logits, size)
+
+    def loss_function(
+        self, inputs: list[Any], masks: torch.Tensor, ignore: torch.Tensor
+    ) -> Callable[[Mapping[str, torch.Tensor]], torch.Tensor]:
+        """params → the class-balanced BCE (``foreground_bce``) of the decoder's logits at
+        its own grid (stride 4) against ``masks`` subsampled there (nearest pixel)."""
+        skip = inputs[0][1]
+        grid = skip.shape[-2:]
+        _, masks, ignore = subsample_masks(masks, ignore, max(grid))
+        target, weights = balanced_pixel_weights(masks, ignore, skip.dtype)
+
+        def loss(params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+            return weighted_bce(self.logits(params, inputs, grid), target, weights)
+
+        return loss
+
+    def episodic_loss(self, episodes: Sequence[EpisodeTensors]) -> torch.Tensor:
+        """The mean loss of each episode's query segmented from its support set, with the
+        model's own parameters (plain episodic training)."""
+        losses = []
+        for episode in episodes:
+            query = episode.query
+            inputs = self.inputs(query.images, episode.support)
+            losses.append(self.loss_function(inputs, query.masks, query.ignore)({}))
+        return torch.stack(losses).mean()
+
+    def predictor(self, support: LabelledImages) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Query images → logits at their size, the model as it is."""
+
+        @torch.no_grad()
+        def predict(query_images: torch.Tensor) -> torch.Tensor:
+            inputs = self.inputs(query_images, support)
+            return self.logits({}, inputs, query_images.shape[-2:])
+
+        return predict
+
+    def support_examples(self, support: LabelledImages) -> list[tuple[list[Any], LabelledImages]]:
+        """(inputs, the labelled query they segment) of the support-only loss."""
+        if support.shots == 1:
+            generator = torch.Generator().manual_seed(COPY_SEED)
+            copy = augmented_copy(support, generator)
+            return [(self.inputs(copy.images, support), copy)]
+        examples = []
+        for k in range(support.shots):
+            rest = support.select([j for j in range(support.shots) if j != k])
+            shot = support.select([k])
+            examples.append((self.inputs(shot.images, rest), shot))
+        return examples

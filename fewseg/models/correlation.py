@@ -1,0 +1,289 @@
+"""A class-agnostic correlation model (after HSNet, Min et al. 2021, and PFENet's prior,
+Tian et al. 2020): it learns how to compare a query with a support set, not what classes
+look like.
+
+The frozen backbone gives a feature pyramid: many intermediate blocks, each at its
+stride. For every tapped block, each query position is compared with the support: the
+largest cosine similarity to any support foreground position and to any background
+position (the 4D correlation of HSNet, reduced over the support positions: a cheap
+factorisation of its centre-pivot 4D convolutions) and the cosine similarity to the
+masked-average foreground and background prototypes. PFENet's training-free prior is the
+foreground maximum of a high-level block, min-max normalised per image. These statistics,
+grouped by stride, are squeezed by small convolutions from coarse to fine and decoded with
+the query's own stride-4 features into a foreground logit map. K shots: the maxima over
+shots and the mean of the prototype similarities.
+
+The statistics are a pure function of frozen features and masks (no parameters, no
+gradient); only the decoder learns (``CorrelationDecoder``: 70 k parameters at width 32).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fewseg.errors import FewSegError
+from fewseg.models.backbones import BACKBONES, TappedBackbone
+from fewseg.models.upsample import adaptive_average_pool, bilinear_resize
+
+STATISTICS = 4  # per tapped block: max fg cosine, max bg cosine, fg prototype, bg prototype
+
+
+@dataclass(frozen=True)
+class PyramidLayout:
+    """Which blocks a backbone is tapped at: the correlation blocks (grouped by stride,
+    coarsest group first in the decoder), the block of the prior, the query's skip block."""
+
+    correlated: tuple[int, ...]
+    prior: int
+    skip: int
+
+    @property
+    def taps(self) -> tuple[int, ...]:
+        return tuple(sorted({*self.correlated, self.prior, self.skip}))
+
+
+LAYOUTS = {
+    # MobileNetV2 blocks 7-17 (stride 16 and 32), prior at block 16, skip from block 3 (s4)
+    "mobilenet_v2": PyramidLayout(tuple(range(7, 18)), 16, 3),
+    # EfficientNet-Lite0 (block 0 = stem): MBConv blocks at stride 16 and 32, prior at the
+    # last stride-32 block but one, skip from the last stride-4 block
+    "efficientnet_lite0": PyramidLayout(tuple(range(6, 17)), 15, 3),
+}
+
+
+def pyramid_backbone(name: str, pretrained: bool, weights_path: str | None) -> TappedBackbone:
+    """The frozen backbone ``name`` tapped at its correlation layout, as a pyramid."""
+    if name not in LAYOUTS:
+        known = ", ".join(sorted(LAYOUTS))
+        raise FewSegError(f"the correlation model takes backbone {known}; got {name!r}")
+    backbone = BACKBONES.get(name)(pretrained=pretrained, weights_path=weights_path, frozen=True)
+    assert isinstance(backbone, TappedBackbone)
+    return type(backbone)(
+        pretrained=pretrained, weights_path=weights_path, taps=LAYOUTS[name].taps, pyramid=True
+    )
+
+
+def unit(features: torch.Tensor) -> torch.Tensor:
+    """[C, N] → each column scaled to unit length (zero columns stay zero)."""
+    return features / features.norm(dim=0, keepdim=True).clamp_min(1e-6)
+
+
+def block_statistics(
+    query: torch.Tensor, support: torch.Tensor, foreground: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor:
+    """One block, one shot: query [C,h,w], support [C,h,w], the support's foreground and
+    valid fractions per cell [h,w] → [4,h,w] (see the module docstring). A cell counts as
+    foreground when any of it is, as background when more than half of it is (else any)."""
+    height, width = query.shape[-2:]
+    q = unit(query.flatten(1)).T  # [hw, C]
+    s = unit(support.flatten(1))  # [C, hw]
+    fg_weight, bg_weight = foreground.flatten(), (valid - foreground).flatten()
+    fg_cells = fg_weight > 0
+    bg_cells = bg_weight > 0.5 if bool((bg_weight > 0.5).any()) else bg_weight > 0
+
+    def largest(cells: torch.Tensor) -> torch.Tensor:
+        if not bool(cells.any()):
+            return q.new_zeros(q.shape[0])
+        return (q @ s[:, cells]).amax(dim=1)
+
+    prototypes = unit(
+        torch.stack([support.flatten(1) @ fg_weight, support.flatten(1) @ bg_weight], 1)
+    )
+    cosines = (q @ prototypes).T  # [2, hw]
+    stats = torch.stack([largest(fg_cells), largest(bg_cells), cosines[0], cosines[1]])
+    return stats.view(STATISTICS, height, width)
+
+
+def correlation_statistics(
+    query: Sequence[torch.Tensor],
+    support: Sequence[torch.Tensor],
+    masks: torch.Tensor,
+    ignore: torch.Tensor,
+    correlated: Sequence[int],
+) -> list[torch.Tensor]:
+    """The statistics of one query against a K-shot support set, for each correlated level:
+    ``query`` levels [C,h,w], ``support`` levels [K,C,h,w], ``masks``/``ignore`` [K,H,W] →
+    one [4,h,w] map per level: :func:`block_statistics` of each shot, the maxima over shots
+    and the prototype similarities averaged (computed for all shots at once)."""
+    valid = (~ignore).float()
+    foreground = masks.float() * valid
+    pooled: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+    out = []
+    for level in correlated:
+        height, width = query[level].shape[-2:]
+        if (height, width) not in pooled:
+            size = (height, width)
+            fg = adaptive_average_pool(foreground, size).flatten(1)  # [K, n]
+            pooled[size] = (fg, adaptive_average_pool(valid, size).flatten(1) - fg)
+        fg_weight, bg_weight = pooled[(height, width)]
+        features = support[level].flatten(2)  # [K, C, n]
+        q = unit(query[level].flatten(1)).T  # [hw, C]
+        cosines = q @ unit_columns(features)  # [K, hw, n]
+        half = bg_weight > 0.5
+        bg_cells = torch.where(half.any(dim=1, keepdim=True), half, bg_weight > 0)
+        maxima = [largest_over(cosines, cells) for cells in (fg_weight > 0, bg_cells)]
+        prototypes = unit_columns(features @ torch.stack([fg_weight, bg_weight], 2))  # [K,C,2]
+        similarity = (q @ prototypes).mean(dim=0).T  # [2, hw]
+        out.append(torch.stack([*maxima, *similarity]).view(STATISTICS, height, width))
+    return out
+
+
+def unit_columns(features: torch.Tensor) -> torch.Tensor:
+    """[K, C, N] → each column of each shot scaled to unit length (zero columns stay zero)."""
+    return features / features.norm(dim=1, keepdim=True).clamp_min(1e-6)
+
+
+def largest_over(cosines: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """cosines [K, hw, n], cells [K, n] → the largest cosine to a cell of any shot [hw]; a
+    shot without such cells counts as 0 (:func:`block_statistics`)."""
+    masked = cosines.masked_fill(~cells[:, None, :], float("-inf")).amax(dim=2)  # [K, hw]
+    masked = torch.where(cells.any(dim=1, keepdim=True), masked, torch.zeros_like(masked))
+    return masked.amax(dim=0)
+
+
+def prior_map(foreground_maximum: torch.Tensor) -> torch.Tensor:
+    """PFENet's prior: the largest foreground cosine [h,w], min-max normalised."""
+    low, high = foreground_maximum.min(), foreground_maximum.max()
+    return (foreground_maximum - low) / (high - low + 1e-7)
+
+
+def conv_relu(channels_in: int, channels_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(channels_in, channels_out, 3, padding=1), nn.ReLU(inplace=True))
+
+
+class CorrelationDecoder(nn.Module):
+    """Squeezes each stride group's statistics (coarsest first) and merges them upwards:
+    group g: conv(stats_g) ⊕ upsampled(coarser) → two 3×3 convolutions; then at stride 4 the
+    query's own features (1×1 to ``skip`` channels) join, and ``head`` (a 3×3 convolution
+    and a 1×1 to one logit) decodes. ``head`` is what inner loops adapt."""
+
+    def __init__(self, group_channels: Sequence[int], skip_channels: int, hidden: int, skip: int):
+        super().__init__()
+        self.squeeze = nn.ModuleList()
+        self.merge = nn.ModuleList()
+        for i, channels in enumerate(group_channels):
+            self.squeeze.append(conv_relu(channels, hidden))
+            merged = hidden if i == 0 else 2 * hidden
+            self.merge.append(nn.Sequential(conv_relu(merged, hidden), conv_relu(hidden, hidden)))
+        self.skip = nn.Conv2d(skip_channels, skip, 1)
+        self.head = nn.Sequential(
+            nn.Conv2d(hidden + skip, hidden, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, 1, 1),
+        )
+
+    def forward(self, groups: Sequence[torch.Tensor], skip: torch.Tensor) -> torch.Tensor:
+        """groups: [B,c_g,h_g,w_g], coarsest first; skip [B,C,h4,w4] → logits [B,1,h4,w4]."""
+        x = None
+        for squeeze, merge, stats in zip(self.squeeze, self.merge, groups, strict=True):
+            squeezed = squeeze(stats)
+            if x is not None:
+                squeezed = torch.cat([squeezed, bilinear_resize(x, stats.shape[-2:])], dim=1)
+            x = merge(squeezed)
+        assert x is not None
+        x = bilinear_resize(x, skip.shape[-2:])
+        return self.head(torch.cat([x, self.skip(skip)], dim=1))
+
+
+def stride_groups(strides: Sequence[int]) -> list[list[int]]:
+    """Positions of ``strides`` grouped by stride, coarsest group first."""
+    groups: dict[int, list[int]] = {}
+    for i, stride in enumerate(strides):
+        groups.setdefault(stride, []).append(i)
+    return [groups[s] for s in sorted(groups, reverse=True)]
+
+
+def group_statistics(
+    per_level: Sequence[torch.Tensor], groups: Sequence[Sequence[int]], prior: torch.Tensor | None
+) -> list[torch.Tensor]:
+    """Level statistics [4,h,w] concatenated per stride group; the prior, resized, joins
+    the coarsest group."""
+    out = []
+    for g, members in enumerate(groups):
+        maps = [per_level[i] for i in members]
+        if g == 0 and prior is not None:
+            maps.append(bilinear_resize(prior[None, None], maps[0].shape[-2:])[0])
+        out.append(torch.cat(maps))
+    return out
+
+
+def labelled_fraction(
+    masks: torch.Tensor, ignore: torch.Tensor, size: Sequence[int]
+) -> torch.Tensor:
+    """Foreground fraction of the valid pixels per cell: [B,H,W] → [B,h,w] (targets)."""
+    valid = adaptive_average_pool((~ignore).float(), size)
+    foreground = adaptive_average_pool(masks.float() * (~ignore).float(), size)
+    return foreground / valid.clamp_min(1e-6)
+
+
+class CorrelationModel(nn.Module):
+    """Frozen pyramid backbone (``encoder``) → correlation statistics → ``decoder``.
+
+    :meth:`inputs` turns query images and a support set into what the decoder takes (no
+    parameters involved); :meth:`forward` decodes them to foreground logits at stride 4.
+    ``head`` is the decoder's last part, the part inner loops adapt.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "mobilenet_v2",
+        pretrained: bool = True,
+        weights_path: str | None = None,
+        hidden: int = 32,
+        skip: int = 16,
+        prior: bool = True,
+    ) -> None:
+        super().__init__()
+        self.encoder = pyramid_backbone(backbone, pretrained, weights_path)
+        layout = LAYOUTS[backbone]
+        position = {tap: i for i, tap in enumerate(self.encoder.taps)}
+        self.correlated = tuple(position[t] for t in layout.correlated)
+        self.prior_level = position[layout.prior] if prior else None
+        self.skip_level = position[layout.skip]
+        strides = [self.encoder.tap_strides[i] for i in self.correlated]
+        self.groups = stride_groups(strides)
+        channels = [STATISTICS * len(g) for g in self.groups]
+        if prior:
+            channels[0] += 1
+        skip_channels = self.encoder.tap_channels[self.skip_level]
+        self.decoder = CorrelationDecoder(channels, skip_channels, hidden, skip)
+
+    @property
+    def head(self) -> nn.Module:
+        return self.decoder.head
+
+    def inputs(
+        self,
+        query_images: torch.Tensor,
+        support_images: torch.Tensor,
+        masks: torch.Tensor,
+        ignore: torch.Tensor,
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """(stride groups [B,c,h,w] coarsest first, query skip features [B,C,h4,w4]) for
+        query images [B,3,H,W] against one support set (images [K,3,H,W], masks and ignore
+        [K,H,W]). No gradient flows into them: the encoder is frozen."""
+        with torch.no_grad():
+            queries = self.encoder(query_images)
+            support = self.encoder(support_images)
+            per_query = []
+            for b in range(len(query_images)):
+                query = [level[b] for level in queries]
+                levels = correlation_statistics(query, support, masks, ignore, self.correlated)
+                prior = None
+                if self.prior_level in self.correlated:
+                    prior = prior_map(levels[self.correlated.index(self.prior_level)][0])
+                elif self.prior_level is not None:
+                    maxima = correlation_statistics(
+                        query, support, masks, ignore, (self.prior_level,)
+                    )[0][0]
+                    prior = prior_map(maxima)
+                per_query.append(group_statistics(levels, self.groups, prior))
+            groups = [torch.stack(maps) for maps in zip(*per_query, strict=True)]
+        return groups, queries[self.skip_level]
+
+    def forward(self, groups: Sequence[torch.Tensor], skip: torch.Tensor) -> torch.Tensor:
+        return self.decoder(groups, skip)
