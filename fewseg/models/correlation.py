@@ -14,7 +14,8 @@ the query's own stride-4 features into a foreground logit map. K shots: the maxi
 shots and the mean of the prototype similarities.
 
 The statistics are a pure function of frozen features and masks (no parameters, no
-gradient); only the decoder learns (``CorrelationDecoder``: 70 k parameters at width 32).
+gradient); only the decoder learns (``CorrelationDecoder``: 73,521 parameters at width 32,
+257,233 at 64).
 """
 
 from __future__ import annotations
