@@ -24,7 +24,13 @@ from torch.func import functional_call
 from fewseg.episodes.tensors import LabelledImages
 from fewseg.errors import FewSegError
 from fewseg.learners.base import Learner, Predictor, TrainableOptions, build_backbone
-from fewseg.learners.correlation_tasks import MODELS, CorrelationTasks
+from fewseg.learners.correlation_tasks import (
+    MODELS,
+    CorrelationTasks,
+    correlation_tasks,
+    prior_option,
+    shot_mean_option,
+)
 from fewseg.learners.inner_loop import LossFunction, Params, adapt_parameters
 from fewseg.learners.losses import balanced_pixel_weights, weighted_bce
 from fewseg.learners.masks import subsample_masks
@@ -55,12 +61,8 @@ class GradientOptions(TrainableOptions):
         "what is adapted: head (a decoder head on backbone features) or correlation "
         "(the class-agnostic correlation model's decoder head)",
     )
-    prior: bool = option(True, "correlation model: PFENet's prior mask as an input")
-    shot_mean: bool = option(
-        True,
-        "correlation model, K shots: the mean of each shot's logits (else one prediction "
-        "from statistics combined over the shots)",
-    )
+    prior: bool = prior_option()
+    shot_mean: bool = shot_mean_option()
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -85,11 +87,8 @@ class GradientAdaptedSegmenter(Learner):
         super().__init__(options)
         self.model: Segmenter | CorrelationModel
         if options.model == "correlation":
-            self.model = CorrelationModel(
-                options.backbone, options.pretrained, options.weights_path, options.hidden,
-                prior=options.prior,
-            )  # fmt: skip
-            self.tasks: CorrelationTasks | None = CorrelationTasks(self.model, options.shot_mean)
+            self.tasks: CorrelationTasks | None = correlation_tasks(options)
+            self.model = self.tasks.model
         else:
             self.model = Segmenter(build_backbone(options), options.hidden)
             self.tasks = None

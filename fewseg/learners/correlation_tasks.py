@@ -23,10 +23,35 @@ from fewseg.learners.losses import balanced_pixel_weights, weighted_bce
 from fewseg.learners.masks import subsample_masks
 from fewseg.models.correlation import CorrelationModel
 from fewseg.models.upsample import bilinear_resize
+from fewseg.options import option
 
 MODELS = ("head", "correlation")
 COPY_SEED = 0  # of the one-shot support's augmented copy
 COPY_SCALE = (0.5, 1.0)  # its share of the shot's area
+
+
+def prior_option() -> Any:
+    """The ``prior`` option of a learner that can run on the correlation model."""
+    return option(True, "correlation model: PFENet's prior mask as an input")
+
+
+def shot_mean_option() -> Any:
+    """The ``shot_mean`` option of a learner that can run on the correlation model."""
+    return option(
+        True,
+        "correlation model, K shots: the mean of each shot's logits (else one prediction "
+        "from statistics combined over the shots)",
+    )
+
+
+def correlation_tasks(options: Any) -> CorrelationTasks:
+    """The correlation model a learner's ``options`` describe (backbone, weights, ``hidden``,
+    ``prior``, ``shot_mean``), as its learner uses it (``.model`` is the model)."""
+    model = CorrelationModel(
+        options.backbone, options.pretrained, options.weights_path, options.hidden,
+        prior=options.prior,
+    )  # fmt: skip
+    return CorrelationTasks(model, options.shot_mean)
 
 
 def augmented_copy(shot: LabelledImages, generator: torch.Generator) -> LabelledImages:

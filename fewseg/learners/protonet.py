@@ -28,7 +28,12 @@ from fewseg.learners.base import (
     build_backbone,
     register_learner,
 )
-from fewseg.learners.correlation_tasks import CorrelationTasks
+from fewseg.learners.correlation_tasks import (
+    CorrelationTasks,
+    correlation_tasks,
+    prior_option,
+    shot_mean_option,
+)
 from fewseg.learners.losses import two_class_cross_entropy
 from fewseg.learners.prototypes import (
     cosine_logits,
@@ -38,7 +43,6 @@ from fewseg.learners.prototypes import (
     support_prototypes,
 )
 from fewseg.models.backbones import Backbone
-from fewseg.models.correlation import CorrelationModel
 from fewseg.models.encoder import Encoder
 from fewseg.models.upsample import bilinear_resize
 from fewseg.options import option
@@ -57,12 +61,8 @@ class ProtoNetOptions(TrainableOptions):
         "prototypes (PANet's cosine to masked-average prototypes) or correlation (the "
         "class-agnostic correlation model, trained on episodes, no test-time adaptation)",
     )
-    prior: bool = option(True, "correlation model: PFENet's prior mask as an input")
-    shot_mean: bool = option(
-        True,
-        "correlation model, K shots: the mean of each shot's logits (else one prediction "
-        "from statistics combined over the shots)",
-    )
+    prior: bool = prior_option()
+    shot_mean: bool = shot_mean_option()
 
     def __post_init__(self) -> None:
         if self.model not in ("prototypes", "correlation"):
@@ -119,12 +119,9 @@ class ProtoNet(Learner):
         super().__init__(options)
         self.tasks: CorrelationTasks | None = None
         if options.model == "correlation":
-            self.model = CorrelationModel(
-                options.backbone, options.pretrained, options.weights_path, options.hidden,
-                prior=options.prior,
-            )  # fmt: skip
+            self.tasks = correlation_tasks(options)
+            self.model = self.tasks.model
             self.encoder = self.model.encoder
-            self.tasks = CorrelationTasks(self.model, options.shot_mean)
             return
         backbone = backbone if backbone is not None else build_backbone(options)
         self.encoder = EmbeddingNetwork(backbone, options.hidden)
