@@ -9,8 +9,9 @@
 
 Images are paths, PIL images or HxWx3 uint8 arrays (grayscale and RGBA are converted);
 masks are paths, PIL images or HxW arrays: bool, or 8-bit with 0/1 or 0/255 (foreground =
-1 or 255), or 0/1 with 255 = ignore. Images are squashed to the model's square size (the
-size it was trained at; 400 for a training-free learner) for the network, and each
+1 or 255), or 0/1 with 255 = ignore. Images are squashed (or, with
+``InferenceOptions(resize="pad")``, padded) to the model's square size (the size it was
+trained at; 400 for a training-free learner) for the network, and each
 query's log-odds brought back to its own size by the inference options
 (:class:`fewseg.refinement.options.InferenceOptions`: by default a guided filter with the
 full-size query as guide, so that mask edges follow the image's; test-time refinement and
@@ -35,7 +36,7 @@ from fewseg.data.user_images import decode_mask
 from fewseg.engine.loading import LoadedLearner, load_learner
 from fewseg.engine.precision import autocast
 from fewseg.episodes.tensors import LabelledImages
-from fewseg.episodes.transforms import resize_transform, sample_to_tensors
+from fewseg.episodes.transforms import resize_transform, sample_to_tensors, unpadded
 from fewseg.errors import FewSegError
 from fewseg.learners.base import Learner
 from fewseg.models.segmenter import foreground_logit
@@ -58,7 +59,7 @@ def load(
     """A training-free learner by name (``baseline``), or a trained one from a
     ``fewseg train`` run directory. ``device``: cpu, cuda or cuda:N (None: cuda when
     available); ``weights``: a local backbone weights file for a learner by name;
-    ``size``: the square size images are squashed to (default: the training size, else
+    ``size``: the square size images are brought to (default: the training size, else
     400); ``precision``: fp32, or bf16/fp16 mixed precision (fp16 on CUDA only);
     ``inference``: edge-aware upsampling, test-time refinement, ``min_presence`` (default
     :class:`InferenceOptions` ()'s)."""
@@ -105,7 +106,7 @@ class Model:
         self, samples: Sequence[ClassSample], names: Sequence[str] | None = None
     ) -> ClassSegmenter:
         """Adapt to checked support samples (``names`` say which mask is which in errors)."""
-        return self.adapt_support(support_tensors(samples, self.size, names))
+        return self.adapt_support(support_tensors(samples, self.size, names, self.inference.resize))
 
     def adapt_support(self, support: LabelledImages) -> ClassSegmenter:
         """Adapt to a support set already at the model's size (:func:`support_tensors`)."""
@@ -171,7 +172,8 @@ class ClassSegmenter:
         """Log-odds of checked HxWx3 uint8 images, each at its own size, and (with
         ``presence``) each one's presence score; below the options' ``min_presence`` a
         query's mask is empty."""
-        batch = torch.stack([query_tensor(image, self.model.size) for image in images])
+        resize = self.predictor.options.resize
+        batch = torch.stack([query_tensor(image, self.model.size, resize) for image in images])
         batch = batch.to(self.model.device)
         with torch.no_grad(), autocast(self.model.precision, self.model.device):
             log_odds, scores = self.predictor.refined_with_presence(batch, presence)
@@ -245,10 +247,14 @@ def support_sample(image: ImageLike, mask: MaskLike, index: int = 0) -> ClassSam
 
 
 def support_tensors(
-    samples: Sequence[ClassSample], size: int, names: Sequence[str] | None = None
+    samples: Sequence[ClassSample],
+    size: int,
+    names: Sequence[str] | None = None,
+    resize: str = "squash",
 ) -> LabelledImages:
-    """The support set at size x size; each mask must keep some foreground."""
-    transform = resize_transform(size)
+    """The support set at size x size (squashed or padded: ``resize``); each mask must keep
+    some foreground."""
+    transform = resize_transform(size, resize)
     tensors = [sample_to_tensors(sample, transform) for sample in samples]
     for i, (_, mask, _) in enumerate(tensors):
         if not mask.any():
@@ -260,10 +266,11 @@ def support_tensors(
     return LabelledImages.of(tensors)
 
 
-def query_tensor(image: np.ndarray, size: int) -> torch.Tensor:
+def query_tensor(image: np.ndarray, size: int, resize: str = "squash") -> torch.Tensor:
     """The query preprocessed exactly as an evaluation query is: [3, size, size]."""
     empty = np.zeros(image.shape[:2], bool)
-    tensor, _, _ = sample_to_tensors(ClassSample(image, empty, empty), resize_transform(size))
+    transform = resize_transform(size, resize)
+    tensor, _, _ = sample_to_tensors(ClassSample(image, empty, empty), transform)
     return tensor
 
 
@@ -272,8 +279,10 @@ def full_size_log_odds(
 ) -> np.ndarray:
     """One query's foreground log-odds [1,h,w] at the model's size → (H, W) at the image's
     own, by the options' edge-aware upsampling with the full-size image as guide (the fast
-    guided filter), or bilinearly."""
+    guided filter), or bilinearly; a padded query's padding cut off first."""
     full = torch.as_tensor(np.array(image), device=guide.device).permute(2, 0, 1)[None] / 255
+    if options.resize == "pad":
+        log_odds, guide = unpadded(log_odds, *image.shape[:2]), unpadded(guide, *image.shape[:2])
     return edge_aware(log_odds[None], guide[None], options, full)[0, 0].float().cpu().numpy()
 
 

@@ -251,7 +251,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
     model = Model(_load(args, args.device), args.size)
     pairs = [read_support_pair(image, mask, args.mask_threshold) for image, mask in paths]
     queries = collect_queries(args.query)
-    inputs = prepare_inputs(pairs, queries, model.size, progress=settings.progress)
+    inputs = prepare_inputs(
+        pairs, queries, model.size, progress=settings.progress, resize=model.inference.resize
+    )
     torch.manual_seed(args.seed)
     summary = segment(model, inputs, args.out, settings)
     print(

@@ -172,7 +172,11 @@ def test_repri_recovers_the_foreground_size() -> None:
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"edges": "sharp"}, "edges must be one of guided, none, got 'sharp'"),
+        (
+            {"edges": "sharp"},
+            "edges must be one of guided, superpixels, none, got 'sharp'",
+        ),
+        ({"superpixel_scale": 0.0}, "superpixel scale must be > 0, got 0.0"),
         ({"edge_radius": 0}, "edge radius must be >= 1, got 0"),
         ({"edge_eps": 0.0}, "edge eps must be > 0, got 0.0"),
         ({"refine": "ssp,crf"}, "unknown refinement 'crf' (known: ssp, repri, none)"),

@@ -6,8 +6,8 @@ Every input is read and checked by :func:`prepare_inputs` (and the output folder
 :func:`check_out`) before anything is written. The files are written into a hidden
 folder beside OUT, which then takes OUT's place in one step: OUT holds one whole run or
 none (an earlier one, with ``--overwrite``). The segmentation itself is the Python API's
-(fewseg.api): images squashed to the model's size, ImageNet-normalised, the logits resized
-bilinearly to each query's own size and only then thresholded.
+(fewseg.api): images squashed (or padded) to the model's size, ImageNet-normalised, the
+logits resized bilinearly to each query's own size and only then thresholded.
 """
 
 from __future__ import annotations
@@ -92,6 +92,7 @@ def prepare_inputs(
     queries: Sequence[Query | Path],
     size: int,
     progress: bool = False,
+    resize: str = "squash",
 ) -> SegmentInputs:
     """Check everything a run reads (each query is decoded once) before any output exists.
     Paths are named as :func:`fewseg.data.user_images.collect_queries` names them."""
@@ -101,7 +102,8 @@ def prepare_inputs(
         raise FewSegError("no query image given")
     if not all(isinstance(query, Query) for query in queries):
         queries = collect_queries(queries)
-    support = support_tensors([p.sample for p in pairs], size, [str(p.mask_path) for p in pairs])
+    names = [str(p.mask_path) for p in pairs]
+    support = support_tensors([p.sample for p in pairs], size, names, resize)
     with progress_bar(len(queries), "check", progress) as bar:
         for query in queries:
             read_rgb(query.path)

@@ -55,7 +55,11 @@ def score_plan(
     instead of adapting again."""
     memo = memo if memo is not None else AdaptationMemo(capacity=0)
     dataset = EpisodeDataset(
-        source, tuple(distributed.shard(plan.episodes)), settings.size, settings.original_truth
+        source,
+        tuple(distributed.shard(plan.episodes)),
+        settings.size,
+        settings.original_truth,
+        settings.resize,
     )
     loader: Iterable[EpisodeTensors] = (
         DataLoader(dataset, batch_size=1, collate_fn=_first, num_workers=settings.workers)
@@ -92,7 +96,11 @@ def score_plan(
                         logits = predict(episode.query.images)
                 mask, ignore = episode.scored_truth()
                 truth_key = (planned.query, planned.class_index)
-                queue.put(ScoredQuery(planned.class_index, logits, mask, ignore, truth_key))
+                queue.put(
+                    ScoredQuery(
+                        planned.class_index, logits, mask, ignore, truth_key, settings.resize
+                    )
+                )
                 bar.update()
         scores = queue.finish()
     return distributed.all_reduce_scores(scores)

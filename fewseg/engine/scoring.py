@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fewseg.episodes.transforms import unpadded
 from fewseg.metrics import GroundTruth, SegmentationScores
 from fewseg.models.segmenter import foreground_logit
 from fewseg.threads import set_up_helper_thread
@@ -21,17 +22,20 @@ GROUND_TRUTHS_KEPT = 256
 
 
 def foreground_prediction(
-    logits: torch.Tensor, size: tuple[int, int] | None = None
+    logits: torch.Tensor, size: tuple[int, int] | None = None, resize: str = "squash"
 ) -> torch.Tensor:
     """A predictor's logits (:data:`fewseg.learners.base.Predictor`) → [B,H,W] bool: a
     positive foreground log-odds; ties go to background. ``size`` (H, W): the log-odds are
     first resized bilinearly to it when they are not at it already (``--score-at
-    original``: each query scored at its label's own size, as ``fewseg segment`` resizes).
+    original``: each query scored at its label's own size, as ``fewseg segment`` resizes),
+    the padding cut off first when the images were padded (``resize="pad"``).
 
     Compared by NumPy on the CPU: torch's comparison took ten times as long here
     (130 against 12 µs at 400x400)."""
     log_odds = foreground_logit(logits.detach())
     if size is not None and tuple(log_odds.shape[-2:]) != tuple(size):
+        if resize == "pad":
+            log_odds = unpadded(log_odds, *size)
         log_odds = F.interpolate(log_odds[:, None].float(), tuple(size), mode="bilinear")[:, 0]
     log_odds = log_odds.cpu()
     if log_odds.dtype not in (torch.float32, torch.float64):  # NumPy has no bfloat16
@@ -49,6 +53,7 @@ class ScoredQuery:
     mask: torch.Tensor  # [H,W]
     ignore: torch.Tensor  # [H,W] bool
     truth_key: Hashable
+    resize: str = "squash"  # how the query reached the model's size (squash or pad)
 
 
 class ScoringQueue:
@@ -107,7 +112,9 @@ class ScoringQueue:
             if self._error is not None:
                 continue  # drain after an error, so that a waiting put returns
             try:
-                prediction = foreground_prediction(query.logits, query.mask.shape[-2:])[0]
+                prediction = foreground_prediction(
+                    query.logits, query.mask.shape[-2:], query.resize
+                )[0]
                 self._scores.update_with(query.class_index, prediction, self._truth(query))
             except BaseException as exc:  # handed to the thread that puts or finishes
                 self._error = exc

@@ -43,5 +43,10 @@ class EvaluationSettings:
             )
 
     @property
+    def resize(self) -> str:
+        """How images reach the evaluation size: squash or pad (the inference options')."""
+        return self.inference.resize if self.inference is not None else "squash"
+
+    @property
     def original_truth(self) -> bool:
         return self.score_at == "original"

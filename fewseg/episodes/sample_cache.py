@@ -74,25 +74,27 @@ class ResizedSamples:
         self.misses = 0
 
     def load(
-        self, image_id: str, class_index: int, size: int
+        self, image_id: str, class_index: int, size: int, mode: str = "squash"
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The same tensor objects on every hit: callers must not modify them in place."""
-        image = self._images.get((image_id, size))
-        masks = self._masks.get((image_id, class_index, size))
+        """The same tensor objects on every hit: callers must not modify them in place.
+        ``mode``: :data:`fewseg.episodes.transforms.RESIZE_MODES`."""
+        shape = (size,) if mode == "squash" else (size, mode)
+        image = self._images.get((image_id, *shape))
+        masks = self._masks.get((image_id, class_index, *shape))
         if image is None:
             self.misses += 1
             sample = self.source.load(image_id, class_index)
-            image, *fresh_masks = sample_to_tensors(sample, resize_transform(size))
+            image, *fresh_masks = sample_to_tensors(sample, resize_transform(size, mode))
             image = image.contiguous()
-            self._images.put((image_id, size), image)
+            self._images.put((image_id, *shape), image)
             masks = tuple(fresh_masks)  # equal to any kept for this class, replaced
-            self._masks.put((image_id, class_index, size), masks)
+            self._masks.put((image_id, class_index, *shape), masks)
         elif masks is None:  # the image of another class: its masks alone
             self.misses += 1
             masks = masks_to_tensors(
-                *self.source.load_masks(image_id, class_index), resize_transform(size)
+                *self.source.load_masks(image_id, class_index), resize_transform(size, mode)
             )
-            self._masks.put((image_id, class_index, size), masks)
+            self._masks.put((image_id, class_index, *shape), masks)
         else:
             self.hits += 1
         return image, *masks

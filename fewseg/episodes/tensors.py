@@ -125,23 +125,30 @@ def load_episode(
     return _episode_tensors(episode, lambda i: sample_to_tensors(source.load(i, c), transform))
 
 
-def resized_image_key(source: SegmentationSource, image_id: str, size: int) -> ImageKey:
-    """The name of image ``image_id`` of ``source`` squashed to size x size."""
-    return (source.key, image_id, size)
+def resized_image_key(
+    source: SegmentationSource, image_id: str, size: int, mode: str = "squash"
+) -> ImageKey:
+    """The name of image ``image_id`` of ``source`` brought to size x size by ``mode``."""
+    return (source.key, image_id, size) if mode == "squash" else (source.key, image_id, size, mode)
 
 
 def load_resized_episode(
-    source: SegmentationSource, episode: Episode, size: int, original_truth: bool = False
+    source: SegmentationSource,
+    episode: Episode,
+    size: int,
+    original_truth: bool = False,
+    resize: str = "squash",
 ) -> EpisodeTensors:
-    """The episode squashed to size x size (the evaluation's and an un-augmented training
-    run's transform), its images named by :func:`resized_image_key`; each (image, class,
-    size) is decoded and resized once per process (see sample_cache). ``original_truth``:
-    with the query's masks at its own size too (``EpisodeTensors.truth``)."""
+    """The episode at size x size, squashed or padded (``resize``: the evaluation's and an
+    un-augmented training run's transform), its images named by
+    :func:`resized_image_key`; each (image, class, size, resize) is decoded and resized
+    once per process (see sample_cache). ``original_truth``: with the query's masks at its
+    own size too (``EpisodeTensors.truth``)."""
     samples = resized_samples(source)
     tensors = _episode_tensors(
         episode,
-        lambda i: samples.load(i, episode.class_index, size),
-        lambda i: resized_image_key(source, i, size),
+        lambda i: samples.load(i, episode.class_index, size, resize),
+        lambda i: resized_image_key(source, i, size, resize),
     )
     if not original_truth:
         return tensors
@@ -158,16 +165,18 @@ class EpisodeDataset(Dataset[EpisodeTensors]):
         episodes: tuple[Episode, ...],
         size: int,
         original_truth: bool = False,
+        resize: str = "squash",
     ) -> None:
         self.source = source
         self.episodes = episodes
         self.size = size
         self.original_truth = original_truth
+        self.resize = resize
 
     def __len__(self) -> int:
         return len(self.episodes)
 
     def __getitem__(self, index: int) -> EpisodeTensors:
         return load_resized_episode(
-            self.source, self.episodes[index], self.size, self.original_truth
+            self.source, self.episodes[index], self.size, self.original_truth, self.resize
         )

@@ -2,21 +2,71 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+from torchvision.transforms.v2._utils import query_size
 
 from fewseg.data.source import ClassSample
+from fewseg.refinement.options import RESIZE_MODES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IGNORE_LABEL = 255
 
 
-def resize_transform(size: int) -> v2.Transform:
-    """Evaluation: squash to size x size (bilinear for the image, nearest for the mask)."""
+# How an image reaches the square size x size the models see (RESIZE_MODES): ``squash``
+# (resized to it, its aspect ratio lost: HSNet's protocol) or ``pad`` (its longer side
+# resized to ``size``, the aspect ratio kept, the rest of the square filled with the
+# ImageNet mean colour and its labels ignored: PFENet's test-time resize, padded at the
+# bottom and right).
+_MEAN_COLOUR = [round(255 * m) for m in IMAGENET_MEAN]  # normalises to about 0
+
+
+def resize_transform(size: int, mode: str = "squash") -> v2.Transform:
+    """Evaluation: size x size by ``mode`` (:data:`RESIZE_MODES`), bilinear for the image,
+    nearest for the mask."""
+    if mode == "pad":
+        return Letterbox(size)
+    if mode != "squash":
+        raise ValueError(f"resize mode must be one of {', '.join(RESIZE_MODES)}, got {mode!r}")
     return v2.Resize((size, size), antialias=True)
+
+
+def letterbox_shape(height: int, width: int, size: int) -> tuple[int, int]:
+    """The (height, width) an image of this size occupies in its ``pad`` square: the longer
+    side ``size``, the other scaled alike (at least 1)."""
+    scale = size / max(height, width)
+    return max(1, min(size, round(height * scale))), max(1, min(size, round(width * scale)))
+
+
+def unpadded(maps: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Maps [..., S, S] of an image of (height, width) padded to S x S (``pad``) → the part
+    the image occupies, [..., h, w] (a view)."""
+    h, w = letterbox_shape(height, width, maps.shape[-1])
+    return maps[..., :h, :w]
+
+
+class Letterbox(v2.Transform):
+    """The ``pad`` resize: aspect ratio kept, padded at the bottom and right to size x size
+    with the mean colour (images) or :data:`IGNORE_LABEL` (label maps)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        return {"shape": letterbox_shape(*query_size(flat_inputs), self.size)}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        height, width = params["shape"]
+        resized = TF.resize(inpt, [height, width], antialias=True)
+        fill = IGNORE_LABEL if isinstance(inpt, tv_tensors.Mask) else _MEAN_COLOUR
+        return TF.pad(resized, [0, 0, self.size - width, self.size - height], fill=fill)
 
 
 def augment_transform(size: int) -> v2.Transform:

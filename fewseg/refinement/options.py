@@ -1,4 +1,5 @@
-"""What is done to a learner's logits at inference, whichever the learner: the options.
+"""What is done to a learner's inputs and logits at inference, whichever the learner: the
+options.
 
 Torch-free (the command line builds its flags from them without importing torch).
 """
@@ -11,22 +12,34 @@ from typing import Any
 from fewseg.errors import FewSegError
 from fewseg.options import as_dict, option
 
-EDGES = ("guided", "none")
+EDGES = ("guided", "superpixels", "none")
+RESIZE_MODES = ("squash", "pad")  # fewseg.episodes.transforms.resize_transform
 REFINEMENTS = ("ssp", "repri")
 SHOT_COMBINATIONS = ("mean", "max")
 
 
 @dataclass(frozen=True)
 class InferenceOptions:
-    """Post-processing and test-time refinement applied to any learner's predictions."""
+    """Pre- and post-processing and test-time refinement of any learner's predictions."""
+
+    resize: str = option(
+        "squash",
+        "how images reach the model's square size: squash (aspect ratio lost; the "
+        "benchmark protocol's) or pad (longer side to the size, aspect ratio kept, the "
+        "rest padded and ignored)",
+    )
 
     edges: str = option(
         "guided",
         "edge-aware upsampling: guided (a guided filter with the image as guide snaps the "
-        "mask's edges to the image's) or none (bilinear, the learner's own)",
+        "mask's edges to the image's), superpixels (each superpixel of the image takes its "
+        "pixels' mean probability) or none (bilinear, the learner's own)",
     )
-    edge_radius: int = option(16, "guided filter window radius in pixels at 400x400")
+    edge_radius: int = option(64, "guided filter window radius in pixels at 400x400")
     edge_eps: float = option(1e-3, "guided filter regularisation (larger: smoother)")
+    superpixel_scale: float = option(
+        300.0, "Felzenszwalb superpixels' scale for --edges superpixels (larger: larger regions)"
+    )
     refine: str = option(
         "none",
         "test-time refinement, comma-separated, applied in order: ssp (self-support "
@@ -45,10 +58,16 @@ class InferenceOptions:
     )
 
     def __post_init__(self) -> None:
+        if self.resize not in RESIZE_MODES:
+            raise FewSegError(
+                f"resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}"
+            )
         if self.edges not in EDGES:
             raise FewSegError(f"edges must be one of {', '.join(EDGES)}, got {self.edges!r}")
         if self.edge_radius < 1:
             raise FewSegError(f"edge radius must be >= 1, got {self.edge_radius}")
+        if not self.superpixel_scale > 0:
+            raise FewSegError(f"superpixel scale must be > 0, got {self.superpixel_scale}")
         if not self.edge_eps > 0:
             raise FewSegError(f"edge eps must be > 0, got {self.edge_eps}")
         unknown = [r for r in self.refinements if r not in REFINEMENTS]

@@ -35,6 +35,7 @@ from fewseg.refinement.prototypes import (
     shot_prototypes,
 )
 from fewseg.refinement.selfsupport import ssp_log_odds
+from fewseg.refinement.superpixels import superpixel_vote
 from fewseg.refinement.transductive import repri_log_odds
 
 REFERENCE_SIZE = 400  # the edge radius is given at this size and scaled with the image
@@ -83,14 +84,19 @@ def edge_aware(
     guide_high: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Log-odds [B,1,h,w] at the size of ``guide`` (RGB in [0, 1], [B,3,h,w]) → log-odds
-    with edges that follow the guide's: the guided filter of the foreground probability.
-    With ``guide_high`` (the same images at a larger size) the filter's coefficients are
-    fitted at h x w and applied at its size (the fast guided filter)."""
+    with edges that follow the guide's (``options.edges``): the guided filter of the
+    foreground probability, or each superpixel's mean of it. With ``guide_high`` (the same
+    images at a larger size) the guided filter's coefficients are fitted at h x w and
+    applied at its size (the fast guided filter); superpixels vote at h x w, then the
+    log-odds are resized bilinearly (as an evaluation scored at the original size does)."""
     if options.edges == "none":
         if guide_high is None:
             return log_odds
         return bilinear_resize(log_odds.float(), guide_high.shape[-2:])
     probability = torch.sigmoid(log_odds.double())
+    if options.edges == "superpixels":
+        voted = _logit(superpixel_vote(probability, guide, options.superpixel_scale))
+        return voted if guide_high is None else bilinear_resize(voted, guide_high.shape[-2:])
     radius = edge_radius(options, *guide.shape[-2:])
     if guide_high is None:
         return _logit(guided_filter(guide, probability, radius, options.edge_eps))
