@@ -4,7 +4,17 @@ checked by hand on tiny images."""
 from __future__ import annotations
 
 import torch
+from tiny_training import tiny_options
 
+from fewseg.data.spec import open_source
+from fewseg.engine import region_memo
+from fewseg.engine.evaluate import EvaluationSettings, evaluate
+from fewseg.engine.protocol import score_plan_reference
+from fewseg.engine.region_memo import RegionMemo
+from fewseg.episodes.image_keys import name_images
+from fewseg.episodes.sampler import episode_plan
+from fewseg.episodes.transforms import IMAGENET_MEAN, IMAGENET_STD
+from fewseg.learners import build_learner
 from fewseg.refinement.options import InferenceOptions
 from fewseg.refinement.pipeline import edge_aware
 from fewseg.refinement.superpixels import felzenszwalb_regions, region_mean, superpixel_vote
@@ -62,3 +72,50 @@ def test_edges_superpixels_at_an_images_own_size() -> None:
     # resized bilinearly from the model's size: the step between model columns 37 and 38
     # falls between columns 75 and 76
     assert torch.equal(full[0, 0] > 0, (torch.arange(120) < 2 * EDGE - 4).expand(80, 120))
+
+
+def test_the_runner_splits_each_query_once_and_scores_as_the_reference_loop() -> None:
+    source = open_source("synthetic:images=4,size=64")
+    learner = build_learner("baseline", tiny_options("baseline"))
+    settings = EvaluationSettings(
+        "0", 1, 20, 64, progress=False, inference=InferenceOptions(edges="superpixels")
+    )
+    calls: list[int] = []
+    split = region_memo.felzenszwalb_regions
+
+    def counted(image: torch.Tensor, scale: float) -> torch.Tensor:
+        calls.append(1)
+        return split(image, scale)
+
+    region_memo.felzenszwalb_regions = counted  # type: ignore[assignment]
+    try:
+        fast = evaluate(learner, source, "synthetic", settings, [0])
+    finally:
+        region_memo.felzenszwalb_regions = split  # type: ignore[assignment]
+    reference = evaluate(learner, source, "synthetic", settings, [0], scorer=score_plan_reference)
+    plan = episode_plan(source, source.fold_split("0").test, 1, 20, seed=0)
+    assert len(calls) == len({e.query for e in plan.episodes}) < 20
+    assert (fast.per_class, fast.fbiou, fast.boundary_iou) == (
+        reference.per_class,
+        reference.fbiou,
+        reference.boundary_iou,
+    )
+
+
+def test_the_memo_keeps_named_images_regions_and_splits_unnamed_ones_each_time() -> None:
+    images = torch.stack([two_colour_image(), two_colour_image().flip(-1)])
+    normalised = (images - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[
+        :, None, None
+    ]
+    memo = RegionMemo()
+    unnamed = memo(normalised, 300.0)
+    assert (memo.hits, memo.misses) == (0, 0)
+    name_images(normalised, [("s", "a", 60), ("s", "b", 60)])
+    first = memo(normalised, 300.0)
+    again = memo(normalised, 300.0)
+    assert (memo.hits, memo.misses) == (2, 2)
+    assert all(x is y for x, y in zip(first, again, strict=True))
+    for a, b, image in zip(first, unnamed, images, strict=True):
+        assert torch.equal(a.long(), b) and torch.equal(b, felzenszwalb_regions(image, 300.0))
+    memo(normalised, 100.0)  # another scale: other regions
+    assert memo.misses == 4

@@ -24,6 +24,7 @@ from fewseg.engine.adaptation_memo import AdaptationMemo
 from fewseg.engine.features import FeatureStore, attached, evaluation_stores
 from fewseg.engine.inference import evaluation_predictor
 from fewseg.engine.precision import autocast
+from fewseg.engine.region_memo import RegionMemo
 from fewseg.engine.scoring import ScoredQuery, ScoringQueue
 from fewseg.engine.settings import EvaluationSettings
 from fewseg.episodes.prefetch import prefetched
@@ -67,6 +68,7 @@ def score_plan(
         else prefetched(dataset, ahead=LOADING_AHEAD)
     )
     device = torch.device(distributed.local_device(settings.device))
+    regions = _region_memo(settings)
     learner.eval()
     quiet = not settings.progress or not distributed.is_main()
     stores = evaluation_stores(learner)
@@ -90,7 +92,7 @@ def score_plan(
                 with autocast(settings.precision, device):
                     predict = memo.predictor(
                         (planned.class_index, planned.support),
-                        lambda: evaluation_predictor(learner, episode.support, settings),  # noqa: B023
+                        lambda: evaluation_predictor(learner, episode.support, settings, regions),  # noqa: B023
                     )
                     with torch.no_grad():
                         logits = predict(episode.query.images)
@@ -104,6 +106,13 @@ def score_plan(
                 bar.update()
         scores = queue.finish()
     return distributed.all_reduce_scores(scores)
+
+
+def _region_memo(settings: EvaluationSettings) -> RegionMemo | None:
+    """The query images' superpixels kept across episodes, when the options vote on them."""
+    if settings.inference is None or settings.inference.edges != "superpixels":
+        return None
+    return RegionMemo()
 
 
 @contextmanager

@@ -12,6 +12,7 @@ a learner whose encoder is None lends its backbone instead.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -82,20 +83,22 @@ def edge_aware(
     guide: torch.Tensor,
     options: InferenceOptions,
     guide_high: torch.Tensor | None = None,
+    regions: Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Log-odds [B,1,h,w] at the size of ``guide`` (RGB in [0, 1], [B,3,h,w]) → log-odds
     with edges that follow the guide's (``options.edges``): the guided filter of the
     foreground probability, or each superpixel's mean of it. With ``guide_high`` (the same
     images at a larger size) the guided filter's coefficients are fitted at h x w and
     applied at its size (the fast guided filter); superpixels vote at h x w, then the
-    log-odds are resized bilinearly (as an evaluation scored at the original size does)."""
+    log-odds are resized bilinearly (as an evaluation scored at the original size does);
+    ``regions``: the guide's superpixels when known already."""
     if options.edges == "none":
         if guide_high is None:
             return log_odds
         return bilinear_resize(log_odds.float(), guide_high.shape[-2:])
     probability = torch.sigmoid(log_odds.double())
     if options.edges == "superpixels":
-        voted = _logit(superpixel_vote(probability, guide, options.superpixel_scale))
+        voted = _logit(superpixel_vote(probability, guide, options.superpixel_scale, regions))
         return voted if guide_high is None else bilinear_resize(voted, guide_high.shape[-2:])
     radius = edge_radius(options, *guide.shape[-2:])
     if guide_high is None:
@@ -149,6 +152,8 @@ class RefinedPredictor:
     support: LabelledImages | None  # None: built for options that never need it
     predictor: Predictor
     options: InferenceOptions
+    # images, scale → their superpixels (the engine's memo); None: computed every call
+    regions: Callable[[torch.Tensor, float], list[torch.Tensor]] | None = None
     _support_features: SupportFeatures | None = field(default=None, repr=False)
 
     def support_features(self) -> SupportFeatures:
@@ -219,15 +224,24 @@ class RefinedPredictor:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return edge_aware(self.refined_log_odds(images), rgb(images), self.options).float()
+        regions = None
+        if self.regions is not None and self.options.edges == "superpixels":
+            regions = self.regions(images, self.options.superpixel_scale)
+        log_odds = self.refined_log_odds(images)
+        return edge_aware(log_odds, rgb(images), self.options, regions=regions).float()
 
 
 def refined_adapt(
-    learner: Learner, support: LabelledImages, options: InferenceOptions, keep_support: bool = True
+    learner: Learner,
+    support: LabelledImages,
+    options: InferenceOptions,
+    keep_support: bool = True,
+    regions: Callable[[torch.Tensor, float], list[torch.Tensor]] | None = None,
 ) -> RefinedPredictor:
     """Adapt ``learner`` to ``support`` and apply ``options`` to its predictions. Without
     ``keep_support`` the predictor keeps the support set only when ``options`` need it (an
     evaluation keeps many predictors: the support images of each would add up to gigabytes);
-    then it cannot score presence on request."""
+    then it cannot score presence on request. ``regions``: where the query images'
+    superpixels come from (the engine's memo), else they are computed at each call."""
     kept = support if keep_support or options.needs_support else None
-    return RefinedPredictor(learner, kept, learner.adapt(support), options)
+    return RefinedPredictor(learner, kept, learner.adapt(support), options, regions)

@@ -5,6 +5,8 @@ follow the image's colour edges. A pure function of tensors and the image."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -27,8 +29,8 @@ def felzenszwalb_regions(image: torch.Tensor, scale: float) -> torch.Tensor:
 
 def region_mean(values: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
     """Each pixel of ``values`` [H,W] replaced by the mean over its region (``regions``
-    [H,W] int64 labels 0..n−1)."""
-    flat = regions.flatten().to(values.device)
+    [H,W] integer labels 0..n−1)."""
+    flat = regions.flatten().to(values.device, torch.int64)
     n = int(flat.max()) + 1
     sums = torch.zeros(n, dtype=values.dtype, device=values.device)
     sums.index_add_(0, flat, values.flatten())
@@ -36,15 +38,20 @@ def region_mean(values: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
     return (sums / counts)[flat].view_as(values)
 
 
-def superpixel_vote(probability: torch.Tensor, images: torch.Tensor, scale: float) -> torch.Tensor:
+def superpixel_vote(
+    probability: torch.Tensor,
+    images: torch.Tensor,
+    scale: float,
+    regions: Sequence[torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Foreground probabilities [B,1,H,W] → each region's mean, the regions those of the
-    RGB ``images`` [B,3,H,W] (in [0, 1], at the same size)."""
+    RGB ``images`` [B,3,H,W] (in [0, 1], at the same size), or ``regions`` given (each
+    image's :func:`felzenszwalb_regions`, computed before)."""
     if images.shape[-2:] != probability.shape[-2:]:
         raise ValueError(
             f"images {tuple(images.shape)} and probabilities {tuple(probability.shape)} differ"
         )
-    voted = [
-        region_mean(p[0], felzenszwalb_regions(image, scale))[None]
-        for p, image in zip(probability, images, strict=True)
-    ]
+    if regions is None:
+        regions = [felzenszwalb_regions(image, scale) for image in images]
+    voted = [region_mean(p[0], r)[None] for p, r in zip(probability, regions, strict=True)]
     return torch.stack(voted)

@@ -1,0 +1,51 @@
+"""Superpixels of an evaluation's query images, computed once per image.
+
+``--edges superpixels`` splits each query into Felzenszwalb regions (about 0.1 s per
+400x400 image on one core), and an evaluation queries each image many times: a
+1000-episode coco-mini fold has about a hundred distinct queries. The regions depend only
+on the image and the scale, so the runner keeps them by the image's name
+(fewseg.episodes.image_keys); unnamed images are split every time.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Hashable
+
+import torch
+
+from fewseg.episodes.image_keys import image_keys
+from fewseg.refinement.pipeline import rgb
+from fewseg.refinement.superpixels import felzenszwalb_regions
+
+DEFAULT_CAPACITY = 256  # images (a 400x400 region map is 640 KB)
+
+
+class RegionMemo:
+    """``memo(images, scale)`` → each image's region labels [H,W], least recently used
+    out beyond ``capacity`` images (one thread)."""
+
+    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+        self.capacity = capacity
+        self._regions: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __call__(self, images: torch.Tensor, scale: float) -> list[torch.Tensor]:
+        keys = image_keys(images)
+        if keys is None:
+            return [felzenszwalb_regions(image, scale) for image in rgb(images)]
+        return [self._get((key, scale), image) for key, image in zip(keys, images, strict=True)]
+
+    def _get(self, key: Hashable, image: torch.Tensor) -> torch.Tensor:
+        regions = self._regions.get(key)
+        if regions is not None:
+            self.hits += 1
+            self._regions.move_to_end(key)
+            return regions
+        self.misses += 1
+        regions = felzenszwalb_regions(rgb(image[None])[0], key[1]).int()  # type: ignore[index]
+        self._regions[key] = regions
+        if len(self._regions) > self.capacity:
+            self._regions.popitem(last=False)
+        return regions
