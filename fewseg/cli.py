@@ -248,7 +248,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     )
     check_out(args.out, args.overwrite)
     paths = _support_paths(args)
-    model = Model(_load(args, args.device), args.size)
+    model = Model(_load(args, args.device), args.size, _inference_options(args))
     pairs = [read_support_pair(image, mask, args.mask_threshold) for image, mask in paths]
     queries = collect_queries(args.query)
     inputs = prepare_inputs(
@@ -272,7 +272,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from fewseg.apps.labelling import Labeller
     from fewseg.apps.page import serve
 
-    model = Model(_load(args, args.device), args.size)
+    model = Model(_load(args, args.device), args.size, _inference_options(args))
     serve(Labeller(model, args.mask_threshold), args.host, args.port)
     return 0
 
@@ -630,6 +630,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     seg.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     _add_precision(seg)
     _add_progress(seg)
+    _add_inference_flags(seg)
     seg.set_defaults(run=cmd_segment)
 
     serve = commands.add_parser(
@@ -656,6 +657,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     )
     serve.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     _add_mask_threshold(serve)
+    _add_inference_flags(serve)
     serve.set_defaults(run=cmd_serve)
     return parser
 

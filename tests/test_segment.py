@@ -32,7 +32,7 @@ from fewseg.engine.train import train
 from fewseg.episodes.tensors import LabelledImages
 from fewseg.errors import FewSegError
 from fewseg.learners.base import Learner, LearnerOptions, Predictor
-from fewseg.refinement.options import PLAIN
+from fewseg.refinement.options import PLAIN, InferenceOptions
 
 SIZE = "64"
 
@@ -235,6 +235,25 @@ def test_baseline_finds_the_object(tmp_path: Path, capsys: pytest.CaptureFixture
     predicted = read_mask(out / "masks/query.png") == 255
     truth = box_mask(64, 64, box) == 255
     assert (predicted & truth).sum() / (predicted | truth).sum() > 0.5
+
+
+def test_the_inference_options_reach_segment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image, mask = support_pair(tmp_path)
+    box = (10, 20, 30, 50)
+    query = save(tmp_path / "wide.png", scene(40, 70, box))
+    args = ["--support", str(image), str(mask), "--query", str(query)]
+    padded = tmp_path / "padded"
+    assert run_segment(capsys, *args, "--out", str(padded), "--resize", "pad")[0] == 0
+    model = fewseg.load("baseline", device="cpu", size=64, inference=InferenceOptions(resize="pad"))
+    expected = model.adapt([image], [mask])([query])[0]
+    assert np.array_equal(read_mask(padded / "masks/wide.png") == 255, expected)
+    absent = tmp_path / "absent"
+    assert run_segment(capsys, *args, "--out", str(absent), "--min-presence", "1")[0] == 0
+    assert not read_mask(absent / "masks/wide.png").any()  # no presence score reaches 1
+    code, _, err = run_segment(capsys, *args, "--out", str(tmp_path / "x"), "--edges", "blur")
+    assert code == 2 and "edges must be one of guided, superpixels, none" in err
 
 
 # ---- folders, determinism, progress -----------------------------------------------------
