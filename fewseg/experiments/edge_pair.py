@@ -1,8 +1,9 @@
-"""The before/after overlay pair of docs/figures/edges-before-after.jpg: the baseline's
-prediction plain and with inference options, on the first coco-mini fold-0 1-shot episode
-(seed 0) whose query object covers at least 5% of the image; the truth outlined in blue.
+"""The before/after overlays of docs/figures/edges-before-after.jpg: the baseline's
+prediction plain and with inference options (one panel per set of options), on the first
+coco-mini fold-0 1-shot episode (seed 0) whose query object covers at least 5% of the
+image; the truth outlined in blue.
 
-``python -m fewseg.experiments.edge_pair COCO_DIR OUT.jpg [edges=guided,refine=...]``
+``python -m fewseg.experiments.edge_pair COCO_DIR OUT.jpg [edges=guided,refine=... ...]``
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ GAP = 8
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    coco_dir, out_path, *rest = sys.argv[1:] if argv is None else argv
-    spec = rest[0] if rest else "edges=guided"
-    values = dict(item.split("=", 1) for item in spec.split(",") if item)
-    after = options_from(InferenceOptions, values, "options")
+    coco_dir, out_path, *specs = sys.argv[1:] if argv is None else argv
+    afters = [
+        (f"after: {spec}", options_from(InferenceOptions, _values(spec), "options"))
+        for spec in specs or ["edges=guided"]
+    ]
     source = open_source(f"coco:{coco_dir}")
     learner = load_learner("baseline", "cpu").learner.eval()
     plan = episode_plan(source, source.fold_split("0").test, 1, 1000, 0)
@@ -43,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     truth = tensors.query.masks[0].bool().numpy()
     image = denormalize(tensors.query.images[0])
     panels = []
-    for name, options in (("before: plain", PLAIN), (f"after: {spec}", after)):
+    for name, options in [("before: plain", PLAIN), *afters]:
         with torch.no_grad():
             logits = refined_adapt(learner, tensors.support, options)(tensors.query.images)
         mask = (logits[0, 0] > 0).numpy()
@@ -53,12 +55,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         panel = Image.fromarray(drawn)
         ImageDraw.Draw(panel).text((6, 6), f"{name}  IoU {iou:.1f}", fill=(255, 255, 255))
         panels.append(panel)
-    pair = Image.new("RGB", (2 * SIZE + GAP, SIZE), "white")
-    pair.paste(panels[0], (0, 0))
-    pair.paste(panels[1], (SIZE + GAP, 0))
-    pair.save(out_path, quality=90)
+    row = Image.new("RGB", (len(panels) * (SIZE + GAP) - GAP, SIZE), "white")
+    for i, panel in enumerate(panels):
+        row.paste(panel, (i * (SIZE + GAP), 0))
+    row.save(out_path, quality=90)
     print(f"{out_path}: {source.class_name(episode.class_index)}, query {episode.query}")
     return 0
+
+
+def _values(spec: str) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in spec.split(",") if item)
 
 
 if __name__ == "__main__":
