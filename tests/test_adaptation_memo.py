@@ -5,7 +5,7 @@ import torch
 from tiny_training import tiny_options
 
 from fewseg.data.spec import open_source
-from fewseg.engine.adaptation_memo import AdaptationMemo
+from fewseg.engine.adaptation_memo import AdaptationMemo, held_bytes
 from fewseg.engine.runner import score_plan
 from fewseg.engine.settings import EvaluationSettings
 from fewseg.episodes.sampler import episode_plan
@@ -61,3 +61,33 @@ def test_memoised_evaluation_scores_exactly_as_adapting_every_episode(learner_na
     assert (memo.misses, memo.hits) == (len(distinct), len(plan.episodes) - len(distinct))
     assert torch.equal(memoised.intersection, plain.intersection)
     assert torch.equal(memoised.union, plain.union)
+
+
+def holding(megabytes: int):
+    tensor = torch.zeros(megabytes << 18)  # float32: 4 bytes each
+
+    def predict(query):
+        return query + tensor.sum()
+
+    return predict
+
+
+def test_the_memo_is_bounded_by_the_bytes_its_predictors_hold():
+    assert held_bytes(holding(1)) == 1 << 20
+    memo = AdaptationMemo(capacity=10, max_bytes=5 << 20)
+    for key in "abc":
+        memo.predictor(key, lambda: holding(2))
+    assert len(memo) == 2 and memo.held == 4 << 20  # a went: 6 MB over 5
+    memo.predictor("big", lambda: holding(6))  # larger than the budget: not kept
+    assert len(memo) == 2 and memo.held == 4 << 20
+
+
+def test_held_bytes_counts_a_storage_once_and_no_module():
+    module = torch.nn.Linear(1000, 1000)  # 4 MB of parameters: the learner's, not counted
+    data = torch.zeros(1 << 18)  # 1 MB
+    views = (data[:10], data[10:], {"again": data})
+
+    def predict(query):
+        return module(query) + views[0].sum()
+
+    assert held_bytes(predict) == 1 << 20
