@@ -6,8 +6,8 @@ is common at 1-shot: a class with n usable images has only n distinct 1-shot sup
 sets, while a 1000-episode list (times several seeds) draws many more episodes from it.
 
 Predictors differ in what they hold: a prototype learner's, two vectors; a fine-tuned
-head's, its weights; the correlation model's, its support images (9.6 MB at 5 shots and
-400x400). So the memo is bounded by the bytes of the tensors its predictors hold, as well
+head's, its weights; the correlation model's, its support images and masks (13 MB at 5
+shots and 400x400). So the memo is bounded by the bytes of the tensors its predictors hold, as well
 as by their number.
 """
 

@@ -27,4 +27,4 @@ def evaluation_predictor(
         return learner.adapt(support)
     from fewseg.refinement.pipeline import refined_adapt
 
-    return refined_adapt(learner, support, settings.inference, False, regions)
+    return refined_adapt(learner, support, settings.inference, keep_support=False, regions=regions)

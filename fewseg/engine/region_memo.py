@@ -35,16 +35,17 @@ class RegionMemo:
         keys = image_keys(images)
         if keys is None:
             return [felzenszwalb_regions(image, scale) for image in rgb(images)]
-        return [self._get((key, scale), image) for key, image in zip(keys, images, strict=True)]
+        return [self._get(key, image, scale) for key, image in zip(keys, images, strict=True)]
 
-    def _get(self, key: Hashable, image: torch.Tensor) -> torch.Tensor:
+    def _get(self, name: Hashable, image: torch.Tensor, scale: float) -> torch.Tensor:
+        key = (name, scale)
         regions = self._regions.get(key)
         if regions is not None:
             self.hits += 1
             self._regions.move_to_end(key)
             return regions
         self.misses += 1
-        regions = felzenszwalb_regions(rgb(image[None])[0], key[1]).int()  # type: ignore[index]
+        regions = felzenszwalb_regions(rgb(image[None])[0], scale).int()
         self._regions[key] = regions
         if len(self._regions) > self.capacity:
             self._regions.popitem(last=False)

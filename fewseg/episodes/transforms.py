@@ -9,7 +9,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
-from torchvision.transforms.v2._utils import query_size
+from torchvision.transforms.v2 import query_size
 
 from fewseg.data.source import ClassSample
 from fewseg.refinement.options import RESIZE_MODES
