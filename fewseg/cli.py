@@ -211,6 +211,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         score_at=args.score_at,
         missing_classes=args.missing_classes,
+        min_class_images=args.min_class_images,
         precision=args.precision,
         inference=_inference_options(args),
     )
@@ -538,6 +539,14 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         default="skip",
         help="test classes without episodes: left out of mIoU (default), or IoU 0 "
         "(HSNet's meter: mIoU over every test class of the fold)",
+    )
+    ev.add_argument(
+        "--min-class-images",
+        type=int,
+        default=0,
+        metavar="N",
+        help="leave out test classes with fewer than N usable images, whatever the shots "
+        "(the benchmark's 6: the same classes at 1 and 5 shots); default 0: K+1 for K shots",
     )
     ev.add_argument(
         "--workers", type=int, default=0, help="data-loading processes (default 0: a thread)"

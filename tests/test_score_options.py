@@ -197,3 +197,20 @@ def test_a_benchmark_plan_takes_both_options_and_reuses_only_a_report_scored_ali
 
 
 OPTIONS = "score_at: original, missing_classes: zero}"
+
+
+def test_min_class_images_leaves_out_the_classes_the_benchmark_leaves_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # fold 0's twelve synthetic test classes have 8 to 14 images each
+    args = ["evaluate", "--dataset", "synthetic:images=4,size=64", "--fold", "0"]
+    args += ["--episodes", "4", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "all")]) == 0
+    assert json.loads((tmp_path / "all" / "report.json").read_text())["classes_left_out"] == {}
+    assert main([*args, "--min-class-images", "12", "--out", str(tmp_path / "twelve")]) == 0
+    report = json.loads((tmp_path / "twelve" / "report.json").read_text())
+    assert sorted(report["classes_left_out"].values()) == [8, 10, 10, 11]
+    assert not set(report["classes_left_out"]) & set(report["per_class"])
+    capsys.readouterr()
+    assert main([*args, "--min-class-images", "20", "--out", str(tmp_path / "twenty")]) == 2
+    assert "no class has the 20 images a 1-shot episode needs" in capsys.readouterr().err
