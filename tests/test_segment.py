@@ -249,6 +249,11 @@ def test_the_inference_options_reach_segment(
     model = fewseg.load("baseline", device="cpu", size=64, inference=InferenceOptions(resize="pad"))
     expected = model.adapt([image], [mask])([query])[0]
     assert np.array_equal(read_mask(padded / "masks/wide.png") == 255, expected)
+    summary = read_summary(padded)
+    assert summary["inference"]["resize"] == "pad" and "presence" in summary["definitions"]
+    presence = model.adapt([image], [mask]).presence([query])[0]
+    assert summary["queries"][0]["presence"] == pytest.approx(presence, abs=1e-6)
+    assert 0 < presence < 1
     absent = tmp_path / "absent"
     assert run_segment(capsys, *args, "--out", str(absent), "--min-presence", "1")[0] == 0
     assert not read_mask(absent / "masks/wide.png").any()  # no presence score reaches 1

@@ -35,6 +35,7 @@ from fewseg.engine.figures import PREDICTION_COLOR, overlay
 from fewseg.episodes.tensors import LabelledImages
 from fewseg.errors import FewSegError
 from fewseg.fileio import atomic_write, replace_folder
+from fewseg.refinement.pipeline import has_image_features
 
 JPEG_QUALITY = 90
 MASKS_DIR = "masks"
@@ -55,6 +56,11 @@ DEFINITIONS = {
         "mean over all pixels of max(p_fg, p_bg), the softmax probability of the predicted "
         "class from the (background, foreground) logits resized to the query's size; "
         "0.5 = undecided, 1 = certain"
+    ),
+    "presence": (
+        "0..1: the cosine between the probability-weighted mean encoder feature of the "
+        "query's predicted region and the support's foreground prototype; low when the "
+        "class is absent (below --min-presence the mask is empty)"
     ),
 }
 
@@ -188,6 +194,7 @@ def _segment_into(
     model: Model, inputs: SegmentInputs, out: Path, settings: SegmentSettings
 ) -> dict[str, Any]:
     segmenter = model.adapt_support(inputs.support)
+    scores_presence = has_image_features(model.learner)
     results = []
     coco: list[NamedMask] = []
     write_png = settings.format in ("png", "both")
@@ -195,8 +202,12 @@ def _segment_into(
         for start in range(0, len(inputs.queries), settings.batch_size):
             queries = inputs.queries[start : start + settings.batch_size]
             images = [read_rgb(query.path) for query in queries]
-            for query, image, log_odds in zip(
-                queries, images, segmenter.predict_arrays(images), strict=True
+            if scores_presence:
+                maps, presence = segmenter.predict_with_presence(images)
+            else:
+                maps, presence = segmenter.predict_arrays(images), [None] * len(images)
+            for query, image, log_odds, present in zip(
+                queries, images, maps, presence, strict=True
             ):
                 foreground = log_odds > 0
                 confidence = torch.sigmoid(torch.from_numpy(np.abs(log_odds))).numpy()
@@ -230,6 +241,7 @@ def _segment_into(
                         **files,
                         "foreground_fraction": float(foreground.mean(dtype=np.float64)),
                         "mean_confidence": float(confidence.mean(dtype=np.float64)),
+                        **({"presence": present} if scores_presence else {}),
                     }
                 )
             bar.update(len(queries))
@@ -243,12 +255,14 @@ def _segment_into(
         if (key != "mask" or write_png)
         and (key != "probabilities" or settings.probabilities)
         and (key != "coco" or coco)
+        and (key != "presence" or scores_presence)
     }
     summary = {
         "fewseg_version": __version__,
         "learner": model.learner.settings(),
         **({"trained": trained} if trained else {}),
         "image_size": model.size,
+        "inference": model.inference.to_dict(),
         "class_name": settings.class_name,
         **({"coco": COCO_NAME} if coco else {}),
         "definitions": definitions,

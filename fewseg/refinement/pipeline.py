@@ -46,12 +46,22 @@ EMPTY_LOG_ODDS = math.log(PROBABILITY_FLOOR / (1 - PROBABILITY_FLOOR))  # an emp
 
 def feature_encoder(learner: Learner, why: str) -> Encoder:
     """The learner's encoder, else its backbone; an error naming ``why`` when it has none."""
-    if learner.encoder is not None:
-        return learner.encoder
-    backbone = next((m for m in learner.modules() if isinstance(m, Backbone)), None)
-    if backbone is None:
+    encoder = _image_features(learner)
+    if encoder is None:
         raise FewSegError(f"{why} needs image features: learner {learner.name!r} has no encoder")
-    return backbone
+    return encoder
+
+
+def has_image_features(learner: Learner) -> bool:
+    """Whether the refinements and the presence score can work with this learner."""
+    return _image_features(learner) is not None
+
+
+def _image_features(learner: Learner) -> Encoder | None:
+    encoder = getattr(learner, "encoder", None)
+    if encoder is not None:
+        return encoder
+    return next((m for m in learner.modules() if isinstance(m, Backbone)), None)
 
 
 def _features(encoder: Encoder, images: torch.Tensor) -> torch.Tensor:
