@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from imagefiles import save, scene, support_pair
-from test_score_options import ColumnSource, episodes_per_class
+from test_score_options import ColumnSource, LeftHalfLearner, episodes_per_class
 from torchvision import tv_tensors
 
 import fewseg
@@ -26,7 +26,7 @@ from fewseg.episodes.transforms import (
     unpadded,
 )
 from fewseg.errors import FewSegError
-from fewseg.learners.base import Learner, LearnerOptions, Predictor
+from fewseg.learners.base import Predictor
 from fewseg.refinement.options import InferenceOptions
 
 
@@ -69,21 +69,17 @@ def test_padded_and_squashed_images_are_kept_and_named_apart() -> None:
     assert len(keys) == 2  # cached features of one cannot stand for the other
 
 
-class PadMarkingLearner(Learner):
-    """Foreground log-odds +1 on the query's left half and wherever it shows the padding
-    colour (normalised to about 0; the test images are black), -1 elsewhere."""
+class PadMarkingLearner(LeftHalfLearner):
+    """LeftHalfLearner's log-odds, and +1 wherever the query shows the padding colour
+    (normalised to about 0; the test images are black)."""
 
     name = "pad-marking"
-    trainable = False
-
-    def __init__(self) -> None:
-        super().__init__(LearnerOptions())
-        self.encoder = None
 
     def adapt(self, support: LabelledImages) -> Predictor:
+        left_half = super().adapt(support)
+
         def predict(images: torch.Tensor) -> torch.Tensor:
-            logits = -torch.ones(images.shape[0], 1, *images.shape[-2:])
-            logits[..., : images.shape[-1] // 2] = 1
+            logits = left_half(images)
             logits[(images[:, :1] > -1)] = 1
             return logits
 

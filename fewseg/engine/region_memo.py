@@ -9,25 +9,24 @@ on the image and the scale, so the runner keeps them by the image's name
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Hashable
 
 import torch
 
 from fewseg.episodes.image_keys import image_keys
+from fewseg.episodes.sample_cache import ByteBudgetLRU
 from fewseg.refinement.pipeline import rgb
 from fewseg.refinement.superpixels import felzenszwalb_regions
 
-DEFAULT_CAPACITY = 256  # images (a 400x400 region map is 640 KB)
+DEFAULT_MAX_BYTES = 256 * 400 * 400 * 4  # 256 region maps (int32) of 400x400 images
 
 
 class RegionMemo:
     """``memo(images, scale)`` → each image's region labels [H,W], least recently used
-    out beyond ``capacity`` images (one thread)."""
+    out beyond ``max_bytes`` of them (one thread)."""
 
-    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
-        self.capacity = capacity
-        self._regions: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self._regions: ByteBudgetLRU[torch.Tensor] = ByteBudgetLRU(max_bytes)
         self.hits = 0
         self.misses = 0
 
@@ -42,11 +41,8 @@ class RegionMemo:
         regions = self._regions.get(key)
         if regions is not None:
             self.hits += 1
-            self._regions.move_to_end(key)
             return regions
         self.misses += 1
         regions = felzenszwalb_regions(rgb(image[None])[0], scale).int()
-        self._regions[key] = regions
-        if len(self._regions) > self.capacity:
-            self._regions.popitem(last=False)
+        self._regions.put(key, regions)
         return regions
