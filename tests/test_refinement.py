@@ -179,7 +179,7 @@ def test_repri_recovers_the_foreground_size() -> None:
         ({"superpixel_scale": 0.0}, "superpixel scale must be > 0, got 0.0"),
         ({"edge_radius": 0}, "edge radius must be >= 1, got 0"),
         ({"edge_eps": 0.0}, "edge eps must be > 0, got 0.0"),
-        ({"refine": "ssp,crf"}, "unknown refinement 'crf' (known: ssp, repri, none)"),
+        ({"refine": "ssp,crf"}, "unknown refinement 'crf' (known: nearest, ssp, repri, none)"),
         ({"combine_shots": "sum"}, "combine-shots must be one of mean, max, got 'sum'"),
         ({"min_presence": 1.5}, "min-presence must be in [0, 1], got 1.5"),
     ],

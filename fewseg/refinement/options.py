@@ -14,7 +14,7 @@ from fewseg.options import as_dict, option
 
 EDGES = ("guided", "superpixels", "none")
 RESIZE_MODES = ("squash", "pad")  # fewseg.episodes.transforms.resize_transform
-REFINEMENTS = ("ssp", "repri")
+REFINEMENTS = ("nearest", "ssp", "repri")
 SHOT_COMBINATIONS = ("mean", "max")
 
 
@@ -42,9 +42,10 @@ class InferenceOptions:
     )
     refine: str = option(
         "none",
-        "test-time refinement, comma-separated, applied in order: ssp (self-support "
-        "prototypes from confident query pixels), repri (transductive, foreground-size "
-        "prior); none: off",
+        "test-time refinement, comma-separated, applied in order: nearest (the mean with "
+        "class-balanced nearest-neighbour matching of the query's features to the "
+        "support's labelled cells), ssp (self-support prototypes from confident query "
+        "pixels), repri (transductive, foreground-size prior); none: off",
     )
     combine_shots: str = option(
         "mean",

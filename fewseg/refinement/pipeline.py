@@ -27,6 +27,7 @@ from fewseg.models.encoder import Encoder
 from fewseg.models.segmenter import foreground_logit
 from fewseg.models.upsample import bilinear_resize
 from fewseg.refinement.guided import guided_filter, guided_upsample
+from fewseg.refinement.nearest import nearest_log_odds
 from fewseg.refinement.options import InferenceOptions
 from fewseg.refinement.presence import presence_scores
 from fewseg.refinement.prototypes import (
@@ -209,6 +210,12 @@ class RefinedPredictor:
         features = self.query_features(images)
         size = features.shape[-2:]
         for name in self.options.refinements:
+            if name == "nearest":  # the mean of the log-odds so far and the matching's
+                matched = nearest_log_odds(
+                    features, support.features, support.foreground, support.valid
+                )
+                log_odds = 0.5 * (log_odds + bilinear_resize(matched[:, None], log_odds.shape[-2:]))
+                continue
             probability = feature_probability(log_odds, size)[:, 0]
             refined = []
             for query, first in zip(features, probability, strict=True):
