@@ -13,9 +13,10 @@ masks are paths, PIL images or HxW arrays: bool, or 8-bit with 0/1 or 0/255 (for
 ``InferenceOptions(resize="pad")``, padded) to the model's square size (the size it was
 trained at; 400 for a training-free learner) for the network, and each
 query's log-odds brought back to its own size by the inference options
-(:class:`fewseg.refinement.options.InferenceOptions`: by default a guided filter with the
-full-size query as guide, so that mask edges follow the image's; test-time refinement and
-``min_presence`` as chosen). Any bad input is a :class:`FewSegError` naming it.
+(:class:`fewseg.refinement.options.InferenceOptions`: by default the learner's log-odds
+averaged with a nearest-neighbour matching of the query's features to the support's, then
+a guided filter with the full-size query as guide, so that mask edges follow the image's;
+other refinements and ``min_presence`` as chosen). Any bad input is a :class:`FewSegError` naming it.
 """
 
 from __future__ import annotations

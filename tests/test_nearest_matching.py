@@ -132,3 +132,23 @@ def test_an_evaluation_with_nearest_scores_as_the_reference_loop_and_changes_the
     refined = scores("nearest")
     assert refined == scores("nearest", score_plan_reference)
     assert refined != scores("none")
+
+
+def test_the_default_refines_by_nearest_where_the_learner_has_features() -> None:
+    class NoFeatures(ChannelLearner):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = None
+
+    support, query = _episode()
+    default = InferenceOptions(edges="none")
+    assert default.automatic and default.refinements == ("nearest",) and default.needs_support
+    nearest = InferenceOptions(edges="none", refine="nearest")
+    assert torch.equal(
+        refined_adapt(ChannelLearner(), support, default)(query),
+        refined_adapt(ChannelLearner(), support, nearest)(query),
+    )
+    # without features the default leaves the learner's output as it is; asked for, an error
+    assert torch.equal(refined_adapt(NoFeatures(), support, default)(query), query[:, :1] - 1.0)
+    with pytest.raises(FewSegError, match="needs image features"):
+        refined_adapt(NoFeatures(), support, nearest)(query)

@@ -179,7 +179,10 @@ def test_repri_recovers_the_foreground_size() -> None:
         ({"superpixel_scale": 0.0}, "superpixel scale must be > 0, got 0.0"),
         ({"edge_radius": 0}, "edge radius must be >= 1, got 0"),
         ({"edge_eps": 0.0}, "edge eps must be > 0, got 0.0"),
-        ({"refine": "ssp,crf"}, "unknown refinement 'crf' (known: nearest, ssp, repri, none)"),
+        (
+            {"refine": "ssp,crf"},
+            "unknown refinement 'crf' (known: nearest, ssp, repri, none, auto)",
+        ),  # noqa: E501
         ({"combine_shots": "sum"}, "combine-shots must be one of mean, max, got 'sum'"),
         ({"min_presence": 1.5}, "min-presence must be in [0, 1], got 1.5"),
     ],
@@ -248,7 +251,7 @@ def test_below_min_presence_the_mask_is_empty() -> None:
     absent = torch.zeros_like(query)
     absent[:, 2] = 1.0
     absent[:, 0, 0, 0] = 1.5
-    options = InferenceOptions(edges="none", min_presence=0.5)
+    options = InferenceOptions(edges="none", refine="none", min_presence=0.5)
     out = refined_adapt(ChannelLearner(), support, options)(torch.cat([query, absent]))
     assert torch.equal(out[0], query[0, :1] - 1.0)  # present: untouched
     assert torch.allclose(out[1], torch.full_like(out[1], EMPTY_LOG_ODDS))

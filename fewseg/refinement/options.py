@@ -41,8 +41,10 @@ class InferenceOptions:
         300.0, "Felzenszwalb superpixels' scale for --edges superpixels (larger: larger regions)"
     )
     refine: str = option(
-        "none",
-        "test-time refinement, comma-separated, applied in order: nearest (the mean with "
+        "auto",
+        "test-time refinement, comma-separated, applied in order: auto (the default: "
+        "nearest when the learner has image features, as every built-in learner does; "
+        "else none), nearest (the mean with "
         "class-balanced nearest-neighbour matching of the query's features to the "
         "support's labelled cells), ssp (self-support prototypes from confident query "
         "pixels), repri (transductive, foreground-size prior); none: off",
@@ -74,7 +76,7 @@ class InferenceOptions:
         unknown = [r for r in self.refinements if r not in REFINEMENTS]
         if unknown:
             raise FewSegError(
-                f"unknown refinement {unknown[0]!r} (known: {', '.join(REFINEMENTS)}, none)"
+                f"unknown refinement {unknown[0]!r} (known: {', '.join(REFINEMENTS)}, none, auto)"
             )
         if self.combine_shots not in SHOT_COMBINATIONS:
             raise FewSegError(
@@ -86,8 +88,17 @@ class InferenceOptions:
 
     @property
     def refinements(self) -> tuple[str, ...]:
+        """The refinements in order (``auto``: nearest; the pipeline drops it for a learner
+        without image features)."""
         names = tuple(r.strip() for r in self.refine.split(",") if r.strip())
+        if names == ("auto",):
+            return ("nearest",)
         return () if names == ("none",) else names
+
+    @property
+    def automatic(self) -> bool:
+        """Whether the refinements are the default's (left out where they cannot apply)."""
+        return self.refine.strip() == "auto"
 
     @property
     def needs_support(self) -> bool:
@@ -99,5 +110,5 @@ class InferenceOptions:
         return as_dict(self)
 
 
-PLAIN = InferenceOptions(edges="none")
+PLAIN = InferenceOptions(edges="none", refine="none")
 """The learner's own predictions, untouched."""

@@ -175,6 +175,12 @@ class RefinedPredictor:
             self._support_features = SupportFeatures.of(encoder, self.support)
         return self._support_features
 
+    def refinements(self) -> tuple[str, ...]:
+        """The options' refinements; the default's only where the learner has features."""
+        if self.options.automatic and not has_image_features(self.learner):
+            return ()
+        return self.options.refinements
+
     def query_features(self, images: torch.Tensor) -> torch.Tensor:
         return _features(feature_encoder(self.learner, "refinement"), images)
 
@@ -204,12 +210,13 @@ class RefinedPredictor:
         the probability floor's)."""
         log_odds = self.learner_log_odds(images)
         need_presence = need_presence or self.options.min_presence > 0
-        if not self.options.refinements and not need_presence:
+        refinements = self.refinements()
+        if not refinements and not need_presence:
             return log_odds, None
         support = self.support_features()
         features = self.query_features(images)
         size = features.shape[-2:]
-        for name in self.options.refinements:
+        for name in refinements:
             if name == "nearest":  # the mean of the log-odds so far and the matching's
                 matched = nearest_log_odds(
                     features, support.features, support.foreground, support.valid
