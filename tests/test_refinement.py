@@ -182,7 +182,7 @@ def test_repri_recovers_the_foreground_size() -> None:
         (
             {"refine": "ssp,crf"},
             "unknown refinement 'crf' (known: nearest, ssp, repri, none, auto)",
-        ),  # noqa: E501
+        ),
         ({"combine_shots": "sum"}, "combine-shots must be one of mean, max, got 'sum'"),
         ({"min_presence": 1.5}, "min-presence must be in [0, 1], got 1.5"),
     ],

@@ -211,6 +211,7 @@ def test_min_class_images_leaves_out_the_classes_the_benchmark_leaves_out(
     report = json.loads((tmp_path / "twelve" / "report.json").read_text())
     assert sorted(report["classes_left_out"].values()) == [8, 10, 10, 11]
     assert not set(report["classes_left_out"]) & set(report["per_class"])
-    capsys.readouterr()
+    assert report["settings"]["min_class_images"] == 12
+    assert "left out (fewer than 12 images): " in capsys.readouterr().out
     assert main([*args, "--min-class-images", "20", "--out", str(tmp_path / "twenty")]) == 2
     assert "no class has the 20 images a 1-shot episode needs" in capsys.readouterr().err

@@ -144,6 +144,7 @@ def evaluate(
             device=settings.device,
             trained=trained,
             inference=settings.inference.to_dict() if settings.inference else None,
+            min_class_images=settings.min_class_images,
         ),
         miou=statistics.fmean(r.miou for r in runs),
         fbiou=statistics.fmean(r.fbiou for r in runs),

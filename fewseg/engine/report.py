@@ -45,6 +45,13 @@ class ReportSettings:
     missing_classes: str = "skip"  # test classes with no scored episode: skipped, or IoU 0
     precision: str = "fp32"  # fp32, or the autocast dtype (bf16, fp16)
     inference: dict[str, Any] | None = None  # fewseg.refinement.InferenceOptions, as a dict
+    min_class_images: int = 0  # test classes with fewer usable images were left out
+
+    @property
+    def images_needed(self) -> int:
+        """Usable images a test class needed to be evaluated: a K-shot episode's K + 1, or
+        ``min_class_images`` when that is more."""
+        return max(self.shots + 1, self.min_class_images)
 
 
 @dataclass(frozen=True)
@@ -171,7 +178,7 @@ def evaluation_summary(report: EvaluationReport) -> str:
     lines += ["", table, ""]
     if report.classes_left_out:
         left = ", ".join(f"{n} ({k} images)" for n, k in report.classes_left_out.items())
-        lines.append(f"left out (fewer than {s.shots + 1} images): {left}")
+        lines.append(f"left out (fewer than {s.images_needed} images): {left}")
     if s.missing_classes == "zero" and (report.classes_left_out or report.classes_without_episodes):
         lines.append("classes without episodes count as IoU 0 in mIoU")
     if s.scored_at.startswith("original"):
