@@ -172,3 +172,31 @@ def test_k_shots_average_the_logits_of_each_shot_unless_told_otherwise(
     groups, skip = model.inputs(query, support.images, support.masks, support.ignore)
     expected = torch.nn.functional.interpolate(model(groups, skip), size=(32, 32), mode="bilinear")
     torch.testing.assert_close(joint.predictor(support)(query), expected)
+
+
+def test_balanced_statistics_average_the_same_fraction_of_each_class() -> None:
+    """One foreground cell (1, 0) and three background cells; the query cell (0.8, 0.6) is
+    0.8 like the foreground and 0.6, 0.96, 1 like the background: the plain maximum says
+    1, the balanced statistic the mean of all three (one foreground cell : three)."""
+    query = [feature_map(*[(0.8, 0.6)] * 4)]  # the same size as the support's
+    support = [feature_map((1, 0), (0, 1), (0.6, 0.8), (0.8, 0.6))[None]]
+    masks = torch.tensor([[[1, 0, 0, 0]]])
+    ignore = torch.zeros(1, 1, 4, dtype=torch.bool)
+    plain = correlation_statistics(query, support, masks, ignore, (0,))[0][:, 0, 0]
+    balanced = correlation_statistics(query, support, masks, ignore, (0,), balanced=True)
+    fg, bg, *prototypes = balanced[0][:, 0, 0].tolist()
+    assert plain[:2].tolist() == pytest.approx([0.8, 1.0])
+    assert [fg, bg] == pytest.approx([0.8, (0.6 + 0.96 + 1.0) / 3])
+    assert prototypes == pytest.approx(plain[2:].tolist())  # the prototypes are unchanged
+
+
+def test_balanced_statistics_take_the_largest_over_shots() -> None:
+    # shot 0 has the query's own cell as foreground; shot 1 has no foreground at all (0)
+    query = [feature_map((1, 0), (1, 0))]
+    support = [torch.stack([feature_map((1, 0), (0, 1)), feature_map((0, 1), (0.6, 0.8))])]
+    masks = torch.tensor([[[1, 0]], [[0, 0]]])
+    ignore = torch.zeros(2, 1, 2, dtype=torch.bool)
+    stats = correlation_statistics(query, support, masks, ignore, (0,), balanced=True)[0]
+    # foreground: 1 (shot 0), shot 1 counts 0; background: shot 0's 0, shot 1's cells
+    # (0, 1) and (0.6, 0.8) with no foreground to balance against: its nearest, 0.6
+    assert stats[:2, 0, 0].tolist() == pytest.approx([1.0, 0.6])

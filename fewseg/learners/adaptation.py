@@ -27,6 +27,7 @@ from fewseg.learners.base import Learner, Predictor, TrainableOptions, build_bac
 from fewseg.learners.correlation_tasks import (
     MODELS,
     CorrelationTasks,
+    balanced_option,
     correlation_tasks,
     prior_option,
     shot_mean_option,
@@ -62,6 +63,7 @@ class GradientOptions(TrainableOptions):
         "(the class-agnostic correlation model's decoder head)",
     )
     prior: bool = prior_option()
+    balanced: bool = balanced_option()
     shot_mean: bool = shot_mean_option()
 
     def __post_init__(self) -> None:

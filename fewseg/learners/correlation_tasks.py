@@ -35,6 +35,15 @@ def prior_option() -> Any:
     return option(True, "correlation model: PFENet's prior mask as an input")
 
 
+def balanced_option() -> Any:
+    """The ``balanced`` option of a learner that can run on the correlation model."""
+    return option(
+        False,
+        "correlation model: class-balanced nearest-cell statistics (each class's same "
+        "fraction of support cells averaged) instead of the plain maxima",
+    )
+
+
 def shot_mean_option() -> Any:
     """The ``shot_mean`` option of a learner that can run on the correlation model."""
     return option(
@@ -46,10 +55,10 @@ def shot_mean_option() -> Any:
 
 def correlation_tasks(options: Any) -> CorrelationTasks:
     """The correlation model a learner's ``options`` describe (backbone, weights, ``hidden``,
-    ``prior``, ``shot_mean``), as its learner uses it (``.model`` is the model)."""
+    ``prior``, ``balanced``, ``shot_mean``), as its learner uses it (``.model`` is the model)."""
     model = CorrelationModel(
         options.backbone, options.pretrained, options.weights_path, options.hidden,
-        prior=options.prior,
+        prior=options.prior, balanced=options.balanced,
     )  # fmt: skip
     return CorrelationTasks(model, options.shot_mean)
 

@@ -30,6 +30,7 @@ from fewseg.learners.base import (
 )
 from fewseg.learners.correlation_tasks import (
     CorrelationTasks,
+    balanced_option,
     correlation_tasks,
     prior_option,
     shot_mean_option,
@@ -62,6 +63,7 @@ class ProtoNetOptions(TrainableOptions):
         "class-agnostic correlation model, trained on episodes, no test-time adaptation)",
     )
     prior: bool = prior_option()
+    balanced: bool = balanced_option()
     shot_mean: bool = shot_mean_option()
 
     def __post_init__(self) -> None:

@@ -28,6 +28,7 @@ from torch import nn
 
 from fewseg.errors import FewSegError
 from fewseg.models.backbones import BACKBONES, TappedBackbone
+from fewseg.models.neighbours import balanced_neighbours
 from fewseg.models.upsample import adaptive_average_pool, bilinear_resize
 
 STATISTICS = 4  # per tapped block: max fg cosine, max bg cosine, fg prototype, bg prototype
@@ -105,11 +106,14 @@ def correlation_statistics(
     masks: torch.Tensor,
     ignore: torch.Tensor,
     correlated: Sequence[int],
+    balanced: bool = False,
 ) -> list[torch.Tensor]:
     """The statistics of one query against a K-shot support set, for each correlated level:
     ``query`` levels [C,h,w], ``support`` levels [K,C,h,w], ``masks``/``ignore`` [K,H,W] →
     one [4,h,w] map per level: :func:`block_statistics` of each shot, the maxima over shots
-    and the prototype similarities averaged (computed for all shots at once)."""
+    and the prototype similarities averaged (computed for all shots at once). With
+    ``balanced`` the foreground and background maxima are class-balanced: each shot's mean
+    over the same fraction of each class's cells (:func:`balanced_over`)."""
     valid = (~ignore).float()
     foreground = masks.float() * valid
     pooled: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -126,7 +130,10 @@ def correlation_statistics(
         cosines = q @ unit_columns(features)  # [K, hw, n]
         half = bg_weight > 0.5
         bg_cells = torch.where(half.any(dim=1, keepdim=True), half, bg_weight > 0)
-        maxima = [largest_over(cosines, cells) for cells in (fg_weight > 0, bg_cells)]
+        if balanced:
+            maxima = list(balanced_over(cosines, fg_weight > 0, bg_cells))
+        else:
+            maxima = [largest_over(cosines, cells) for cells in (fg_weight > 0, bg_cells)]
         prototypes = unit_columns(features @ torch.stack([fg_weight, bg_weight], 2))  # [K,C,2]
         similarity = (q @ prototypes).mean(dim=0).T  # [2, hw]
         out.append(torch.stack([*maxima, *similarity]).view(STATISTICS, height, width))
@@ -144,6 +151,29 @@ def largest_over(cosines: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
     masked = cosines.masked_fill(~cells[:, None, :], float("-inf")).amax(dim=2)  # [K, hw]
     masked = torch.where(cells.any(dim=1, keepdim=True), masked, torch.zeros_like(masked))
     return masked.amax(dim=0)
+
+
+def balanced_over(
+    cosines: torch.Tensor, fg_cells: torch.Tensor, bg_cells: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cosines [K, hw, n], cells [K, n] → (foreground, background) [hw] each: per shot the
+    mean of the query cell's :func:`balanced_neighbours` most similar cells of each class,
+    then the largest over shots; a shot without a class's cells counts as 0 for it, as in
+    :func:`largest_over`."""
+    fg_out, bg_out = [], []
+    for shot, fg, bg in zip(cosines, fg_cells, bg_cells, strict=True):
+        k_fg, k_bg = balanced_neighbours(int(fg.sum()), int(bg.sum()))
+        fg_out.append(_nearest_mean(shot, fg, k_fg))
+        bg_out.append(_nearest_mean(shot, bg, k_bg))
+    return torch.stack(fg_out).amax(dim=0), torch.stack(bg_out).amax(dim=0)
+
+
+def _nearest_mean(cosines: torch.Tensor, cells: torch.Tensor, k: int) -> torch.Tensor:
+    """cosines [hw, n], cells [n] → the mean of each row's ``k`` largest among ``cells``."""
+    chosen = cosines[:, cells]
+    if chosen.shape[1] == 0:
+        return torch.zeros(len(cosines), dtype=cosines.dtype, device=cosines.device)
+    return chosen.topk(min(k, chosen.shape[1]), dim=1).values.mean(dim=1)
 
 
 def prior_map(foreground_maximum: torch.Tensor) -> torch.Tensor:
@@ -237,8 +267,10 @@ class CorrelationModel(nn.Module):
         hidden: int = 32,
         skip: int = 16,
         prior: bool = True,
+        balanced: bool = False,
     ) -> None:
         super().__init__()
+        self.balanced = balanced
         self.encoder = pyramid_backbone(backbone, pretrained, weights_path)
         layout = LAYOUTS[backbone]
         position = {tap: i for i, tap in enumerate(self.encoder.taps)}
@@ -273,7 +305,9 @@ class CorrelationModel(nn.Module):
             per_query = []
             for b in range(len(query_images)):
                 query = [level[b] for level in queries]
-                levels = correlation_statistics(query, support, masks, ignore, self.correlated)
+                levels = correlation_statistics(
+                    query, support, masks, ignore, self.correlated, self.balanced
+                )
                 prior = None
                 if self.prior_level in self.correlated:
                     prior = prior_map(levels[self.correlated.index(self.prior_level)][0])

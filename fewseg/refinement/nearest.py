@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fewseg.models.neighbours import balanced_neighbours
+
 NEAREST_SCALE = 20.0  # the baseline's cosine scale (PANet's), so the two log-odds mix evenly
 NO_MATCH = -1.0  # the similarity of a class that no support cell has: never the nearer
 
@@ -53,15 +55,6 @@ def nearest_similarity(query: torch.Tensor, cells: torch.Tensor, k: int) -> torc
     similarity = unit @ cells.T  # [B,N,M]
     nearest = similarity.topk(min(k, len(cells)), dim=-1).values.mean(dim=-1)
     return nearest.view(batch, height, width)
-
-
-def balanced_neighbours(fg_cells: int, bg_cells: int) -> tuple[int, int]:
-    """How many nearest cells each class averages: the same fraction of each class's
-    cells, one of the smaller class's; one each when a class has none."""
-    smaller = min(fg_cells, bg_cells)
-    if smaller == 0:
-        return 1, 1
-    return max(1, round(fg_cells / smaller)), max(1, round(bg_cells / smaller))
 
 
 def nearest_log_odds(
