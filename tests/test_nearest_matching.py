@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import torch
-from test_refinement import ChannelLearner, _episode
+from test_refinement import ChannelLearner, NoFeatures, _episode
 from tiny_training import tiny_options
 
 from fewseg.data.spec import open_source
@@ -135,11 +135,6 @@ def test_an_evaluation_with_nearest_scores_as_the_reference_loop_and_changes_the
 
 
 def test_the_default_refines_by_nearest_where_the_learner_has_features() -> None:
-    class NoFeatures(ChannelLearner):
-        def __init__(self) -> None:
-            super().__init__()
-            self.encoder = None
-
     support, query = _episode()
     default = InferenceOptions(edges="none")
     assert default.automatic and default.refinements == ("nearest",) and default.needs_support

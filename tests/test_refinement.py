@@ -257,12 +257,15 @@ def test_below_min_presence_the_mask_is_empty() -> None:
     assert torch.allclose(out[1], torch.full_like(out[1], EMPTY_LOG_ODDS))
 
 
-def test_a_learner_without_features_cannot_be_refined() -> None:
-    class NoFeatures(ChannelLearner):
-        def __init__(self) -> None:
-            super().__init__()
-            self.encoder = None
+class NoFeatures(ChannelLearner):
+    """The channel learner without an encoder: nothing to refine with."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = None
+
+
+def test_a_learner_without_features_cannot_be_refined() -> None:
     support, query = _episode()
     predictor = refined_adapt(NoFeatures(), support, InferenceOptions(refine="ssp"))
     with pytest.raises(FewSegError, match="refinement needs image features: learner 'channel'"):
