@@ -28,7 +28,7 @@ from torch import nn
 
 from fewseg.errors import FewSegError
 from fewseg.models.backbones import BACKBONES, TappedBackbone
-from fewseg.models.neighbours import balanced_neighbours
+from fewseg.models.neighbours import balanced_neighbours, nearest_mean
 from fewseg.models.upsample import adaptive_average_pool, bilinear_resize
 
 STATISTICS = 4  # per tapped block: max fg cosine, max bg cosine, fg prototype, bg prototype
@@ -163,17 +163,16 @@ def balanced_over(
     fg_out, bg_out = [], []
     for shot, fg, bg in zip(cosines, fg_cells, bg_cells, strict=True):
         k_fg, k_bg = balanced_neighbours(int(fg.sum()), int(bg.sum()))
-        fg_out.append(_nearest_mean(shot, fg, k_fg))
-        bg_out.append(_nearest_mean(shot, bg, k_bg))
+        fg_out.append(_nearest_among(shot, fg, k_fg))
+        bg_out.append(_nearest_among(shot, bg, k_bg))
     return torch.stack(fg_out).amax(dim=0), torch.stack(bg_out).amax(dim=0)
 
 
-def _nearest_mean(cosines: torch.Tensor, cells: torch.Tensor, k: int) -> torch.Tensor:
-    """cosines [hw, n], cells [n] → the mean of each row's ``k`` largest among ``cells``."""
-    chosen = cosines[:, cells]
-    if chosen.shape[1] == 0:
-        return torch.zeros(len(cosines), dtype=cosines.dtype, device=cosines.device)
-    return chosen.topk(min(k, chosen.shape[1]), dim=1).values.mean(dim=1)
+def _nearest_among(cosines: torch.Tensor, cells: torch.Tensor, k: int) -> torch.Tensor:
+    """cosines [hw, n], cells [n] → :func:`nearest_mean` over ``cells`` (0 without any)."""
+    if not cells.any():
+        return cosines.new_zeros(len(cosines))
+    return nearest_mean(cosines[:, cells], k)
 
 
 def prior_map(foreground_maximum: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fewseg.models.neighbours import balanced_neighbours
+from fewseg.models.neighbours import balanced_neighbours, nearest_mean
 
 NEAREST_SCALE = 20.0  # the baseline's cosine scale (PANet's), so the two log-odds mix evenly
 NO_MATCH = -1.0  # the similarity of a class that no support cell has: never the nearer
@@ -52,9 +52,7 @@ def nearest_similarity(query: torch.Tensor, cells: torch.Tensor, k: int) -> torc
     if len(cells) == 0:
         return query.new_full((batch, height, width), NO_MATCH, dtype=torch.float32)
     unit = F.normalize(query.float(), dim=1).flatten(2).transpose(1, 2)  # [B,N,C]
-    similarity = unit @ cells.T  # [B,N,M]
-    nearest = similarity.topk(min(k, len(cells)), dim=-1).values.mean(dim=-1)
-    return nearest.view(batch, height, width)
+    return nearest_mean(unit @ cells.T, k).view(batch, height, width)  # from [B,N,M]
 
 
 def nearest_log_odds(
