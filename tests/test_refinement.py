@@ -174,7 +174,7 @@ def test_repri_recovers_the_foreground_size() -> None:
     [
         (
             {"edges": "sharp"},
-            "edges must be one of guided, superpixels, none, got 'sharp'",
+            "edges must be one of guided, superpixels, guided+superpixels, none, got 'sharp'",
         ),
         ({"superpixel_scale": 0.0}, "superpixel scale must be > 0, got 0.0"),
         ({"edge_radius": 0}, "edge radius must be >= 1, got 0"),

@@ -258,7 +258,7 @@ def test_the_inference_options_reach_segment(
     assert run_segment(capsys, *args, "--out", str(absent), "--min-presence", "1")[0] == 0
     assert not read_mask(absent / "masks/wide.png").any()  # no presence score reaches 1
     code, _, err = run_segment(capsys, *args, "--out", str(tmp_path / "x"), "--edges", "blur")
-    assert code == 2 and "edges must be one of guided, superpixels, none" in err
+    assert code == 2 and "edges must be one of guided, superpixels, guided+superpixels, none" in err
 
 
 # ---- folders, determinism, progress -----------------------------------------------------

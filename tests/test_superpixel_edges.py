@@ -3,6 +3,7 @@ checked by hand on tiny images."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from tiny_training import tiny_options
 
@@ -74,11 +75,29 @@ def test_edges_superpixels_at_an_images_own_size() -> None:
     assert torch.equal(full[0, 0] > 0, (torch.arange(120) < 2 * EDGE - 4).expand(80, 120))
 
 
-def test_the_runner_splits_each_query_once_and_scores_as_the_reference_loop() -> None:
+def test_guided_and_superpixels_together_average_the_two_log_odds() -> None:
+    image = two_colour_image()[None]
+    log_odds = torch.logit(RAMP).float().expand(1, 1, 40, 60)
+    big = torch.nn.functional.interpolate(image, (80, 120), mode="nearest")
+    both = InferenceOptions(edges="guided+superpixels", edge_radius=40)
+    alone = [InferenceOptions(edges=e, edge_radius=40) for e in ("guided", "superpixels")]
+    for high in (None, big):
+        together = edge_aware(log_odds, image, both, high)
+        guided, voted = (edge_aware(log_odds, image, options, high) for options in alone)
+        assert torch.allclose(together, (guided + voted) / 2, atol=1e-6)
+    # the blue side's superpixel votes well below 1/2 and the guided filter keeps the red
+    # side: the mean keeps the red columns and drops the blue ones
+    together = edge_aware(log_odds, image, both)[0, 0]
+    assert torch.equal(together[:, : EDGE - 2] > 0, torch.ones(40, EDGE - 2, dtype=torch.bool))
+    assert not (together[:, EDGE + 2 :] > 0).any()
+
+
+@pytest.mark.parametrize("edges", ["superpixels", "guided+superpixels"])
+def test_the_runner_splits_each_query_once_and_scores_as_the_reference_loop(edges: str) -> None:
     source = open_source("synthetic:images=4,size=64")
     learner = build_learner("baseline", tiny_options("baseline"))
     settings = EvaluationSettings(
-        "0", 1, 20, 64, progress=False, inference=InferenceOptions(edges="superpixels")
+        "0", 1, 20, 64, progress=False, inference=InferenceOptions(edges=edges)
     )
     calls: list[int] = []
     split = region_memo.felzenszwalb_regions

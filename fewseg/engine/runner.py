@@ -110,7 +110,7 @@ def score_plan(
 
 def _region_memo(settings: EvaluationSettings) -> RegionMemo | None:
     """The query images' superpixels kept across episodes, when the options vote on them."""
-    if settings.inference is None or settings.inference.edges != "superpixels":
+    if settings.inference is None or not settings.inference.uses_superpixels:
         return None
     return RegionMemo()
 

@@ -12,7 +12,7 @@ from typing import Any
 from fewseg.errors import FewSegError
 from fewseg.options import as_dict, option
 
-EDGES = ("guided", "superpixels", "none")
+EDGES = ("guided", "superpixels", "guided+superpixels", "none")
 RESIZE_MODES = ("squash", "pad")  # fewseg.episodes.transforms.resize_transform
 REFINEMENTS = ("nearest", "ssp", "repri")
 SHOT_COMBINATIONS = ("mean", "max")
@@ -33,12 +33,13 @@ class InferenceOptions:
         "guided",
         "edge-aware upsampling: guided (a guided filter with the image as guide snaps the "
         "mask's edges to the image's), superpixels (each superpixel of the image takes its "
-        "pixels' mean probability) or none (bilinear, the learner's own)",
+        "pixels' mean probability), guided+superpixels (the mean of the two's log-odds) or "
+        "none (bilinear, the learner's own)",
     )
     edge_radius: int = option(64, "guided filter window radius in pixels at 400x400")
     edge_eps: float = option(1e-3, "guided filter regularisation (larger: smoother)")
     superpixel_scale: float = option(
-        300.0, "Felzenszwalb superpixels' scale for --edges superpixels (larger: larger regions)"
+        300.0, "Felzenszwalb superpixels' scale for the superpixel edges (larger: larger regions)"
     )
     refine: str = option(
         "auto",
@@ -94,6 +95,15 @@ class InferenceOptions:
         if names == ("auto",):
             return ("nearest",)
         return () if names == ("none",) else names
+
+    @property
+    def uses_guided_filter(self) -> bool:
+        return self.edges in ("guided", "guided+superpixels")
+
+    @property
+    def uses_superpixels(self) -> bool:
+        """Whether the edges vote on the query's superpixels (worth memoising)."""
+        return self.edges in ("superpixels", "guided+superpixels")
 
     @property
     def automatic(self) -> bool:

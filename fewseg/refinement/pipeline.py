@@ -98,23 +98,29 @@ def edge_aware(
 ) -> torch.Tensor:
     """Log-odds [B,1,h,w] at the size of ``guide`` (RGB in [0, 1], [B,3,h,w]) → log-odds
     with edges that follow the guide's (``options.edges``): the guided filter of the
-    foreground probability, or each superpixel's mean of it. With ``guide_high`` (the same
-    images at a larger size) the guided filter's coefficients are fitted at h x w and
-    applied at its size (the fast guided filter); superpixels vote at h x w, then the
-    log-odds are resized bilinearly (as an evaluation scored at the original size does);
-    ``regions``: the guide's superpixels when known already."""
+    foreground probability, each superpixel's mean of it, or the mean of those two's
+    log-odds. With ``guide_high`` (the same images at a larger size) the guided filter's
+    coefficients are fitted at h x w and applied at its size (the fast guided filter);
+    superpixels vote at h x w, then the log-odds are resized bilinearly (as an evaluation
+    scored at the original size does); ``regions``: the guide's superpixels when known
+    already."""
     if options.edges == "none":
         if guide_high is None:
             return log_odds
         return bilinear_resize(log_odds.float(), guide_high.shape[-2:])
     probability = torch.sigmoid(log_odds.double())
-    if options.edges == "superpixels":
+    edged = []
+    if options.uses_guided_filter:
+        radius = edge_radius(options, *guide.shape[-2:])
+        if guide_high is None:
+            edged.append(_logit(guided_filter(guide, probability, radius, options.edge_eps)))
+        else:
+            filtered = guided_upsample(guide, probability, guide_high, radius, options.edge_eps)
+            edged.append(_logit(filtered))
+    if options.uses_superpixels:
         voted = _logit(superpixel_vote(probability, guide, options.superpixel_scale, regions))
-        return voted if guide_high is None else bilinear_resize(voted, guide_high.shape[-2:])
-    radius = edge_radius(options, *guide.shape[-2:])
-    if guide_high is None:
-        return _logit(guided_filter(guide, probability, radius, options.edge_eps))
-    return _logit(guided_upsample(guide, probability, guide_high, radius, options.edge_eps))
+        edged.append(voted if guide_high is None else bilinear_resize(voted, guide_high.shape[-2:]))
+    return edged[0] if len(edged) == 1 else torch.stack(edged).mean(dim=0)
 
 
 @dataclass
@@ -249,7 +255,7 @@ class RefinedPredictor:
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         regions = None
-        if self.regions is not None and self.options.edges == "superpixels":
+        if self.regions is not None and self.options.uses_superpixels:
             regions = self.regions(images, self.options.superpixel_scale)
         log_odds = self.refined_log_odds(images)
         return edge_aware(log_odds, rgb(images), self.options, regions=regions).float()
