@@ -15,7 +15,8 @@ trained at; 400 for a training-free learner) for the network, and each
 query's log-odds brought back to its own size by the inference options
 (:class:`fewseg.refinement.options.InferenceOptions`: by default the learner's log-odds
 averaged with a nearest-neighbour matching of the query's features to the support's, then
-a guided filter with the full-size query as guide, so that mask edges follow the image's;
+a guided filter with the full-size query as guide averaged with a vote over the query's
+superpixels, so that mask edges follow the image's;
 other refinements and ``min_presence`` as chosen). Any bad input is a
 :class:`FewSegError` naming it.
 """

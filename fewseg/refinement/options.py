@@ -30,7 +30,7 @@ class InferenceOptions:
     )
 
     edges: str = option(
-        "guided",
+        "guided+superpixels",
         "edge-aware upsampling: guided (a guided filter with the image as guide snaps the "
         "mask's edges to the image's), superpixels (each superpixel of the image takes its "
         "pixels' mean probability), guided+superpixels (the mean of the two's log-odds) or "
