@@ -43,7 +43,7 @@ from fewseg.errors import FewSegError
 from fewseg.learners.base import Learner
 from fewseg.models.segmenter import foreground_logit
 from fewseg.refinement.options import InferenceOptions
-from fewseg.refinement.pipeline import RefinedPredictor, edge_aware, refined_adapt, rgb
+from fewseg.refinement.pipeline import RefinedPredictor, finished, refined_adapt, rgb
 
 ImageLike = str | Path | Image.Image | np.ndarray
 MaskLike = str | Path | Image.Image | np.ndarray
@@ -281,11 +281,12 @@ def full_size_log_odds(
 ) -> np.ndarray:
     """One query's foreground log-odds [1,h,w] at the model's size → (H, W) at the image's
     own, by the options' edge-aware upsampling with the full-size image as guide (the fast
-    guided filter), or bilinearly; a padded query's padding cut off first."""
+    guided filter), or bilinearly, and its weak regions dropped; a padded query's padding
+    cut off first."""
     full = torch.as_tensor(np.array(image), device=guide.device).permute(2, 0, 1)[None] / 255
     if options.resize == "pad":
         log_odds, guide = unpadded(log_odds, *image.shape[:2]), unpadded(guide, *image.shape[:2])
-    return edge_aware(log_odds[None], guide[None], options, full)[0, 0].float().cpu().numpy()
+    return finished(log_odds[None], guide[None], options, full)[0, 0].cpu().numpy()
 
 
 def resized_log_odds(logits: torch.Tensor, height: int, width: int) -> np.ndarray:

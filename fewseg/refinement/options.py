@@ -41,6 +41,11 @@ class InferenceOptions:
     superpixel_scale: float = option(
         300.0, "Felzenszwalb superpixels' scale for the superpixel edges (larger: larger regions)"
     )
+    weak_regions: float = option(
+        0.3,
+        "after the edges, drop each connected region of the mask whose mean foreground "
+        "log-odds is below this fraction of the strongest region's (0: keep every region)",
+    )
     refine: str = option(
         "auto",
         "test-time refinement, comma-separated, applied in order: auto (the default: "
@@ -74,6 +79,8 @@ class InferenceOptions:
             raise FewSegError(f"superpixel scale must be > 0, got {self.superpixel_scale}")
         if not self.edge_eps > 0:
             raise FewSegError(f"edge eps must be > 0, got {self.edge_eps}")
+        if not 0 <= self.weak_regions <= 1:
+            raise FewSegError(f"weak-regions must be in [0, 1], got {self.weak_regions}")
         unknown = [r for r in self.refinements if r not in REFINEMENTS]
         if unknown:
             raise FewSegError(
@@ -120,5 +127,5 @@ class InferenceOptions:
         return as_dict(self)
 
 
-PLAIN = InferenceOptions(edges="none", refine="none")
+PLAIN = InferenceOptions(edges="none", refine="none", weak_regions=0.0)
 """The learner's own predictions, untouched."""

@@ -4,9 +4,10 @@ used: the evaluation's reference loop and fast runner, the Python API, ``fewseg 
 :func:`refined_adapt` adapts the learner to a support set and wraps its predictor: the
 learner's foreground log-odds, then the test-time refinements in order (each starting
 from the log-odds before it), then the edge-aware upsampling with the query image as
-guide. The refinements work on the learner's *encoder* features (the support-independent
-image → features part, answered from the engine's feature store during an evaluation);
-a learner whose encoder is None lends its backbone instead.
+guide, then the mask's weakly predicted regions dropped. The refinements work on the
+learner's *encoder* features (the support-independent image → features part, answered
+from the engine's feature store during an evaluation); a learner whose encoder is None
+lends its backbone instead.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from fewseg.models.backbones import Backbone
 from fewseg.models.encoder import Encoder
 from fewseg.models.segmenter import foreground_logit
 from fewseg.models.upsample import bilinear_resize
+from fewseg.refinement.components import drop_weak_regions
 from fewseg.refinement.guided import guided_filter, guided_upsample
 from fewseg.refinement.nearest import nearest_log_odds
 from fewseg.refinement.options import InferenceOptions
@@ -121,6 +123,20 @@ def edge_aware(
         voted = _logit(superpixel_vote(probability, guide, options.superpixel_scale, regions))
         edged.append(voted if guide_high is None else bilinear_resize(voted, guide_high.shape[-2:]))
     return edged[0] if len(edged) == 1 else torch.stack(edged).mean(dim=0)
+
+
+def finished(
+    log_odds: torch.Tensor,
+    guide: torch.Tensor,
+    options: InferenceOptions,
+    guide_high: torch.Tensor | None = None,
+    regions: Sequence[torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """The refined log-odds [B,1,h,w] made into the final prediction: :func:`edge_aware`
+    (arguments as there), then the weak regions of each mask dropped
+    (``options.weak_regions``, fewseg.refinement.components)."""
+    edged = edge_aware(log_odds, guide, options, guide_high, regions)
+    return drop_weak_regions(edged.float(), options.weak_regions)
 
 
 @dataclass
@@ -258,7 +274,7 @@ class RefinedPredictor:
         if self.regions is not None and self.options.uses_superpixels:
             regions = self.regions(images, self.options.superpixel_scale)
         log_odds = self.refined_log_odds(images)
-        return edge_aware(log_odds, rgb(images), self.options, regions=regions).float()
+        return finished(log_odds, rgb(images), self.options, regions=regions)
 
 
 def refined_adapt(
