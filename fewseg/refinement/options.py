@@ -55,6 +55,11 @@ class InferenceOptions:
         "support's labelled cells), ssp (self-support prototypes from confident query "
         "pixels), repri (transductive, foreground-size prior); none: off",
     )
+    flip: bool = option(
+        False,
+        "test-time augmentation: predict the query and its mirror image and average the two "
+        "log-odds (twice the query's encoding)",
+    )
     combine_shots: str = option(
         "mean",
         "how the refinements' support prototypes combine K shots: mean, or max (each "

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fewseg.episodes.image_keys import image_keys, name_images
 from fewseg.episodes.tensors import LabelledImages
 from fewseg.episodes.transforms import IMAGENET_MEAN, IMAGENET_STD
 from fewseg.errors import FewSegError
@@ -227,11 +228,27 @@ class RefinedPredictor:
         self, images: torch.Tensor, need_presence: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(refined log-odds [B,1,H,W], presence scores [B] when ``min_presence`` > 0 or
-        ``need_presence``, else None): the query's features are computed once for both. A
-        query whose presence is below ``min_presence`` gets an empty mask (every log-odd at
-        the probability floor's)."""
-        log_odds = self.learner_log_odds(images)
+        ``need_presence``, else None): the query's features are computed once for both.
+        With ``options.flip`` the log-odds are the mean of the query's and its mirror
+        image's (mirrored back); the presence is the query's own. A query whose presence is
+        below ``min_presence`` gets an empty mask (every log-odd at the probability
+        floor's)."""
         need_presence = need_presence or self.options.min_presence > 0
+        log_odds, presence = self._refined(images, need_presence)
+        if self.options.flip:
+            mirrored = self._refined(mirror_images(images), need_presence=False)[0]
+            log_odds = 0.5 * (log_odds + mirrored.flip(-1))
+        if presence is None or self.options.min_presence <= 0:
+            return log_odds, presence
+        absent = presence < self.options.min_presence
+        return log_odds.masked_fill(absent[:, None, None, None], EMPTY_LOG_ODDS), presence
+
+    def _refined(
+        self, images: torch.Tensor, need_presence: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The learner's log-odds after the refinements, and the presence scores when
+        ``need_presence``."""
+        log_odds = self.learner_log_odds(images)
         refinements = self.refinements()
         if not refinements and not need_presence:
             return log_odds, None
@@ -264,9 +281,7 @@ class RefinedPredictor:
             return log_odds, None
         probability = feature_probability(log_odds, size)[:, 0]
         prototype = mean_prototypes(support.per_shot, support.present)[1]
-        presence = presence_scores(features, probability, prototype)
-        absent = presence < self.options.min_presence
-        return log_odds.masked_fill(absent[:, None, None, None], EMPTY_LOG_ODDS), presence
+        return log_odds, presence_scores(features, probability, prototype)
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -275,6 +290,16 @@ class RefinedPredictor:
             regions = self.regions(images, self.options.superpixel_scale)
         log_odds = self.refined_log_odds(images)
         return finished(log_odds, rgb(images), self.options, regions=regions)
+
+
+def mirror_images(images: torch.Tensor) -> torch.Tensor:
+    """Images [B,3,H,W] mirrored left to right; named images keep names of their own, so
+    that an evaluation's feature store encodes each mirror image once."""
+    mirrored = images.flip(-1)
+    keys = image_keys(images)
+    if keys is not None:
+        name_images(mirrored, [("mirrored", key) for key in keys])
+    return mirrored
 
 
 def refined_adapt(
