@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from PIL import Image, ImageDraw
 
 from fewseg.data.spec import open_source
@@ -63,8 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _values(spec: str) -> dict[str, str]:
-    return dict(item.split("=", 1) for item in spec.split(",") if item)
+def _values(spec: str) -> dict[str, Any]:
+    """``edges=guided,weak_regions=0`` → its values, numbers and booleans read as YAML."""
+    pairs = (item.split("=", 1) for item in spec.split(",") if item)
+    return {name: yaml.safe_load(value) for name, value in pairs}
 
 
 if __name__ == "__main__":
