@@ -161,6 +161,22 @@ def test_the_batched_statistics_equal_each_shots_block_statistics(shots: int) ->
         torch.testing.assert_close(combined[2:], each[:, 2:].mean(dim=0))
 
 
+def test_a_larger_query_is_compared_with_the_supports_own_cells() -> None:
+    """A query at twice the support's size whose cells repeat the same-size query's in 2x2
+    blocks gets those statistics repeated in 2x2 blocks."""
+    torch.manual_seed(4)
+    query = [torch.randn(5, 4, 4), torch.randn(7, 2, 2)]
+    support = [torch.randn(2, 5, 4, 4), torch.randn(2, 7, 2, 2)]
+    masks = (torch.rand(2, 8, 8) > 0.6).long()
+    ignore = torch.rand(2, 8, 8) > 0.8
+    same = correlation_statistics(query, support, masks, ignore, (0, 1))
+    larger = [level.repeat_interleave(2, -1).repeat_interleave(2, -2) for level in query]
+    enlarged = correlation_statistics(larger, support, masks, ignore, (0, 1))
+    for small, big in zip(same, enlarged, strict=True):
+        assert big.shape[-2:] == (2 * small.shape[-2], 2 * small.shape[-1])
+        torch.testing.assert_close(big, small.repeat_interleave(2, -1).repeat_interleave(2, -2))
+
+
 def test_k_shots_average_the_logits_of_each_shot_unless_told_otherwise(
     model: CorrelationModel,
 ) -> None:

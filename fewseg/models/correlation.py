@@ -120,11 +120,11 @@ def correlation_statistics(
     out = []
     for level in correlated:
         height, width = query[level].shape[-2:]
-        if (height, width) not in pooled:
-            size = (height, width)
+        size = (int(support[level].shape[-2]), int(support[level].shape[-1]))  # the query's
+        if size not in pooled:  # or another (a query enlarged at test time)
             fg = adaptive_average_pool(foreground, size).flatten(1)  # [K, n]
             pooled[size] = (fg, adaptive_average_pool(valid, size).flatten(1) - fg)
-        fg_weight, bg_weight = pooled[(height, width)]
+        fg_weight, bg_weight = pooled[size]
         features = support[level].flatten(2)  # [K, C, n]
         q = unit(query[level].flatten(1)).T  # [hw, C]
         cosines = q @ unit_columns(features)  # [K, hw, n]

@@ -60,6 +60,11 @@ class InferenceOptions:
         "test-time augmentation: predict the query and its mirror image and average the two "
         "log-odds (twice the query's encoding)",
     )
+    zoom: float = option(
+        1.0,
+        "test-time multi-scale: also predict the query enlarged by this factor (e.g. 1.2) "
+        "and average the log-odds at its size; 1: off",
+    )
     combine_shots: str = option(
         "mean",
         "how the refinements' support prototypes combine K shots: mean, or max (each "
@@ -84,6 +89,8 @@ class InferenceOptions:
             raise FewSegError(f"superpixel scale must be > 0, got {self.superpixel_scale}")
         if not self.edge_eps > 0:
             raise FewSegError(f"edge eps must be > 0, got {self.edge_eps}")
+        if not 1 <= self.zoom <= 4:
+            raise FewSegError(f"zoom must be in [1, 4], got {self.zoom}")
         if not 0 <= self.weak_regions <= 1:
             raise FewSegError(f"weak-regions must be in [0, 1], got {self.weak_regions}")
         unknown = [r for r in self.refinements if r not in REFINEMENTS]

@@ -229,15 +229,20 @@ class RefinedPredictor:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(refined log-odds [B,1,H,W], presence scores [B] when ``min_presence`` > 0 or
         ``need_presence``, else None): the query's features are computed once for both.
-        With ``options.flip`` the log-odds are the mean of the query's and its mirror
-        image's (mirrored back); the presence is the query's own. A query whose presence is
-        below ``min_presence`` gets an empty mask (every log-odd at the probability
-        floor's)."""
+        With ``options.flip`` and ``options.zoom`` the log-odds are the mean over the
+        query's views: itself, its mirror image (mirrored back), the query enlarged (resized
+        back); the presence is the query's own. A query whose presence is below
+        ``min_presence`` gets an empty mask (every log-odd at the probability floor's)."""
         need_presence = need_presence or self.options.min_presence > 0
         log_odds, presence = self._refined(images, need_presence)
+        views = [log_odds]
         if self.options.flip:
-            mirrored = self._refined(mirror_images(images), need_presence=False)[0]
-            log_odds = 0.5 * (log_odds + mirrored.flip(-1))
+            views.append(self._refined(mirror_images(images), False)[0].flip(-1))
+        if self.options.zoom > 1:
+            zoomed = self._refined(zoomed_images(images, self.options.zoom), False)[0]
+            views.append(bilinear_resize(zoomed, images.shape[-2:]))
+        if len(views) > 1:
+            log_odds = torch.stack(views).mean(dim=0)
         if presence is None or self.options.min_presence <= 0:
             return log_odds, presence
         absent = presence < self.options.min_presence
@@ -300,6 +305,17 @@ def mirror_images(images: torch.Tensor) -> torch.Tensor:
     if keys is not None:
         name_images(mirrored, [("mirrored", key) for key in keys])
     return mirrored
+
+
+def zoomed_images(images: torch.Tensor, zoom: float) -> torch.Tensor:
+    """Images [B,3,H,W] enlarged ``zoom`` times (bilinear), named apart like
+    :func:`mirror_images`."""
+    size = (round(images.shape[-2] * zoom), round(images.shape[-1] * zoom))
+    zoomed = bilinear_resize(images, size)
+    keys = image_keys(images)
+    if keys is not None:
+        name_images(zoomed, [("zoomed", zoom, key) for key in keys])
+    return zoomed
 
 
 def refined_adapt(

@@ -1,8 +1,10 @@
-"""``--flip``: the query and its mirror image predicted, their log-odds averaged; checked
-with a learner whose output depends on the column, so that mirroring changes it."""
+"""``--flip`` and ``--zoom``: the query's mirror image and an enlarged copy predicted too,
+the log-odds averaged; checked with a learner whose output depends on the column, so
+that mirroring and enlarging change it."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from test_refinement import ChannelLearner, _episode
 from tiny_training import tiny_options
@@ -12,10 +14,11 @@ from fewseg.engine.evaluate import EvaluationSettings, evaluate
 from fewseg.engine.protocol import score_plan_reference
 from fewseg.episodes.image_keys import image_keys, name_images
 from fewseg.episodes.tensors import LabelledImages
+from fewseg.errors import FewSegError
 from fewseg.learners import build_learner
 from fewseg.learners.base import Predictor
 from fewseg.refinement.options import InferenceOptions
-from fewseg.refinement.pipeline import mirror_images, refined_adapt
+from fewseg.refinement.pipeline import mirror_images, refined_adapt, zoomed_images
 
 SLOPE = 0.1  # the learner adds SLOPE x the column index to its log-odds
 
@@ -46,12 +49,37 @@ def test_flip_averages_the_query_and_its_mirror_image() -> None:
     assert torch.allclose(out, query[:, :1] - 1.0 + SLOPE * 3.5)
 
 
+def test_zoom_averages_the_query_and_its_enlarged_copy_resized_back() -> None:
+    support, _ = _episode()
+    query = torch.ones(1, 3, 8, 8)  # channel 0 at 1: the log-odds are the lean alone
+    options = InferenceOptions(edges="none", refine="none", weak_regions=0.0, zoom=2.0)
+    out = refined_adapt(LeaningLearner(), support, options)(query)
+    # at 16 columns the lean is SLOPE · c; resized back (half-pixel centres) column j reads
+    # it at c = 2j + 0.5; the mean with the query's own SLOPE · j is SLOPE · (1.5j + 0.25)
+    expected = SLOPE * (1.5 * torch.arange(8.0) + 0.25)
+    torch.testing.assert_close(out[0, 0], expected.expand(8, 8))
+    both = InferenceOptions(edges="none", refine="none", weak_regions=0.0, zoom=2.0, flip=True)
+    # the mirror image's lean, mirrored back, is SLOPE · (7 − j): the mean of the three
+    expected = (
+        SLOPE * (torch.arange(8.0) + (2 * torch.arange(8.0) + 0.5) + (7 - torch.arange(8.0))) / 3
+    )
+    out = refined_adapt(LeaningLearner(), support, both)(query)
+    torch.testing.assert_close(out[0, 0], expected.expand(8, 8))
+
+
+def test_a_zoom_below_one_is_a_one_line_error() -> None:
+    with pytest.raises(FewSegError) as error:
+        InferenceOptions(zoom=0.5)
+    assert str(error.value) == "zoom must be in [1, 4], got 0.5"
+
+
 def test_the_presence_score_is_the_querys_own() -> None:
     support, query = _episode()
     plain = InferenceOptions(edges="none", refine="none")
-    flipped = InferenceOptions(edges="none", refine="none", flip=True)
     own = refined_adapt(LeaningLearner(), support, plain).presence(query)
-    assert torch.equal(refined_adapt(LeaningLearner(), support, flipped).presence(query), own)
+    for views in ({"flip": True}, {"zoom": 1.5}):
+        options = InferenceOptions(edges="none", refine="none", **views)
+        assert torch.equal(refined_adapt(LeaningLearner(), support, options).presence(query), own)
 
 
 def test_mirror_images_are_named_apart_from_their_images() -> None:
@@ -60,12 +88,16 @@ def test_mirror_images_are_named_apart_from_their_images() -> None:
     assert torch.equal(mirrored[0, 0, 0], torch.tensor([3.0, 2.0, 1.0, 0.0]))
     assert image_keys(mirrored) == (("mirrored", "a"), ("mirrored", "b"))
     assert image_keys(mirror_images(images.clone())) is None
+    zoomed = zoomed_images(images, 1.5)
+    assert zoomed.shape[-2:] == (4, 6)  # round(3 · 1.5), 4 · 1.5
+    assert image_keys(zoomed) == (("zoomed", 1.5, "a"), ("zoomed", 1.5, "b"))
 
 
-def test_the_runner_scores_flip_as_the_reference_loop() -> None:
+@pytest.mark.parametrize("views", [{"flip": True}, {"zoom": 1.25}])
+def test_the_runner_scores_the_views_as_the_reference_loop(views: dict) -> None:
     source = open_source("synthetic:images=4,size=64")
     learner = build_learner("baseline", tiny_options("baseline"))
-    options = InferenceOptions(flip=True)
+    options = InferenceOptions(**views)
     settings = EvaluationSettings("0", 1, 20, 64, progress=False, inference=options)
     fast = evaluate(learner, source, "synthetic", settings, [0])
     reference = evaluate(learner, source, "synthetic", settings, [0], scorer=score_plan_reference)
