@@ -14,11 +14,11 @@ masks are paths, PIL images or HxW arrays: bool, or 8-bit with 0/1 or 0/255 (for
 trained at; 400 for a training-free learner) for the network, and each
 query's log-odds brought back to its own size by the inference options
 (:class:`fewseg.refinement.options.InferenceOptions`: by default the learner's log-odds
-averaged with a nearest-neighbour matching of the query's features to the support's, then
-a guided filter with the full-size query as guide averaged with a vote over the query's
-superpixels, so that mask edges follow the image's, then the mask's weakly predicted
-regions dropped; other refinements and ``min_presence`` as chosen). Any bad input is a
-:class:`FewSegError` naming it.
+averaged with a nearest-neighbour matching of the query's features to the support's, for
+the query and a copy enlarged 1.2 times, averaged, then a guided filter with the full-size
+query as guide averaged with a vote over the query's superpixels, so that mask edges
+follow the image's, then the mask's weakly predicted regions dropped; other refinements
+and ``min_presence`` as chosen). Any bad input is a :class:`FewSegError` naming it.
 """
 
 from __future__ import annotations

@@ -38,8 +38,8 @@ def test_flip_averages_the_query_and_its_mirror_image() -> None:
     support, query = _episode()
     query = query.clone()
     query[0, 0, 1, 0] = 3.0  # not mirror-symmetric
-    plain = InferenceOptions(edges="none", refine="none", weak_regions=0.0)
-    flipped = InferenceOptions(edges="none", refine="none", weak_regions=0.0, flip=True)
+    plain = InferenceOptions(edges="none", refine="none", weak_regions=0.0, zoom=1.0)
+    flipped = InferenceOptions(edges="none", refine="none", weak_regions=0.0, zoom=1.0, flip=True)
     without = refined_adapt(LeaningLearner(), support, plain)(query)
     columns = torch.arange(8.0)
     assert torch.allclose(without, query[:, :1] - 1.0 + SLOPE * columns)

@@ -251,7 +251,7 @@ def test_below_min_presence_the_mask_is_empty() -> None:
     absent = torch.zeros_like(query)
     absent[:, 2] = 1.0
     absent[:, 0, 0, 0] = 1.5
-    options = InferenceOptions(edges="none", refine="none", min_presence=0.5)
+    options = InferenceOptions(edges="none", refine="none", zoom=1.0, min_presence=0.5)
     out = refined_adapt(ChannelLearner(), support, options)(torch.cat([query, absent]))
     assert torch.equal(out[0], query[0, :1] - 1.0)  # present: untouched
     assert torch.allclose(out[1], torch.full_like(out[1], EMPTY_LOG_ODDS))

@@ -62,15 +62,15 @@ def test_the_predictor_drops_weak_regions_after_the_edges() -> None:
     support, query = _episode()
     query = query.clone()
     query[0, 0, 7, 7] = 1.2  # a pixel the learner calls foreground weakly (log-odds 0.2)
-    options = InferenceOptions(refine="none")
+    options = InferenceOptions(refine="none", zoom=1.0)
     out = refined_adapt(ChannelLearner(), support, options)(query)
     edged = edge_aware(query[:, :1] - 1.0, rgb(query), options)
     assert torch.equal(out, drop_weak_regions(edged, 0.3))
     plain = refined_adapt(ChannelLearner(), support, PLAIN)(query)
     assert plain[0, 0, 7, 7] > 0  # kept without the option
-    kept_all = InferenceOptions(edges="none", refine="none", weak_regions=0.0)
+    kept_all = InferenceOptions(edges="none", refine="none", weak_regions=0.0, zoom=1.0)
     assert torch.equal(refined_adapt(ChannelLearner(), support, kept_all)(query), plain)
-    dropping = InferenceOptions(edges="none", refine="none")
+    dropping = InferenceOptions(edges="none", refine="none", zoom=1.0)
     assert refined_adapt(ChannelLearner(), support, dropping)(query)[0, 0, 7, 7] < 0
 
 

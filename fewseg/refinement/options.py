@@ -61,9 +61,9 @@ class InferenceOptions:
         "log-odds (twice the query's encoding)",
     )
     zoom: float = option(
-        1.0,
-        "test-time multi-scale: also predict the query enlarged by this factor (e.g. 1.2) "
-        "and average the log-odds at its size; 1: off",
+        1.2,
+        "test-time multi-scale: also predict the query enlarged by this factor and average "
+        "the log-odds at its size; 1: off",
     )
     combine_shots: str = option(
         "mean",
@@ -139,5 +139,5 @@ class InferenceOptions:
         return as_dict(self)
 
 
-PLAIN = InferenceOptions(edges="none", refine="none", weak_regions=0.0)
+PLAIN = InferenceOptions(edges="none", refine="none", weak_regions=0.0, zoom=1.0)
 """The learner's own predictions, untouched."""
