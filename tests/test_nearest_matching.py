@@ -136,9 +136,9 @@ def test_an_evaluation_with_nearest_scores_as_the_reference_loop_and_changes_the
 
 def test_the_default_refines_by_nearest_where_the_learner_has_features() -> None:
     support, query = _episode()
-    default = InferenceOptions(edges="none")
+    default = InferenceOptions(edges="none", zoom=1.0)
     assert default.automatic and default.refinements == ("nearest",) and default.needs_support
-    nearest = InferenceOptions(edges="none", refine="nearest")
+    nearest = InferenceOptions(edges="none", refine="nearest", zoom=1.0)
     assert torch.equal(
         refined_adapt(ChannelLearner(), support, default)(query),
         refined_adapt(ChannelLearner(), support, nearest)(query),
