@@ -298,24 +298,23 @@ class RefinedPredictor:
 
 
 def mirror_images(images: torch.Tensor) -> torch.Tensor:
-    """Images [B,3,H,W] mirrored left to right; named images keep names of their own, so
-    that an evaluation's feature store encodes each mirror image once."""
-    mirrored = images.flip(-1)
-    keys = image_keys(images)
-    if keys is not None:
-        name_images(mirrored, [("mirrored", key) for key in keys])
-    return mirrored
+    """Images [B,3,H,W] mirrored left to right, named apart (:func:`_named_view`)."""
+    return _named_view(images.flip(-1), images, ("mirrored",))
 
 
 def zoomed_images(images: torch.Tensor, zoom: float) -> torch.Tensor:
-    """Images [B,3,H,W] enlarged ``zoom`` times (bilinear), named apart like
-    :func:`mirror_images`."""
+    """Images [B,3,H,W] enlarged ``zoom`` times (bilinear), named apart."""
     size = (round(images.shape[-2] * zoom), round(images.shape[-1] * zoom))
-    zoomed = bilinear_resize(images, size)
+    return _named_view(bilinear_resize(images, size), images, ("zoomed", zoom))
+
+
+def _named_view(view: torch.Tensor, images: torch.Tensor, tag: tuple) -> torch.Tensor:
+    """``view`` of named ``images`` named ``(*tag, key)`` row by row, so that an
+    evaluation's feature store encodes each view of an image once; unnamed stays unnamed."""
     keys = image_keys(images)
     if keys is not None:
-        name_images(zoomed, [("zoomed", zoom, key) for key in keys])
-    return zoomed
+        name_images(view, [(*tag, key) for key in keys])
+    return view
 
 
 def refined_adapt(
