@@ -120,8 +120,9 @@ def correlation_statistics(
     out = []
     for level in correlated:
         height, width = query[level].shape[-2:]
-        size = (int(support[level].shape[-2]), int(support[level].shape[-1]))  # the query's
-        if size not in pooled:  # or another (a query enlarged at test time)
+        # the support's own grid: the query's, or smaller (a query enlarged at test time)
+        size = (int(support[level].shape[-2]), int(support[level].shape[-1]))
+        if size not in pooled:
             fg = adaptive_average_pool(foreground, size).flatten(1)  # [K, n]
             pooled[size] = (fg, adaptive_average_pool(valid, size).flatten(1) - fg)
         fg_weight, bg_weight = pooled[size]
