@@ -30,6 +30,7 @@ from fewseg.learners.correlation_tasks import (
     balanced_option,
     correlation_tasks,
     prior_option,
+    probe_option,
     shot_mean_option,
 )
 from fewseg.learners.inner_loop import LossFunction, Params, adapt_parameters
@@ -64,6 +65,7 @@ class GradientOptions(TrainableOptions):
     )
     prior: bool = prior_option()
     balanced: bool = balanced_option()
+    probe: bool = probe_option()
     shot_mean: bool = shot_mean_option()
 
     def __post_init__(self) -> None:

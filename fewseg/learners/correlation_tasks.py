@@ -44,6 +44,15 @@ def balanced_option() -> Any:
     )
 
 
+def probe_option() -> Any:
+    """The ``probe`` option of a learner that can run on the correlation model."""
+    return option(
+        False,
+        "correlation model: a linear probe fitted on all the support's shots (class-balanced "
+        "logistic regression on frozen features) as an input",
+    )
+
+
 def shot_mean_option() -> Any:
     """The ``shot_mean`` option of a learner that can run on the correlation model."""
     return option(
@@ -55,10 +64,11 @@ def shot_mean_option() -> Any:
 
 def correlation_tasks(options: Any) -> CorrelationTasks:
     """The correlation model a learner's ``options`` describe (backbone, weights, ``hidden``,
-    ``prior``, ``balanced``, ``shot_mean``), as its learner uses it (``.model`` is the model)."""
+    ``prior``, ``balanced``, ``probe``, ``shot_mean``), as its learner uses it (``.model`` is
+    the model)."""
     model = CorrelationModel(
         options.backbone, options.pretrained, options.weights_path, options.hidden,
-        prior=options.prior, balanced=options.balanced,
+        prior=options.prior, balanced=options.balanced, probe=options.probe,
     )  # fmt: skip
     return CorrelationTasks(model, options.shot_mean)
 
@@ -101,11 +111,14 @@ class CorrelationTasks:
 
     def inputs(self, images: torch.Tensor, support: LabelledImages) -> list[Any]:
         """The decoder's inputs for ``images`` against the support set: one per shot with
-        ``shot_mean``, else one."""
-        sets = [support]
-        if self.shot_mean and support.shots > 1:
-            sets = [support.select([k]) for k in range(support.shots)]
-        return [self.model.inputs(images, s.images, s.masks, s.ignore) for s in sets]
+        ``shot_mean``, else one. The probe, when on, is fitted on all the shots either way."""
+        if not (self.shot_mean and support.shots > 1):
+            return [self.model.inputs(images, support.images, support.masks, support.ignore)]
+        probe = None
+        if self.model.probe_levels:
+            probe = self.model.probe_map(images, support.images, support.masks, support.ignore)
+        sets = [support.select([k]) for k in range(support.shots)]
+        return [self.model.inputs(images, s.images, s.masks, s.ignore, probe) for s in sets]
 
     def logits(
         self,

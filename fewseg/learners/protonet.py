@@ -33,6 +33,7 @@ from fewseg.learners.correlation_tasks import (
     balanced_option,
     correlation_tasks,
     prior_option,
+    probe_option,
     shot_mean_option,
 )
 from fewseg.learners.losses import two_class_cross_entropy
@@ -64,6 +65,7 @@ class ProtoNetOptions(TrainableOptions):
     )
     prior: bool = prior_option()
     balanced: bool = balanced_option()
+    probe: bool = probe_option()
     shot_mean: bool = shot_mean_option()
 
     def __post_init__(self) -> None:

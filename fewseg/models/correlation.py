@@ -29,6 +29,7 @@ from torch import nn
 from fewseg.errors import FewSegError
 from fewseg.models.backbones import BACKBONES, TappedBackbone
 from fewseg.models.neighbours import balanced_neighbours, nearest_mean
+from fewseg.models.probe import probe_features, probe_log_odds
 from fewseg.models.upsample import adaptive_average_pool, bilinear_resize
 
 STATISTICS = 4  # per tapped block: max fg cosine, max bg cosine, fg prototype, bg prototype
@@ -37,11 +38,13 @@ STATISTICS = 4  # per tapped block: max fg cosine, max bg cosine, fg prototype, 
 @dataclass(frozen=True)
 class PyramidLayout:
     """Which blocks a backbone is tapped at: the correlation blocks (grouped by stride,
-    coarsest group first in the decoder), the block of the prior, the query's skip block."""
+    coarsest group first in the decoder), the block of the prior, the query's skip block,
+    the blocks the support-fitted probe reads (among the correlation blocks)."""
 
     correlated: tuple[int, ...]
     prior: int
     skip: int
+    probe: tuple[int, ...]
 
     @property
     def taps(self) -> tuple[int, ...]:
@@ -49,11 +52,12 @@ class PyramidLayout:
 
 
 LAYOUTS = {
-    # MobileNetV2 blocks 7-17 (stride 16 and 32), prior at block 16, skip from block 3 (s4)
-    "mobilenet_v2": PyramidLayout(tuple(range(7, 18)), 16, 3),
+    # MobileNetV2 blocks 7-17 (stride 16 and 32), prior at block 16, skip from block 3 (s4),
+    # probe on two stride-16 and two stride-32 blocks
+    "mobilenet_v2": PyramidLayout(tuple(range(7, 18)), 16, 3, (10, 13, 16, 17)),
     # EfficientNet-Lite0 (block 0 = stem): MBConv blocks at stride 16 and 32, prior at the
-    # last stride-32 block but one, skip from the last stride-4 block
-    "efficientnet_lite0": PyramidLayout(tuple(range(6, 17)), 15, 3),
+    # last stride-32 block but one, skip from the last stride-4 block, probe as MobileNetV2's
+    "efficientnet_lite0": PyramidLayout(tuple(range(6, 17)), 15, 3, (8, 11, 15, 16)),
 }
 
 
@@ -229,15 +233,20 @@ def stride_groups(strides: Sequence[int]) -> list[list[int]]:
 
 
 def group_statistics(
-    per_level: Sequence[torch.Tensor], groups: Sequence[Sequence[int]], prior: torch.Tensor | None
+    per_level: Sequence[torch.Tensor],
+    groups: Sequence[Sequence[int]],
+    prior: torch.Tensor | None,
+    probe: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
-    """Level statistics [4,h,w] concatenated per stride group; the prior, resized, joins
-    the coarsest group."""
+    """Level statistics [4,h,w] concatenated per stride group; the prior [h,w], resized,
+    joins the coarsest group, the probe's foreground probability [h,w] the finest."""
     out = []
     for g, members in enumerate(groups):
         maps = [per_level[i] for i in members]
         if g == 0 and prior is not None:
             maps.append(bilinear_resize(prior[None, None], maps[0].shape[-2:])[0])
+        if g == len(groups) - 1 and probe is not None:
+            maps.append(bilinear_resize(probe[None, None], maps[0].shape[-2:])[0])
         out.append(torch.cat(maps))
     return out
 
@@ -268,6 +277,7 @@ class CorrelationModel(nn.Module):
         skip: int = 16,
         prior: bool = True,
         balanced: bool = False,
+        probe: bool = False,
     ) -> None:
         super().__init__()
         self.balanced = balanced
@@ -277,11 +287,14 @@ class CorrelationModel(nn.Module):
         self.correlated = tuple(position[t] for t in layout.correlated)
         self.prior_level = position[layout.prior] if prior else None
         self.skip_level = position[layout.skip]
+        self.probe_levels = tuple(position[t] for t in layout.probe) if probe else ()
         strides = [self.encoder.tap_strides[i] for i in self.correlated]
         self.groups = stride_groups(strides)
         channels = [STATISTICS * len(g) for g in self.groups]
         if prior:
             channels[0] += 1
+        if probe:
+            channels[-1] += 1
         skip_channels = self.encoder.tap_channels[self.skip_level]
         self.decoder = CorrelationDecoder(channels, skip_channels, hidden, skip)
 
@@ -295,13 +308,19 @@ class CorrelationModel(nn.Module):
         support_images: torch.Tensor,
         masks: torch.Tensor,
         ignore: torch.Tensor,
+        probe: torch.Tensor | None = None,
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """(stride groups [B,c,h,w] coarsest first, query skip features [B,C,h4,w4]) for
         query images [B,3,H,W] against one support set (images [K,3,H,W], masks and ignore
-        [K,H,W]). No gradient flows into them: the encoder is frozen."""
+        [K,H,W]). No gradient flows into them: the encoder is frozen. With the probe on,
+        ``probe`` is its map for these queries ([B,h,w], :meth:`probe_map`; a K-shot model
+        that compares each shot alone passes the map fitted on all shots), else fitted on
+        this support set."""
         with torch.no_grad():
             queries = self.encoder(query_images)
             support = self.encoder(support_images)
+            if self.probe_levels and probe is None:
+                probe = self._probe(queries, support, masks, ignore)
             per_query = []
             for b in range(len(query_images)):
                 query = [level[b] for level in queries]
@@ -316,9 +335,35 @@ class CorrelationModel(nn.Module):
                         query, support, masks, ignore, (self.prior_level,)
                     )[0][0]
                     prior = prior_map(maxima)
-                per_query.append(group_statistics(levels, self.groups, prior))
+                probe_b = None if probe is None else probe[b]
+                per_query.append(group_statistics(levels, self.groups, prior, probe_b))
             groups = [torch.stack(maps) for maps in zip(*per_query, strict=True)]
         return groups, queries[self.skip_level]
+
+    def probe_map(
+        self,
+        query_images: torch.Tensor,
+        support_images: torch.Tensor,
+        masks: torch.Tensor,
+        ignore: torch.Tensor,
+    ) -> torch.Tensor:
+        """The probe (fewseg.models.probe) fitted on the support set, read on the query
+        images: foreground probabilities [B,h,w] at the grid of its first block."""
+        with torch.no_grad():
+            return self._probe(
+                self.encoder(query_images), self.encoder(support_images), masks, ignore
+            )
+
+    def _probe(
+        self,
+        queries: Sequence[torch.Tensor],
+        support: Sequence[torch.Tensor],
+        masks: torch.Tensor,
+        ignore: torch.Tensor,
+    ) -> torch.Tensor:
+        query_cells = probe_features([queries[i] for i in self.probe_levels])
+        support_cells = probe_features([support[i] for i in self.probe_levels])
+        return probe_log_odds(query_cells, support_cells, masks, ignore).sigmoid()
 
     def forward(self, groups: Sequence[torch.Tensor], skip: torch.Tensor) -> torch.Tensor:
         return self.decoder(groups, skip)

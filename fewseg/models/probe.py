@@ -1,0 +1,102 @@
+"""A linear probe fitted on the support set: class-balanced, L2-regularised logistic
+regression from frozen feature cells to "foreground", fitted afresh for every support set
+and read on the query. Unlike cosine statistics to single support cells or to prototypes,
+it weighs all K shots' cells together, so it gets better with every shot (on coco-mini
+fold 0 its log-odds averaged with the correlation model's own raise 5-shot mIoU from 20.4
+to 25.8; at one shot it is weak alone: README, issue #17).
+
+Pure functions of features and masks; the fit is deterministic (L-BFGS from zero).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from fewseg.models.upsample import adaptive_average_pool, bilinear_resize
+
+DECAY = 1e-3  # L2 weight of the probe's loss, chosen on 300 fold-0 5-shot episodes
+ITERATIONS = 50  # L-BFGS iterations (strong Wolfe line search)
+
+
+def probe_features(levels: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Feature levels [B,C_i,h_i,w_i] → one map [B,ΣC_i,h,w] at the first level's grid:
+    each level's cells scaled to unit length (so each level weighs the same), coarser
+    levels resized bilinearly."""
+    size = levels[0].shape[-2:]
+    return torch.cat([bilinear_resize(F.normalize(f, dim=1), size) for f in levels], dim=1)
+
+
+def probe_examples(
+    features: torch.Tensor, masks: torch.Tensor, ignore: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Support features [K,C,h,w] and masks/ignore [K,H,W] → the cells more than half valid
+    as (features [n,C], foreground fraction [n], class-balanced weight [n]): each class's
+    weights sum to 1 (a class without cells weighs nothing)."""
+    size = features.shape[-2:]
+    valid = adaptive_average_pool((~ignore).float(), size)
+    foreground = adaptive_average_pool(masks.float() * (~ignore).float(), size)
+    target = (foreground / valid.clamp_min(1e-6)).flatten()
+    keep = valid.flatten() > 0.5
+    cells = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])[keep]
+    target = target[keep]
+    weight = target / target.sum().clamp_min(1e-6) + (1 - target) / (1 - target).sum().clamp_min(
+        1e-6
+    )
+    return cells, target, weight
+
+
+def probe_loss(
+    weights: torch.Tensor,
+    bias: torch.Tensor,
+    cells: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor,
+    decay: float = DECAY,
+) -> torch.Tensor:
+    """The objective the probe minimises: the weighted binary cross-entropy of
+    ``cells @ weights + bias`` against ``target`` (weights normalised to sum 1) plus
+    ``decay`` × |weights|² (the bias is not regularised)."""
+    logits = cells @ weights + bias
+    losses = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    return (losses * weight).sum() / weight.sum().clamp_min(1e-12) + decay * weights.square().sum()
+
+
+def fit_probe(
+    cells: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor,
+    decay: float = DECAY,
+    iterations: int = ITERATIONS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weights [C], bias []) minimising :func:`probe_loss` by L-BFGS from zero; no
+    gradient flows out (the probe is fitted, not meta-learned)."""
+    cells, target, weight = cells.detach(), target.detach(), weight.detach()
+    weights = cells.new_zeros(cells.shape[1], requires_grad=True)
+    bias = cells.new_zeros((), requires_grad=True)
+    if len(cells) == 0:
+        return weights.detach(), bias.detach()
+    optimizer = torch.optim.LBFGS(
+        [weights, bias], lr=1.0, max_iter=iterations, line_search_fn="strong_wolfe"
+    )
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = probe_loss(weights, bias, cells, target, weight, decay)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    return weights.detach(), bias.detach()
+
+
+def probe_log_odds(
+    query: torch.Tensor, support: torch.Tensor, masks: torch.Tensor, ignore: torch.Tensor
+) -> torch.Tensor:
+    """The probe fitted on support features [K,C,h,w] with their masks/ignore [K,H,W], read on
+    query features [B,C,h',w'] → foreground log-odds [B,h',w']."""
+    weights, bias = fit_probe(*probe_examples(support, masks, ignore))
+    return torch.einsum("bchw,c->bhw", query, weights) + bias
