@@ -33,47 +33,48 @@ def probe_examples(
     features: torch.Tensor, masks: torch.Tensor, ignore: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Support features [K,C,h,w] and masks/ignore [K,H,W] → the cells more than half valid
-    as (features [n,C], foreground fraction [n], class-balanced weight [n]): each class's
-    weights sum to 1 (a class without cells weighs nothing)."""
+    as (features [n,C], foreground weight [n], background weight [n]): a cell's foreground
+    fraction over all the cells' foreground, and the same for the background, so that each
+    class weighs 1 whatever its area (a class without cells weighs nothing)."""
     size = features.shape[-2:]
     valid = adaptive_average_pool((~ignore).float(), size)
     foreground = adaptive_average_pool(masks.float() * (~ignore).float(), size)
-    target = (foreground / valid.clamp_min(1e-6)).flatten()
+    fraction = (foreground / valid.clamp_min(1e-6)).flatten()
     keep = valid.flatten() > 0.5
     cells = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])[keep]
-    target = target[keep]
-    weight = target / target.sum().clamp_min(1e-6) + (1 - target) / (1 - target).sum().clamp_min(
-        1e-6
-    )
-    return cells, target, weight
+    fraction = fraction[keep]
+    fg_weight = fraction / fraction.sum().clamp_min(1e-6)
+    bg_weight = (1 - fraction) / (1 - fraction).sum().clamp_min(1e-6)
+    return cells, fg_weight, bg_weight
 
 
 def probe_loss(
     weights: torch.Tensor,
     bias: torch.Tensor,
     cells: torch.Tensor,
-    target: torch.Tensor,
-    weight: torch.Tensor,
+    fg_weight: torch.Tensor,
+    bg_weight: torch.Tensor,
     decay: float = DECAY,
 ) -> torch.Tensor:
-    """The objective the probe minimises: the weighted binary cross-entropy of
-    ``cells @ weights + bias`` against ``target`` (weights normalised to sum 1) plus
-    ``decay`` × |weights|² (the bias is not regularised)."""
+    """The objective the probe minimises: the mean of the two classes' weighted logistic
+    losses of ``cells @ weights + bias`` plus ``decay`` × |weights|² (the bias is not
+    regularised)."""
     logits = cells @ weights + bias
-    losses = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    return (losses * weight).sum() / weight.sum().clamp_min(1e-12) + decay * weights.square().sum()
+    foreground = (fg_weight * F.softplus(-logits)).sum()
+    background = (bg_weight * F.softplus(logits)).sum()
+    return 0.5 * (foreground + background) + decay * weights.square().sum()
 
 
 def fit_probe(
     cells: torch.Tensor,
-    target: torch.Tensor,
-    weight: torch.Tensor,
+    fg_weight: torch.Tensor,
+    bg_weight: torch.Tensor,
     decay: float = DECAY,
     iterations: int = ITERATIONS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(weights [C], bias []) minimising :func:`probe_loss` by L-BFGS from zero; no
     gradient flows out (the probe is fitted, not meta-learned)."""
-    cells, target, weight = cells.detach(), target.detach(), weight.detach()
+    cells, fg_weight, bg_weight = cells.detach(), fg_weight.detach(), bg_weight.detach()
     weights = cells.new_zeros(cells.shape[1], requires_grad=True)
     bias = cells.new_zeros((), requires_grad=True)
     if len(cells) == 0:
@@ -84,7 +85,7 @@ def fit_probe(
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = probe_loss(weights, bias, cells, target, weight, decay)
+        loss = probe_loss(weights, bias, cells, fg_weight, bg_weight, decay)
         loss.backward()
         return loss
 

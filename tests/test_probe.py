@@ -1,0 +1,146 @@
+"""The support-fitted linear probe: its training cells and weights by hand, its fit against
+Newton's method, and how the correlation model feeds it to the decoder (fitted on all the
+shots, even when each shot is compared alone)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fewseg.episodes.tensors import LabelledImages
+from fewseg.learners.correlation_tasks import CorrelationTasks
+from fewseg.models.correlation import CorrelationModel
+from fewseg.models.probe import (
+    fit_probe,
+    probe_examples,
+    probe_features,
+    probe_log_odds,
+    probe_loss,
+)
+
+
+def test_each_level_weighs_the_same_at_the_finest_grid() -> None:
+    torch.manual_seed(0)
+    fine, coarse = torch.randn(2, 3, 4, 4) * 5, torch.randn(2, 6, 2, 2) * 0.1
+    features = probe_features([fine, coarse])
+    assert features.shape == (2, 9, 4, 4)
+    torch.testing.assert_close(features[:, :3].norm(dim=1), torch.ones(2, 4, 4))
+    # the coarse level: unit cells, bilinearly resized (corners keep their cell's value)
+    unit = coarse / coarse.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(features[:, 3:, 0, 0], unit[:, :, 0, 0])
+    torch.testing.assert_close(features[:, 3:, 3, 3], unit[:, :, 1, 1])
+
+
+def test_the_training_cells_are_the_valid_ones_each_class_weighing_one() -> None:
+    features = torch.arange(4.0).view(1, 1, 2, 2)  # one channel, cells 0 1 / 2 3
+    masks = torch.tensor([[[1, 1, 0, 0], [1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]]])
+    ignore = torch.zeros(1, 4, 4, dtype=torch.bool)
+    ignore[0, 2:, 2:] = True  # cell 3 wholly ignored
+    ignore[0, 0, 2] = True  # cell 1: 3 of 4 pixels valid, kept
+    cells, fg_weight, bg_weight = probe_examples(features, masks, ignore)
+    assert cells.flatten().tolist() == [0.0, 1.0, 2.0]
+    # foreground fractions 1, 0, 1/4 (sum 1.25); background 0, 1, 3/4 (sum 1.75)
+    torch.testing.assert_close(fg_weight, torch.tensor([1 / 1.25, 0.0, 0.25 / 1.25]))
+    torch.testing.assert_close(bg_weight, torch.tensor([0.0, 1 / 1.75, 0.75 / 1.75]))
+
+
+def newton_reference(
+    cells: torch.Tensor, fg_weight: torch.Tensor, bg_weight: torch.Tensor, decay: float
+) -> torch.Tensor:
+    """The probe's objective minimised by Newton's method in float64: (weights, bias)."""
+    x = torch.cat([cells.double(), torch.ones(len(cells), 1, dtype=torch.float64)], dim=1)
+    fg, bg = 0.5 * fg_weight.double(), 0.5 * bg_weight.double()
+    penalty = torch.full((x.shape[1],), 2 * decay, dtype=torch.float64)
+    penalty[-1] = 0
+    theta = torch.zeros(x.shape[1], dtype=torch.float64)
+    for _ in range(50):
+        p = torch.sigmoid(x @ theta)
+        gradient = x.T @ (bg * p - fg * (1 - p)) + penalty * theta
+        hessian = x.T @ (x * ((fg + bg) * p * (1 - p))[:, None]) + torch.diag(penalty)
+        theta = theta - torch.linalg.solve(hessian, gradient)
+    return theta
+
+
+@pytest.mark.parametrize("decay", [1e-3, 1e-1])
+def test_the_fit_reaches_the_newton_solution(decay: float) -> None:
+    torch.manual_seed(1)
+    cells = torch.randn(60, 5)
+    fraction = (cells[:, 0] + 0.5 * torch.randn(60) > 0.8).float()
+    fraction[:3] = 0.5  # cells on a mask's edge
+    fg_weight, bg_weight = fraction / fraction.sum(), (1 - fraction) / (1 - fraction).sum()
+    weights, bias = fit_probe(cells, fg_weight, bg_weight, decay)
+    expected = newton_reference(cells, fg_weight, bg_weight, decay)
+    torch.testing.assert_close(
+        torch.cat([weights, bias[None]]).double(), expected, atol=2e-4, rtol=0
+    )
+    loss = probe_loss(weights, bias, cells, fg_weight, bg_weight, decay)
+    assert float(loss) < float(probe_loss(weights * 0.9, bias, cells, fg_weight, bg_weight, decay))
+
+
+def test_a_rare_foreground_still_gets_positive_log_odds() -> None:
+    """One foreground cell among nine: without the class balance the bias would keep
+    everything background."""
+    support = torch.tensor([[1.0, 0.0]] + [[0.0, 1.0]] * 8 + [[0.1, 1.0]]).T.reshape(1, 2, 1, 10)
+    masks = torch.zeros(1, 1, 10, dtype=torch.long)
+    masks[0, 0, 0] = 1
+    ignore = torch.zeros(1, 1, 10, dtype=torch.bool)
+    query = torch.tensor([[0.9, 0.1], [0.1, 0.9]]).T.reshape(1, 2, 1, 2)
+    log_odds = probe_log_odds(query, support, masks, ignore)
+    assert log_odds.shape == (1, 1, 2)
+    assert float(log_odds[0, 0, 0]) > 0 > float(log_odds[0, 0, 1])
+
+
+def test_a_support_without_cells_gives_a_zero_probe() -> None:
+    weights, bias = fit_probe(torch.zeros(0, 3), torch.zeros(0), torch.zeros(0))
+    assert weights.tolist() == [0.0, 0.0, 0.0] and float(bias) == 0.0
+
+
+def shots(count: int, size: int = 64) -> LabelledImages:
+    torch.manual_seed(2)
+    masks = torch.zeros(count, size, size, dtype=torch.long)
+    masks[:, 16:48, 8:40] = 1
+    return LabelledImages(
+        torch.rand(count, 3, size, size), masks, torch.zeros(count, size, size, dtype=torch.bool)
+    )
+
+
+@pytest.fixture(scope="module")
+def model() -> CorrelationModel:
+    torch.manual_seed(0)
+    return CorrelationModel("mobilenet_v2", pretrained=True, probe=True).eval()
+
+
+def test_the_probe_joins_the_finest_group_as_one_more_channel(model: CorrelationModel) -> None:
+    support = shots(2)
+    query = torch.rand(1, 3, 64, 64)
+    groups, _ = model.inputs(query, support.images, support.masks, support.ignore)
+    # stride 32: 4 blocks x 4 statistics + prior; stride 16: 7 x 4 + the probe
+    assert [g.shape[1] for g in groups] == [17, 29]
+    probe = model.probe_map(query, support.images, support.masks, support.ignore)
+    assert probe.shape == (1, 4, 4) and bool(((probe >= 0) & (probe <= 1)).all())
+    torch.testing.assert_close(groups[1][:, -1], probe)
+    expected = probe_log_odds(
+        probe_features([model.encoder(query)[i] for i in model.probe_levels]),
+        probe_features([model.encoder(support.images)[i] for i in model.probe_levels]),
+        support.masks,
+        support.ignore,
+    ).sigmoid()
+    torch.testing.assert_close(probe, expected)
+
+
+def test_each_shot_compared_alone_sees_the_probe_of_all_shots(model: CorrelationModel) -> None:
+    support = shots(3)
+    query = torch.rand(1, 3, 64, 64)
+    inputs = CorrelationTasks(model, shot_mean=True).inputs(query, support)
+    assert len(inputs) == 3
+    joint = model.probe_map(query, support.images, support.masks, support.ignore)
+    alone = model.probe_map(query, support.images[:1], support.masks[:1], support.ignore[:1])
+    assert not torch.allclose(joint, alone)
+    for groups, _ in inputs:
+        torch.testing.assert_close(groups[1][:, -1], joint)
+
+
+def test_without_the_probe_the_decoder_is_as_before() -> None:
+    plain = CorrelationModel("mobilenet_v2", pretrained=False)
+    assert plain.probe_levels == ()
+    assert sum(p.numel() for p in plain.decoder.parameters()) == 73_521
