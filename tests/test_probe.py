@@ -117,14 +117,14 @@ def test_the_probe_joins_the_finest_group_as_one_more_channel(model: Correlation
     # stride 32: 4 blocks x 4 statistics + prior; stride 16: 7 x 4 + the probe
     assert [g.shape[1] for g in groups] == [17, 29]
     probe = model.probe_map(query, support.images, support.masks, support.ignore)
-    assert probe.shape == (1, 4, 4)
+    assert probe.shape == (1, 4, 4) and bool(((probe >= 0) & (probe <= 1)).all())
     torch.testing.assert_close(groups[1][:, -1], probe)
     expected = probe_log_odds(
         probe_features([model.encoder(query)[i] for i in model.probe_levels]),
         probe_features([model.encoder(support.images)[i] for i in model.probe_levels]),
         support.masks,
         support.ignore,
-    )
+    ).sigmoid()
     torch.testing.assert_close(probe, expected)
 
 

@@ -194,22 +194,10 @@ class CorrelationDecoder(nn.Module):
     """Squeezes each stride group's statistics (coarsest first) and merges them upwards:
     group g: conv(stats_g) ⊕ upsampled(coarser) → two 3×3 convolutions; then at stride 4 the
     query's own features (1×1 to ``skip`` channels) join, and ``head`` (a 3×3 convolution
-    and a 1×1 to one logit) decodes. ``head`` is what inner loops adapt. With ``probe`` the
-    finest group's last channel is the probe's log-odds, which are also added to the
-    logits, times a learnt ``probe_gain`` (initially 1)."""
+    and a 1×1 to one logit) decodes. ``head`` is what inner loops adapt."""
 
-    def __init__(
-        self,
-        group_channels: Sequence[int],
-        skip_channels: int,
-        hidden: int,
-        skip: int,
-        probe: bool = False,
-    ):
+    def __init__(self, group_channels: Sequence[int], skip_channels: int, hidden: int, skip: int):
         super().__init__()
-        # the probe's log-odds (the finest group's last channel) join the output, times a
-        # learnt gain: the decoder learns a correction of the probe, not a copy of it
-        self.probe_gain = nn.Parameter(torch.ones(())) if probe else None
         self.squeeze = nn.ModuleList()
         self.merge = nn.ModuleList()
         for i, channels in enumerate(group_channels):
@@ -233,12 +221,7 @@ class CorrelationDecoder(nn.Module):
             x = merge(squeezed)
         assert x is not None
         x = bilinear_resize(x, skip.shape[-2:])
-        logits = self.head(torch.cat([x, self.skip(skip)], dim=1))
-        if self.probe_gain is not None:
-            logits = logits + self.probe_gain * bilinear_resize(
-                groups[-1][:, -1:], logits.shape[-2:]
-            )
-        return logits
+        return self.head(torch.cat([x, self.skip(skip)], dim=1))
 
 
 def stride_groups(strides: Sequence[int]) -> list[list[int]]:
@@ -256,7 +239,7 @@ def group_statistics(
     probe: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
     """Level statistics [4,h,w] concatenated per stride group; the prior [h,w], resized,
-    joins the coarsest group, the probe's foreground log-odds [h,w] the finest."""
+    joins the coarsest group, the probe's foreground probability [h,w] the finest."""
     out = []
     for g, members in enumerate(groups):
         maps = [per_level[i] for i in members]
@@ -313,7 +296,7 @@ class CorrelationModel(nn.Module):
         if probe:
             channels[-1] += 1
         skip_channels = self.encoder.tap_channels[self.skip_level]
-        self.decoder = CorrelationDecoder(channels, skip_channels, hidden, skip, probe)
+        self.decoder = CorrelationDecoder(channels, skip_channels, hidden, skip)
 
     @property
     def head(self) -> nn.Module:
@@ -365,7 +348,7 @@ class CorrelationModel(nn.Module):
         ignore: torch.Tensor,
     ) -> torch.Tensor:
         """The probe (fewseg.models.probe) fitted on the support set, read on the query
-        images: foreground log-odds [B,h,w] at the grid of its first block."""
+        images: foreground probabilities [B,h,w] at the grid of its first block."""
         with torch.no_grad():
             return self._probe(
                 self.encoder(query_images), self.encoder(support_images), masks, ignore
@@ -380,7 +363,7 @@ class CorrelationModel(nn.Module):
     ) -> torch.Tensor:
         query_cells = probe_features([queries[i] for i in self.probe_levels])
         support_cells = probe_features([support[i] for i in self.probe_levels])
-        return probe_log_odds(query_cells, support_cells, masks, ignore)
+        return probe_log_odds(query_cells, support_cells, masks, ignore).sigmoid()
 
     def forward(self, groups: Sequence[torch.Tensor], skip: torch.Tensor) -> torch.Tensor:
         return self.decoder(groups, skip)
