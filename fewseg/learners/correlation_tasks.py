@@ -115,7 +115,7 @@ class CorrelationTasks:
         if not (self.shot_mean and support.shots > 1):
             return [self.model.inputs(images, support.images, support.masks, support.ignore)]
         probe = None
-        if self.model.probe_levels:
+        if self.model.probe:
             probe = self.model.probe_map(images, support.images, support.masks, support.ignore)
         sets = [support.select([k]) for k in range(support.shots)]
         return [self.model.inputs(images, s.images, s.masks, s.ignore, probe) for s in sets]

@@ -287,7 +287,8 @@ class CorrelationModel(nn.Module):
         self.correlated = tuple(position[t] for t in layout.correlated)
         self.prior_level = position[layout.prior] if prior else None
         self.skip_level = position[layout.skip]
-        self.probe_levels = tuple(position[t] for t in layout.probe) if probe else ()
+        self.probe = probe
+        self.probe_levels = tuple(position[t] for t in layout.probe)
         strides = [self.encoder.tap_strides[i] for i in self.correlated]
         self.groups = stride_groups(strides)
         channels = [STATISTICS * len(g) for g in self.groups]
@@ -313,13 +314,13 @@ class CorrelationModel(nn.Module):
         """(stride groups [B,c,h,w] coarsest first, query skip features [B,C,h4,w4]) for
         query images [B,3,H,W] against one support set (images [K,3,H,W], masks and ignore
         [K,H,W]). No gradient flows into them: the encoder is frozen. With the probe on,
-        ``probe`` is its map for these queries ([B,h,w], :meth:`probe_map`; a K-shot model
+        ``probe`` is its log-odds for these queries ([B,h,w], :meth:`probe_map`; a K-shot model
         that compares each shot alone passes the map fitted on all shots), else fitted on
         this support set."""
         with torch.no_grad():
             queries = self.encoder(query_images)
             support = self.encoder(support_images)
-            if self.probe_levels and probe is None:
+            if self.probe and probe is None:
                 probe = self._probe(queries, support, masks, ignore)
             per_query = []
             for b in range(len(query_images)):
@@ -335,7 +336,7 @@ class CorrelationModel(nn.Module):
                         query, support, masks, ignore, (self.prior_level,)
                     )[0][0]
                     prior = prior_map(maxima)
-                probe_b = None if probe is None else probe[b]
+                probe_b = probe[b].sigmoid() if self.probe and probe is not None else None
                 per_query.append(group_statistics(levels, self.groups, prior, probe_b))
             groups = [torch.stack(maps) for maps in zip(*per_query, strict=True)]
         return groups, queries[self.skip_level]
@@ -348,7 +349,8 @@ class CorrelationModel(nn.Module):
         ignore: torch.Tensor,
     ) -> torch.Tensor:
         """The probe (fewseg.models.probe) fitted on the support set, read on the query
-        images: foreground probabilities [B,h,w] at the grid of its first block."""
+        images: foreground log-odds [B,h,w] at the grid of its first block (also when the
+        model does not take it as an input)."""
         with torch.no_grad():
             return self._probe(
                 self.encoder(query_images), self.encoder(support_images), masks, ignore
@@ -363,7 +365,7 @@ class CorrelationModel(nn.Module):
     ) -> torch.Tensor:
         query_cells = probe_features([queries[i] for i in self.probe_levels])
         support_cells = probe_features([support[i] for i in self.probe_levels])
-        return probe_log_odds(query_cells, support_cells, masks, ignore).sigmoid()
+        return probe_log_odds(query_cells, support_cells, masks, ignore)
 
     def forward(self, groups: Sequence[torch.Tensor], skip: torch.Tensor) -> torch.Tensor:
         return self.decoder(groups, skip)
