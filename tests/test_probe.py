@@ -144,3 +144,39 @@ def test_without_the_probe_the_decoder_is_as_before() -> None:
     plain = CorrelationModel("mobilenet_v2", pretrained=False)
     assert not plain.probe
     assert sum(p.numel() for p in plain.decoder.parameters()) == 73_521
+
+
+def test_the_probe_mean_experiment_scores_the_mean_of_the_two_log_odds() -> None:
+    from fewseg.data.spec import open_source
+    from fewseg.episodes.sampler import episode_plan
+    from fewseg.episodes.tensors import load_resized_episode
+    from fewseg.errors import FewSegError
+    from fewseg.experiments.probe_mean import probe_mean_scores
+    from fewseg.learners import build_learner
+    from fewseg.metrics import SegmentationScores
+
+    source = open_source("synthetic:images=4,size=64")
+    plan = episode_plan(source, source.fold_split("0").test, 2, 3, 0)
+    torch.manual_seed(0)
+    learner = build_learner("protonet", {"model": "correlation", "hidden": 8}).eval()
+    scores = probe_mean_scores(learner, source, plan, 64)
+    expected = {name: SegmentationScores(plan.classes_used) for name in scores}
+    for episode in plan.episodes:
+        tensors = load_resized_episode(source, episode, 64)
+        support, query = tensors.support, tensors.query
+        own = learner.adapt(support)(query.images)[0, 0]
+        model = learner.tasks.model
+        probe = model.probe_map(query.images, support.images, support.masks, support.ignore)
+        probe = torch.nn.functional.interpolate(probe[:, None], size=(64, 64), mode="bilinear")
+        for name, log_odds in (
+            ("learner", own),
+            ("probe", probe[0, 0]),
+            ("mean", own + probe[0, 0]),
+        ):
+            expected[name].update(
+                episode.class_index, log_odds > 0, query.masks[0], query.ignore[0]
+            )
+    for name, s in scores.items():
+        assert (s.miou(), s.fbiou()) == (expected[name].miou(), expected[name].fbiou())
+    with pytest.raises(FewSegError, match="needs a learner on the correlation model"):
+        probe_mean_scores(build_learner("baseline", {}), source, plan, 64)
