@@ -180,3 +180,49 @@ def test_the_probe_mean_experiment_scores_the_mean_of_the_two_log_odds() -> None
         assert (s.miou(), s.fbiou()) == (expected[name].miou(), expected[name].fbiou())
     with pytest.raises(FewSegError, match="needs a learner on the correlation model"):
         probe_mean_scores(build_learner("baseline", {}), source, plan, 64)
+
+
+def test_a_probe_option_outside_the_choices_is_one_line_error() -> None:
+    from fewseg.errors import FewSegError
+    from fewseg.learners import build_learner
+
+    for learner in ("protonet", "maml"):
+        with pytest.raises(FewSegError, match="probe must be one of none, input, mean, got 'yes'"):
+            build_learner(learner, {"model": "correlation", "probe": "yes"})
+
+
+def test_probe_mean_averages_the_log_odds_from_two_shots_on() -> None:
+    torch.manual_seed(0)
+    plain = CorrelationModel("mobilenet_v2", pretrained=True).eval()
+    tasks = CorrelationTasks(plain, probe_mean=True)
+    alone = CorrelationTasks(plain)
+    query = torch.rand(1, 3, 64, 64)
+    one = shots(1)
+    torch.testing.assert_close(tasks.predictor(one)(query), alone.predictor(one)(query))
+    two = shots(2)
+    probe = plain.probe_map(query, two.images, two.masks, two.ignore)
+    probe = torch.nn.functional.interpolate(probe[:, None], size=(64, 64), mode="bilinear")
+    torch.testing.assert_close(
+        tasks.predictor(two)(query), 0.5 * (alone.predictor(two)(query) + probe)
+    )
+
+
+@pytest.mark.parametrize("learner", ["protonet", "maml", "finetune"])
+def test_every_learner_on_the_correlation_model_predicts_with_the_probe_mean(
+    learner: str,
+) -> None:
+    from fewseg.learners import build_learner
+
+    support, query = shots(2), torch.rand(1, 3, 64, 64)
+    predictions = {}
+    for probe in ("none", "mean"):
+        torch.manual_seed(0)
+        options = {"model": "correlation", "hidden": 8, "probe": probe}
+        if learner != "protonet":
+            options["inner_steps"] = 1
+        built = build_learner(learner, options).eval()
+        predictions[probe] = built.adapt(support)(query)
+    model = built.tasks.model
+    probe_map = model.probe_map(query, support.images, support.masks, support.ignore)
+    probe_map = torch.nn.functional.interpolate(probe_map[:, None], size=(64, 64), mode="bilinear")
+    torch.testing.assert_close(predictions["mean"], 0.5 * (predictions["none"] + probe_map))

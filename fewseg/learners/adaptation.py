@@ -28,6 +28,7 @@ from fewseg.learners.correlation_tasks import (
     MODELS,
     CorrelationTasks,
     balanced_option,
+    check_probe,
     correlation_tasks,
     prior_option,
     probe_option,
@@ -65,10 +66,11 @@ class GradientOptions(TrainableOptions):
     )
     prior: bool = prior_option()
     balanced: bool = balanced_option()
-    probe: bool = probe_option()
+    probe: str = probe_option()
     shot_mean: bool = shot_mean_option()
 
     def __post_init__(self) -> None:
+        check_probe(self.probe)
         if self.model not in MODELS:
             raise FewSegError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
         if self.loss_size < 0:
@@ -209,7 +211,9 @@ class GradientAdaptedSegmenter(Learner):
 
         @torch.no_grad()
         def predict(query_images: torch.Tensor) -> torch.Tensor:
+            if self.tasks is not None:
+                return self.tasks.prediction(adapted, query_images, support)
             size = query_images.shape[-2:]
-            return self.logits(adapted, self.query_inputs(query_images, support), size)
+            return self.logits(adapted, self.inputs(query_images), size)
 
         return predict

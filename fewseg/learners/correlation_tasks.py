@@ -19,6 +19,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from fewseg.episodes.tensors import EpisodeTensors, LabelledImages
+from fewseg.errors import FewSegError
 from fewseg.learners.losses import balanced_pixel_weights, weighted_bce
 from fewseg.learners.masks import subsample_masks
 from fewseg.models.correlation import CorrelationModel
@@ -44,13 +45,25 @@ def balanced_option() -> Any:
     )
 
 
+PROBES = ("none", "input", "mean")
+PROBE_MEAN_SHOTS = 2  # a probe fitted on one image does not generalise (README, issue #17)
+
+
 def probe_option() -> Any:
     """The ``probe`` option of a learner that can run on the correlation model."""
     return option(
-        False,
+        "none",
         "correlation model: a linear probe fitted on all the support's shots (class-balanced "
-        "logistic regression on frozen features) as an input",
+        "logistic regression on frozen features): none, input (a decoder input, trained "
+        "with), mean (from 2 shots, predictions are the mean of the model's and the probe's "
+        "log-odds; training unchanged)",
     )
+
+
+def check_probe(value: str) -> None:
+    """A one-line error unless ``value`` is one of :data:`PROBES`."""
+    if value not in PROBES:
+        raise FewSegError(f"probe must be one of {', '.join(PROBES)}, got {value!r}")
 
 
 def shot_mean_option() -> Any:
@@ -68,9 +81,9 @@ def correlation_tasks(options: Any) -> CorrelationTasks:
     the model)."""
     model = CorrelationModel(
         options.backbone, options.pretrained, options.weights_path, options.hidden,
-        prior=options.prior, balanced=options.balanced, probe=options.probe,
+        prior=options.prior, balanced=options.balanced, probe=options.probe == "input",
     )  # fmt: skip
-    return CorrelationTasks(model, options.shot_mean)
+    return CorrelationTasks(model, options.shot_mean, probe_mean=options.probe == "mean")
 
 
 def augmented_copy(shot: LabelledImages, generator: torch.Generator) -> LabelledImages:
@@ -103,11 +116,16 @@ def augmented_copy(shot: LabelledImages, generator: torch.Generator) -> Labelled
 class CorrelationTasks:
     """What a learner asks of its correlation model. With ``shot_mean`` a K-shot support
     set gives K predictions, one per shot, whose logits are averaged (HSNet's K-shot
-    voting, here a mean); otherwise one prediction from statistics combined over shots."""
+    voting, here a mean); otherwise one prediction from statistics combined over shots.
+    With ``probe_mean`` a prediction from ``PROBE_MEAN_SHOTS`` shots on is the mean of the
+    model's log-odds and the probe's (:meth:`prediction`); losses stay the model's own."""
 
-    def __init__(self, model: CorrelationModel, shot_mean: bool = True) -> None:
+    def __init__(
+        self, model: CorrelationModel, shot_mean: bool = True, probe_mean: bool = False
+    ) -> None:
         self.model = model
         self.shot_mean = shot_mean
+        self.probe_mean = probe_mean
 
     def inputs(self, images: torch.Tensor, support: LabelledImages) -> list[Any]:
         """The decoder's inputs for ``images`` against the support set: one per shot with
@@ -162,10 +180,23 @@ class CorrelationTasks:
 
         @torch.no_grad()
         def predict(query_images: torch.Tensor) -> torch.Tensor:
-            inputs = self.inputs(query_images, support)
-            return self.logits({}, inputs, query_images.shape[-2:])
+            return self.prediction({}, query_images, support)
 
         return predict
+
+    @torch.no_grad()
+    def prediction(
+        self, params: Mapping[str, torch.Tensor], images: torch.Tensor, support: LabelledImages
+    ) -> torch.Tensor:
+        """Foreground logits [B,1,H,W] of query ``images`` given the support set, the
+        decoder's ``params`` substituted; with ``probe_mean`` (and enough shots) averaged
+        with the probe's log-odds."""
+        size = images.shape[-2:]
+        logits = self.logits(params, self.inputs(images, support), size)
+        if not self.probe_mean or support.shots < PROBE_MEAN_SHOTS:
+            return logits
+        probe = self.model.probe_map(images, support.images, support.masks, support.ignore)
+        return 0.5 * (logits + bilinear_resize(probe[:, None], size))
 
     def support_examples(self, support: LabelledImages) -> list[tuple[list[Any], LabelledImages]]:
         """(inputs, the labelled query they segment) of the support-only loss."""

@@ -31,6 +31,7 @@ from fewseg.learners.base import (
 from fewseg.learners.correlation_tasks import (
     CorrelationTasks,
     balanced_option,
+    check_probe,
     correlation_tasks,
     prior_option,
     probe_option,
@@ -65,10 +66,11 @@ class ProtoNetOptions(TrainableOptions):
     )
     prior: bool = prior_option()
     balanced: bool = balanced_option()
-    probe: bool = probe_option()
+    probe: str = probe_option()
     shot_mean: bool = shot_mean_option()
 
     def __post_init__(self) -> None:
+        check_probe(self.probe)
         if self.model not in ("prototypes", "correlation"):
             raise FewSegError(
                 f"protonet: model must be prototypes or correlation, got {self.model!r}"
