@@ -1,9 +1,9 @@
 """A linear probe fitted on the support set: class-balanced, L2-regularised logistic
 regression from frozen feature cells to "foreground", fitted afresh for every support set
 and read on the query. Unlike cosine statistics to single support cells or to prototypes,
-it weighs all K shots' cells together, so it gets better with every shot (on coco-mini
-fold 0 its log-odds averaged with the correlation model's own raise 5-shot mIoU from 20.4
-to 25.8; at one shot it is weak alone: README, issue #17).
+it weighs all K shots' cells together, so it gets better with every shot (coco-mini fold
+0, 5-shot, 1000 episodes: 23.9 mIoU alone, 24.5 averaged with the correlation model's
+log-odds against the model's 20.5; at one shot it is weak: README, issue #17).
 
 Pure functions of features and masks; the fit is deterministic (L-BFGS from zero).
 """
