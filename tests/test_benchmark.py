@@ -137,9 +137,22 @@ def test_an_interrupted_benchmark_reuses_its_finished_training_and_evaluations(
     data = json.loads(stale.read_text())
     data["settings"]["episodes"] = 999  # another evaluation's report: not reused
     stale.write_text(json.dumps(data))
+    # a report written before an option existed stands for its default: reused
+    older = tmp_path / "runs/fold1/eval/finetune-other-1shot/report.json"
+    data = json.loads(older.read_text())
+    assert data["settings"]["learner"].pop("probe") == "none"
+    older.write_text(json.dumps(data))
+    older_written = older.stat().st_mtime_ns
+    # a report of the learner with another option value: not reused
+    other = tmp_path / "runs/fold0/eval/protonet-other-1shot/report.json"
+    data = json.loads(other.read_text())
+    data["settings"]["learner"]["alignment_weight"] = 0.5
+    other.write_text(json.dumps(data))
     again = run_benchmark(plan, tmp_path / "runs", progress=False)
     assert (report.stat().st_mtime_ns, checkpoint.stat().st_mtime_ns) == written
+    assert older.stat().st_mtime_ns == older_written
     assert json.loads(stale.read_text())["settings"]["episodes"] == 4  # evaluated again
+    assert json.loads(other.read_text())["settings"]["learner"]["alignment_weight"] == 1.0
     assert scores(again) == scores(first)
     unchanged = again["work_seconds"]["finetune"]["0"]
     assert unchanged == pytest.approx(first["work_seconds"]["finetune"]["0"])
