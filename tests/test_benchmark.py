@@ -165,7 +165,8 @@ def test_targets_compare_the_best_entries_of_each_family_with_the_better_control
     path.write_text(
         PLAN.replace(
             "  protonet: {}\n  finetune: {}",
-            "  maml: {}\n  maml-corr: {learner: maml, model: correlation}\n  protonet: {}\n"
+            "  maml: {}\n  maml-corr: {learner: maml, model: correlation, probe: mean}\n"
+            "  protonet: {}\n"
             "  finetune: {}\n  finetune-corr: {learner: finetune, model: correlation}\n"
             "  baseline: {}",
         ).replace('dataset: "synthetic:images=8,size=64"', 'dataset: "coco:x"\ndataset_name: coco')
@@ -198,10 +199,10 @@ def test_targets_compare_the_best_entries_of_each_family_with_the_better_control
         "(protonet 18.0 vs baseline 19.0: -1.0)",
     ]
     assert component_table(plan, results).splitlines()[2:] == [
-        "maml           maml      head         -      0       convnet   20.0    24.0",
-        "maml-corr      maml      correlation  on     0       convnet   26.0    29.0",
-        "protonet       protonet  prototypes   -      0       convnet   27.0    31.0",
-        "finetune       finetune  head         -      0       convnet   21.0    28.0",
-        "finetune-corr  finetune  correlation  on     0       convnet   23.0    27.5",
-        "baseline       baseline  -            -      -       convnet   22.0    25.0",
+        "maml           maml      head         -      -      0       convnet   20.0    24.0",
+        "maml-corr      maml      correlation  on     mean   0       convnet   26.0    29.0",
+        "protonet       protonet  prototypes   -      -      0       convnet   27.0    31.0",
+        "finetune       finetune  head         -      -      0       convnet   21.0    28.0",
+        "finetune-corr  finetune  correlation  on     none   0       convnet   23.0    27.5",
+        "baseline       baseline  -            -      -      -       convnet   22.0    25.0",
     ]

@@ -127,6 +127,7 @@ def component_table(plan: BenchPlan, results: dict[str, Any]) -> str:
                 learner,
                 model,
                 ("on" if values["prior"] else "off") if model == "correlation" else "-",
+                str(values["probe"]) if model == "correlation" else "-",
                 f"{pseudo:g}" if LEARNERS.get(learner).trainable else "-",
                 str(values.get("backbone", "-")),
                 *(
@@ -135,7 +136,7 @@ def component_table(plan: BenchPlan, results: dict[str, Any]) -> str:
                 ),
             ]
         )
-    headers = ["entry", "learner", "model", "prior", "pseudo", "backbone"]
+    headers = ["entry", "learner", "model", "prior", "probe", "pseudo", "backbone"]
     return format_table([*headers, *(f"{k}-shot" for k in plan.shots)], rows)
 
 
