@@ -15,7 +15,8 @@ shots and the mean of the prototype similarities.
 
 The statistics are a pure function of frozen features and masks (no parameters, no
 gradient); only the decoder learns (``CorrelationDecoder``: 73,521 parameters at width 32,
-257,233 at 64).
+257,233 at 64). With ``probe`` the foreground probability of a linear probe fitted on all
+the shots' features (fewseg.models.probe) is one more input of the stride-16 group.
 """
 
 from __future__ import annotations
