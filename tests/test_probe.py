@@ -1,6 +1,7 @@
 """The support-fitted linear probe: its training cells and weights by hand, its fit against
-Newton's method, and how the correlation model feeds it to the decoder (fitted on all the
-shots, even when each shot is compared alone)."""
+Newton's method, how the correlation model feeds it to the decoder (fitted on all the
+shots, even when each shot is compared alone), ``--probe mean`` in every family's
+predictions, and the experiment that scores it."""
 
 from __future__ import annotations
 
