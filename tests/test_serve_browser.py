@@ -132,14 +132,15 @@ def upload_files(page: object, box: str, path: Path, tries: int = 1) -> None:
     (here one upload in three runs never showed in the box; made again, it does)."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
+    listed = page.locator(box).get_by_text(path.name)  # type: ignore[attr-defined]
     for attempt in range(tries):
         page.wait_for_function(IDLE, timeout=ACTION_MS)  # type: ignore[attr-defined]
+        if attempt and listed.count():
+            return  # the upload before arrived late (a busy machine): uploading again adds a copy
         page.locator(f"{box} input[type=file]").set_input_files(str(path))  # type: ignore[attr-defined]
         last = attempt == tries - 1
         try:
-            page.locator(box).get_by_text(path.name).first.wait_for(  # type: ignore[attr-defined]
-                timeout=ACTION_MS if last else UPLOAD_MS
-            )
+            listed.first.wait_for(timeout=ACTION_MS if last else UPLOAD_MS)
             return
         except PlaywrightTimeout:
             if last:
