@@ -2,7 +2,8 @@
 mIoU / FB-IoU / boundary IoU of the learner's own output, of the probe alone and of the
 mean of their log-odds, on one evaluation's episodes (no refinements, at the learner's
 image size). The probe is fitted on the learner's frozen backbone, at its layout's blocks,
-whether or not the learner was trained with it as an input.
+whether or not the learner was trained with it as an input (a learner with ``--probe
+mean`` already averages it into its own output).
 
 ``python -m fewseg.experiments.probe_mean --dataset SPEC --checkpoint DIR [--fold F]
 [--shots K] [--episodes N] [--seed S] [--min-class-images M]``
