@@ -113,9 +113,10 @@ def test_a_query_against_itself_finds_itself_everywhere_in_the_foreground(
 
 
 def shots(count: int, size: int = 32) -> LabelledImages:
+    """``count`` random images with the same centred square object (half the side)."""
     torch.manual_seed(2)
     masks = torch.zeros(count, size, size, dtype=torch.long)
-    masks[:, 8:24, 8:24] = 1
+    masks[:, size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 1
     return LabelledImages(
         torch.rand(count, 3, size, size), masks, torch.zeros(count, size, size, dtype=torch.bool)
     )

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_correlation_model import shots
 
-from fewseg.episodes.tensors import LabelledImages
 from fewseg.learners.correlation_tasks import CorrelationTasks
 from fewseg.models.correlation import CorrelationModel
 from fewseg.models.probe import (
@@ -96,15 +96,6 @@ def test_a_support_without_cells_gives_a_zero_probe() -> None:
     assert weights.tolist() == [0.0, 0.0, 0.0] and float(bias) == 0.0
 
 
-def shots(count: int, size: int = 64) -> LabelledImages:
-    torch.manual_seed(2)
-    masks = torch.zeros(count, size, size, dtype=torch.long)
-    masks[:, 16:48, 8:40] = 1
-    return LabelledImages(
-        torch.rand(count, 3, size, size), masks, torch.zeros(count, size, size, dtype=torch.bool)
-    )
-
-
 @pytest.fixture(scope="module")
 def model() -> CorrelationModel:
     torch.manual_seed(0)
@@ -112,12 +103,12 @@ def model() -> CorrelationModel:
 
 
 def test_the_probe_joins_the_finest_group_as_one_more_channel(model: CorrelationModel) -> None:
-    support = shots(2)
+    support = shots(2, 64)
     query = torch.rand(1, 3, 64, 64)
     groups, _ = model.inputs(query, support.images, support.masks, support.ignore)
     # stride 32: 4 blocks x 4 statistics + prior; stride 16: 7 x 4 + the probe
     assert [g.shape[1] for g in groups] == [17, 29]
-    probe = model.probe_map(query, support.images, support.masks, support.ignore)
+    probe = model.probe_map(query, model.fit_probe(support.images, support.masks, support.ignore))
     assert probe.shape == (1, 4, 4)
     torch.testing.assert_close(groups[1][:, -1], probe.sigmoid())
     expected = probe_log_odds(
@@ -130,12 +121,14 @@ def test_the_probe_joins_the_finest_group_as_one_more_channel(model: Correlation
 
 
 def test_each_shot_compared_alone_sees_the_probe_of_all_shots(model: CorrelationModel) -> None:
-    support = shots(3)
+    support = shots(3, 64)
     query = torch.rand(1, 3, 64, 64)
     inputs = CorrelationTasks(model, shot_mean=True).inputs(query, support)
     assert len(inputs) == 3
-    joint = model.probe_map(query, support.images, support.masks, support.ignore)
-    alone = model.probe_map(query, support.images[:1], support.masks[:1], support.ignore[:1])
+    joint = model.probe_map(query, model.fit_probe(support.images, support.masks, support.ignore))
+    alone = model.probe_map(
+        query, model.fit_probe(support.images[:1], support.masks[:1], support.ignore[:1])
+    )
     assert not torch.allclose(joint, alone)
     for groups, _ in inputs:
         torch.testing.assert_close(groups[1][:, -1], joint.sigmoid())
@@ -167,7 +160,9 @@ def test_the_probe_mean_experiment_scores_the_mean_of_the_two_log_odds() -> None
         support, query = tensors.support, tensors.query
         own = learner.adapt(support)(query.images)[0, 0]
         model = learner.tasks.model
-        probe = model.probe_map(query.images, support.images, support.masks, support.ignore)
+        probe = model.probe_map(
+            query.images, model.fit_probe(support.images, support.masks, support.ignore)
+        )
         probe = torch.nn.functional.interpolate(probe[:, None], size=(64, 64), mode="bilinear")
         for name, log_odds in (
             ("learner", own),
@@ -198,10 +193,10 @@ def test_probe_mean_averages_the_log_odds_from_two_shots_on() -> None:
     tasks = CorrelationTasks(plain, probe_mean=True)
     alone = CorrelationTasks(plain)
     query = torch.rand(1, 3, 64, 64)
-    one = shots(1)
+    one = shots(1, 64)
     torch.testing.assert_close(tasks.predictor(one)(query), alone.predictor(one)(query))
-    two = shots(2)
-    probe = plain.probe_map(query, two.images, two.masks, two.ignore)
+    two = shots(2, 64)
+    probe = plain.probe_map(query, plain.fit_probe(two.images, two.masks, two.ignore))
     probe = torch.nn.functional.interpolate(probe[:, None], size=(64, 64), mode="bilinear")
     torch.testing.assert_close(
         tasks.predictor(two)(query), 0.5 * (alone.predictor(two)(query) + probe)
@@ -214,7 +209,7 @@ def test_every_learner_on_the_correlation_model_predicts_with_the_probe_mean(
 ) -> None:
     from fewseg.learners import build_learner
 
-    support, query = shots(2), torch.rand(1, 3, 64, 64)
+    support, query = shots(2, 64), torch.rand(1, 3, 64, 64)
     predictions = {}
     for probe in ("none", "mean"):
         torch.manual_seed(0)
@@ -224,6 +219,8 @@ def test_every_learner_on_the_correlation_model_predicts_with_the_probe_mean(
         built = build_learner(learner, options).eval()
         predictions[probe] = built.adapt(support)(query)
     model = built.tasks.model
-    probe_map = model.probe_map(query, support.images, support.masks, support.ignore)
+    probe_map = model.probe_map(
+        query, model.fit_probe(support.images, support.masks, support.ignore)
+    )
     probe_map = torch.nn.functional.interpolate(probe_map[:, None], size=(64, 64), mode="bilinear")
     torch.testing.assert_close(predictions["mean"], 0.5 * (predictions["none"] + probe_map))

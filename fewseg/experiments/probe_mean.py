@@ -43,9 +43,8 @@ def probe_mean_scores(
             tensors = load_resized_episode(source, episode, size)
             support, query = tensors.support, tensors.query
             own = foreground_logit(learner.adapt(support)(query.images))[:, None]
-            probe = tasks.model.probe_map(
-                query.images, support.images, support.masks, support.ignore
-            )
+            fitted = tasks.model.fit_probe(support.images, support.masks, support.ignore)
+            probe = tasks.model.probe_map(query.images, fitted)
             probe = bilinear_resize(probe[:, None], own.shape[-2:])
             log_odds = {"learner": own, "probe": probe, "mean": 0.5 * (own + probe)}
             for name, value in log_odds.items():

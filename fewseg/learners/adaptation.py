@@ -209,10 +209,11 @@ class GradientAdaptedSegmenter(Learner):
         with torch.enable_grad():
             adapted = {k: v.detach() for k, v in self.adapt_with(loss, first_order=True).items()}
 
+        if self.tasks is not None:
+            return self.tasks.predictor(support, adapted)
+
         @torch.no_grad()
         def predict(query_images: torch.Tensor) -> torch.Tensor:
-            if self.tasks is not None:
-                return self.tasks.prediction(adapted, query_images, support)
             size = query_images.shape[-2:]
             return self.logits(adapted, self.inputs(query_images), size)
 

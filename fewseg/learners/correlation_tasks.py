@@ -27,6 +27,7 @@ from fewseg.models.upsample import bilinear_resize
 from fewseg.options import option
 
 MODELS = ("head", "correlation")
+Probe = tuple[torch.Tensor, torch.Tensor]  # a fitted probe: (weights, bias)
 COPY_SEED = 0  # of the one-shot support's augmented copy
 COPY_SCALE = (0.5, 1.0)  # its share of the shot's area
 
@@ -118,7 +119,7 @@ class CorrelationTasks:
     set gives K predictions, one per shot, whose logits are averaged (HSNet's K-shot
     voting, here a mean); otherwise one prediction from statistics combined over shots.
     With ``probe_mean`` a prediction from ``PROBE_MEAN_SHOTS`` shots on is the mean of the
-    model's log-odds and the probe's (:meth:`prediction`); losses stay the model's own."""
+    model's log-odds and the probe's (:meth:`predictor`); losses stay the model's own."""
 
     def __init__(
         self, model: CorrelationModel, shot_mean: bool = True, probe_mean: bool = False
@@ -127,16 +128,20 @@ class CorrelationTasks:
         self.shot_mean = shot_mean
         self.probe_mean = probe_mean
 
-    def inputs(self, images: torch.Tensor, support: LabelledImages) -> list[Any]:
+    def inputs(
+        self, images: torch.Tensor, support: LabelledImages, probe: Probe | None = None
+    ) -> list[Any]:
         """The decoder's inputs for ``images`` against the support set: one per shot with
-        ``shot_mean``, else one. The probe, when on, is fitted on all the shots either way."""
-        if not (self.shot_mean and support.shots > 1):
-            return [self.model.inputs(images, support.images, support.masks, support.ignore)]
-        probe = None
+        ``shot_mean``, else one. The probe, when the model takes it, is fitted on all the
+        shots either way (``probe``: already fitted on this support set)."""
+        probe_map = None
         if self.model.probe:
-            probe = self.model.probe_map(images, support.images, support.masks, support.ignore)
-        sets = [support.select([k]) for k in range(support.shots)]
-        return [self.model.inputs(images, s.images, s.masks, s.ignore, probe) for s in sets]
+            probe = probe or self.model.fit_probe(support.images, support.masks, support.ignore)
+            probe_map = self.model.probe_map(images, probe)
+        sets = [support]
+        if self.shot_mean and support.shots > 1:
+            sets = [support.select([k]) for k in range(support.shots)]
+        return [self.model.inputs(images, s.images, s.masks, s.ignore, probe_map) for s in sets]
 
     def logits(
         self,
@@ -175,28 +180,28 @@ class CorrelationTasks:
             losses.append(self.loss_function(inputs, query.masks, query.ignore)({}))
         return torch.stack(losses).mean()
 
-    def predictor(self, support: LabelledImages) -> Callable[[torch.Tensor], torch.Tensor]:
-        """Query images → logits at their size, the model as it is."""
+    def predictor(
+        self, support: LabelledImages, params: Mapping[str, torch.Tensor] | None = None
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Query images → foreground logits [B,1,H,W] at their size given the support set,
+        the decoder's ``params`` substituted (None: the model as it is); with ``probe_mean``
+        (and enough shots) averaged with the probe's log-odds. The probe is fitted once, here."""
+        params = {} if params is None else params
+        averaged = self.probe_mean and support.shots >= PROBE_MEAN_SHOTS
+        probe = None
+        if self.model.probe or averaged:
+            probe = self.model.fit_probe(support.images, support.masks, support.ignore)
 
         @torch.no_grad()
         def predict(query_images: torch.Tensor) -> torch.Tensor:
-            return self.prediction({}, query_images, support)
+            size = query_images.shape[-2:]
+            logits = self.logits(params, self.inputs(query_images, support, probe), size)
+            if not averaged:
+                return logits
+            probe_map = self.model.probe_map(query_images, probe)
+            return 0.5 * (logits + bilinear_resize(probe_map[:, None], size))
 
         return predict
-
-    @torch.no_grad()
-    def prediction(
-        self, params: Mapping[str, torch.Tensor], images: torch.Tensor, support: LabelledImages
-    ) -> torch.Tensor:
-        """Foreground logits [B,1,H,W] of query ``images`` given the support set, the
-        decoder's ``params`` substituted; with ``probe_mean`` (and enough shots) averaged
-        with the probe's log-odds."""
-        size = images.shape[-2:]
-        logits = self.logits(params, self.inputs(images, support), size)
-        if not self.probe_mean or support.shots < PROBE_MEAN_SHOTS:
-            return logits
-        probe = self.model.probe_map(images, support.images, support.masks, support.ignore)
-        return 0.5 * (logits + bilinear_resize(probe[:, None], size))
 
     def support_examples(self, support: LabelledImages) -> list[tuple[list[Any], LabelledImages]]:
         """(inputs, the labelled query they segment) of the support-only loss."""

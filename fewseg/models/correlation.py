@@ -30,7 +30,7 @@ from torch import nn
 from fewseg.errors import FewSegError
 from fewseg.models.backbones import BACKBONES, TappedBackbone
 from fewseg.models.neighbours import balanced_neighbours, nearest_mean
-from fewseg.models.probe import probe_features, probe_log_odds
+from fewseg.models.probe import fit_support_probe, probe_features, read_probe
 from fewseg.models.upsample import adaptive_average_pool, bilinear_resize
 
 STATISTICS = 4  # per tapped block: max fg cosine, max bg cosine, fg prototype, bg prototype
@@ -315,14 +315,15 @@ class CorrelationModel(nn.Module):
         """(stride groups [B,c,h,w] coarsest first, query skip features [B,C,h4,w4]) for
         query images [B,3,H,W] against one support set (images [K,3,H,W], masks and ignore
         [K,H,W]). No gradient flows into them: the encoder is frozen. With the probe on,
-        ``probe`` is its log-odds for these queries ([B,h,w], :meth:`probe_map`; a K-shot model
-        that compares each shot alone passes the map fitted on all shots), else fitted on
+        ``probe`` is its log-odds for these queries ([B,h,w], :meth:`probe_map`: a K-shot model
+        that compares each shot alone passes the probe fitted on all shots), else fitted on
         this support set."""
         with torch.no_grad():
             queries = self.encoder(query_images)
             support = self.encoder(support_images)
             if self.probe and probe is None:
-                probe = self._probe(queries, support, masks, ignore)
+                fitted = fit_support_probe(self._probe_cells(support), masks, ignore)
+                probe = read_probe(self._probe_cells(queries), fitted)
             per_query = []
             for b in range(len(query_images)):
                 query = [level[b] for level in queries]
@@ -342,31 +343,25 @@ class CorrelationModel(nn.Module):
             groups = [torch.stack(maps) for maps in zip(*per_query, strict=True)]
         return groups, queries[self.skip_level]
 
-    def probe_map(
-        self,
-        query_images: torch.Tensor,
-        support_images: torch.Tensor,
-        masks: torch.Tensor,
-        ignore: torch.Tensor,
-    ) -> torch.Tensor:
-        """The probe (fewseg.models.probe) fitted on the support set, read on the query
-        images: foreground log-odds [B,h,w] at the grid of its first block (also when the
-        model does not take it as an input)."""
+    def fit_probe(
+        self, support_images: torch.Tensor, masks: torch.Tensor, ignore: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The probe (fewseg.models.probe) fitted on the support set at its layout's blocks
+        (also when the model does not take it as an input): (weights, bias)."""
         with torch.no_grad():
-            return self._probe(
-                self.encoder(query_images), self.encoder(support_images), masks, ignore
-            )
+            support = self.encoder(support_images)
+            return fit_support_probe(self._probe_cells(support), masks, ignore)
 
-    def _probe(
-        self,
-        queries: Sequence[torch.Tensor],
-        support: Sequence[torch.Tensor],
-        masks: torch.Tensor,
-        ignore: torch.Tensor,
+    def probe_map(
+        self, query_images: torch.Tensor, probe: tuple[torch.Tensor, torch.Tensor]
     ) -> torch.Tensor:
-        query_cells = probe_features([queries[i] for i in self.probe_levels])
-        support_cells = probe_features([support[i] for i in self.probe_levels])
-        return probe_log_odds(query_cells, support_cells, masks, ignore)
+        """A probe from :meth:`fit_probe` read on the query images: foreground log-odds
+        [B,h,w] at the grid of its first block."""
+        with torch.no_grad():
+            return read_probe(self._probe_cells(self.encoder(query_images)), probe)
+
+    def _probe_cells(self, levels: Sequence[torch.Tensor]) -> torch.Tensor:
+        return probe_features([levels[i] for i in self.probe_levels])
 
     def forward(self, groups: Sequence[torch.Tensor], skip: torch.Tensor) -> torch.Tensor:
         return self.decoder(groups, skip)

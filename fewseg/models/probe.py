@@ -94,10 +94,23 @@ def fit_probe(
     return weights.detach(), bias.detach()
 
 
+def fit_support_probe(
+    support: torch.Tensor, masks: torch.Tensor, ignore: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The probe (weights [C], bias []) fitted on support features [K,C,h,w] with their
+    masks/ignore [K,H,W]: it depends on the support set alone, so one fit serves every query."""
+    return fit_probe(*probe_examples(support, masks, ignore))
+
+
+def read_probe(query: torch.Tensor, probe: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """A fitted probe (weights, bias) read on query features [B,C,h,w] → log-odds [B,h,w]."""
+    weights, bias = probe
+    return torch.einsum("bchw,c->bhw", query, weights) + bias
+
+
 def probe_log_odds(
     query: torch.Tensor, support: torch.Tensor, masks: torch.Tensor, ignore: torch.Tensor
 ) -> torch.Tensor:
     """The probe fitted on support features [K,C,h,w] with their masks/ignore [K,H,W], read on
     query features [B,C,h',w'] → foreground log-odds [B,h',w']."""
-    weights, bias = fit_probe(*probe_examples(support, masks, ignore))
-    return torch.einsum("bchw,c->bhw", query, weights) + bias
+    return read_probe(query, fit_support_probe(support, masks, ignore))
