@@ -9,7 +9,11 @@ import pytest
 import torch
 from test_correlation_model import shots
 
+from fewseg.episodes.tensors import LabelledImages
+from fewseg.errors import FewSegError
+from fewseg.learners import build_learner
 from fewseg.learners.correlation_tasks import CorrelationTasks
+from fewseg.metrics import SegmentationScores
 from fewseg.models.correlation import CorrelationModel
 from fewseg.models.probe import (
     fit_probe,
@@ -18,6 +22,7 @@ from fewseg.models.probe import (
     probe_log_odds,
     probe_loss,
 )
+from fewseg.models.upsample import bilinear_resize
 
 
 def test_each_level_weighs_the_same_at_the_finest_grid() -> None:
@@ -144,10 +149,7 @@ def test_the_probe_mean_experiment_scores_the_mean_of_the_two_log_odds() -> None
     from fewseg.data.spec import open_source
     from fewseg.episodes.sampler import episode_plan
     from fewseg.episodes.tensors import load_resized_episode
-    from fewseg.errors import FewSegError
     from fewseg.experiments.probe_mean import probe_mean_scores
-    from fewseg.learners import build_learner
-    from fewseg.metrics import SegmentationScores
 
     source = open_source("synthetic:images=4,size=64")
     plan = episode_plan(source, source.fold_split("0").test, 2, 3, 0)
@@ -179,9 +181,6 @@ def test_the_probe_mean_experiment_scores_the_mean_of_the_two_log_odds() -> None
 
 
 def test_a_probe_option_outside_the_choices_is_one_line_error() -> None:
-    from fewseg.errors import FewSegError
-    from fewseg.learners import build_learner
-
     for learner in ("protonet", "maml"):
         with pytest.raises(FewSegError, match="probe must be one of none, input, mean, got 'yes'"):
             build_learner(learner, {"model": "correlation", "probe": "yes"})
@@ -207,8 +206,6 @@ def test_probe_mean_averages_the_log_odds_from_two_shots_on() -> None:
 def test_every_learner_on_the_correlation_model_predicts_with_the_probe_mean(
     learner: str,
 ) -> None:
-    from fewseg.learners import build_learner
-
     support, query = shots(2, 64), torch.rand(1, 3, 64, 64)
     predictions = {}
     for probe in ("none", "mean"):
@@ -224,3 +221,28 @@ def test_every_learner_on_the_correlation_model_predicts_with_the_probe_mean(
     )
     probe_map = torch.nn.functional.interpolate(probe_map[:, None], size=(64, 64), mode="bilinear")
     torch.testing.assert_close(predictions["mean"], 0.5 * (predictions["none"] + probe_map))
+
+
+def test_the_probe_learner_is_the_correlation_models_probe_resized(model: CorrelationModel) -> None:
+    learner = build_learner("probe").eval()
+    assert not learner.trainable and learner.encoder.taps == (10, 13, 16, 17)
+    support = shots(3, 64)
+    query = torch.rand(2, 3, 64, 64)
+    fitted = model.fit_probe(support.images, support.masks, support.ignore)
+    expected = bilinear_resize(model.probe_map(query, fitted)[:, None], (64, 64))
+    assert torch.allclose(learner.adapt(support)(query), expected, atol=1e-5)
+
+
+def test_the_probe_learner_segments_the_object_it_was_shown() -> None:
+    learner = build_learner("probe").eval()
+    images = shots(4, 128)  # the same square on four random images: three shots, one query
+    support = LabelledImages(images.images[:3], images.masks[:3], images.ignore[:3])
+    prediction = learner.adapt(support)(images.images[3:])[0, 0] > 0
+    scores = SegmentationScores([0])
+    scores.update(0, prediction, images.masks[3], images.ignore[3])
+    assert scores.miou() > 0.75
+
+
+def test_the_probe_learner_is_training_free() -> None:
+    with pytest.raises(FewSegError, match="learner 'probe' is training-free"):
+        build_learner("probe").meta_gradients([])

@@ -4,6 +4,7 @@ from fewseg.learners import (
     baseline,  # noqa: F401  (registers)
     finetune,  # noqa: F401  (registers)
     maml,  # noqa: F401  (registers)
+    probe,  # noqa: F401  (registers)
     protonet,  # noqa: F401  (registers)
     reptile,  # noqa: F401  (registers)
 )

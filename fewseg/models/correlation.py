@@ -62,15 +62,23 @@ LAYOUTS = {
 }
 
 
-def pyramid_backbone(name: str, pretrained: bool, weights_path: str | None) -> TappedBackbone:
-    """The frozen backbone ``name`` tapped at its correlation layout, as a pyramid."""
+def pyramid_backbone(
+    name: str, pretrained: bool, weights_path: str | None, taps: Sequence[int] | None = None
+) -> TappedBackbone:
+    """The frozen backbone ``name`` as a pyramid, tapped at ``taps`` (default: its
+    correlation layout's blocks)."""
     if name not in LAYOUTS:
         known = ", ".join(sorted(LAYOUTS))
-        raise FewSegError(f"the correlation model takes backbone {known}; got {name!r}")
+        raise FewSegError(
+            f"the correlation model and the probe take backbone {known}; got {name!r}"
+        )
     backbone = BACKBONES.get(name)(pretrained=pretrained, weights_path=weights_path, frozen=True)
     assert isinstance(backbone, TappedBackbone)
     return type(backbone)(
-        pretrained=pretrained, weights_path=weights_path, taps=LAYOUTS[name].taps, pyramid=True
+        pretrained=pretrained,
+        weights_path=weights_path,
+        taps=LAYOUTS[name].taps if taps is None else taps,
+        pyramid=True,
     )
 
 
