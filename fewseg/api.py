@@ -59,7 +59,7 @@ def load(
     precision: str = "fp32",
     inference: InferenceOptions | None = None,
 ) -> Model:
-    """A training-free learner by name (``baseline``), or a trained one from a
+    """A training-free learner by name (``baseline``, ``probe``), or a trained one from a
     ``fewseg train`` run directory. ``device``: cpu, cuda or cuda:N (None: cuda when
     available); ``weights``: a local backbone weights file for a learner by name;
     ``size``: the square size images are brought to (default: the training size, else

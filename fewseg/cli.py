@@ -429,7 +429,7 @@ def _inference_options(args: argparse.Namespace) -> Any:
 def _add_learner_choice(parser: argparse.ArgumentParser) -> None:
     learner = parser.add_mutually_exclusive_group()
     learner.add_argument(
-        "--learner", metavar="NAME", help="a training-free learner (default baseline)"
+        "--learner", metavar="NAME", help="a training-free learner: baseline (the default) or probe"
     )
     learner.add_argument(
         "--checkpoint", type=Path, metavar="DIR", help="a trained learner: a `fewseg train` run"
