@@ -168,7 +168,7 @@ def test_targets_compare_the_best_entries_of_each_family_with_the_better_control
             "  maml: {}\n  maml-corr: {learner: maml, model: correlation, probe: mean}\n"
             "  protonet: {}\n"
             "  finetune: {}\n  finetune-corr: {learner: finetune, model: correlation}\n"
-            "  baseline: {}",
+            "  baseline: {}\n  probe: {}",
         ).replace('dataset: "synthetic:images=8,size=64"', 'dataset: "coco:x"\ndataset_name: coco')
     )
     plan = read_bench_plan(path)
@@ -179,6 +179,7 @@ def test_targets_compare_the_best_entries_of_each_family_with_the_better_control
         "finetune": (21.0, 28.0, 9.0, 10.0),
         "finetune-corr": (23.0, 27.5, 12.0, 17.0),
         "baseline": (22.0, 25.0, 13.0, 19.0),
+        "probe": (10.0, 28.5, 13.5, 15.0),  # a third control, where the plan has it
     }
     results = {
         name: {
@@ -189,13 +190,13 @@ def test_targets_compare_the_best_entries_of_each_family_with_the_better_control
     }
     assert target_lines(plan, results) == [
         "- best meta-learned 1-shot mean mIoU ≥ 25 (stretch 30): met (protonet: 27.0)",
-        "- coco 1-shot, best MAML-family beats both controls by ≥ 2: met "
+        "- coco 1-shot, best MAML-family beats the controls by ≥ 2: met "
         "(maml-corr 26.0 vs finetune-corr 23.0: +3.0)",
-        "- coco 2-shot, best MAML-family beats both controls by ≥ 2: MISSED "
-        "(maml-corr 29.0 vs finetune 28.0: +1.0)",
-        "- other 1-shot, best meta-learned beats both controls by ≥ 2: MISSED "
-        "(protonet 14.0 vs baseline 13.0: +1.0)",
-        "- other 2-shot, best meta-learned beats both controls by ≥ 2: MISSED "
+        "- coco 2-shot, best MAML-family beats the controls by ≥ 2: MISSED "
+        "(maml-corr 29.0 vs probe 28.5: +0.5)",
+        "- other 1-shot, best meta-learned beats the controls by ≥ 2: MISSED "
+        "(protonet 14.0 vs probe 13.5: +0.5)",
+        "- other 2-shot, best meta-learned beats the controls by ≥ 2: MISSED "
         "(protonet 18.0 vs baseline 19.0: -1.0)",
     ]
     assert component_table(plan, results).splitlines()[2:] == [
@@ -205,4 +206,5 @@ def test_targets_compare_the_best_entries_of_each_family_with_the_better_control
         "finetune       finetune  head         -      -      0       convnet   21.0    28.0",
         "finetune-corr  finetune  correlation  on     none   0       convnet   23.0    27.5",
         "baseline       baseline  -            -      -      -       convnet   22.0    25.0",
+        "probe          probe     -            -      -      -       convnet   10.0    28.5",
     ]

@@ -49,3 +49,16 @@ def two_class_cross_entropy(
     if bool((target == -100).all()):
         return logits.sum() * 0.0
     return F.cross_entropy(logits, target, ignore_index=-100)
+
+
+def soft_iou_loss(
+    log_odds: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
+    """1 − soft IoU of foreground probabilities σ(log_odds) against soft targets in [0,1]
+    (e.g. the foreground fraction of each feature cell), each element counted with
+    ``weight`` (0: ignored): 1 − Σ w·p·t / Σ w·(p + t − p·t). mIoU's own quantity, so a
+    learner trained on it does not trade foreground for background as a cross-entropy can."""
+    probability = log_odds.sigmoid()
+    intersection = (weight * probability * target).sum()
+    union = (weight * (probability + target - probability * target)).sum()
+    return 1 - intersection / union.clamp_min(1e-6)

@@ -94,6 +94,38 @@ def fit_probe(
     return weights.detach(), bias.detach()
 
 
+def probe_optimum(
+    cells: torch.Tensor,
+    fg_weight: torch.Tensor,
+    bg_weight: torch.Tensor,
+    decay: torch.Tensor | float = DECAY,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`fit_probe`'s optimum (weights [C], bias []) with a gradient: its derivative
+    with respect to the cells and the decay by the implicit function theorem. At the
+    optimum θ* the objective's gradient g vanishes, so θ* − H⁻¹·g(θ*), with the Hessian H
+    held constant, equals θ* and differentiates as θ* does (dθ*/dφ = −H⁻¹ ∂g/∂φ). This is
+    what lets the probe be meta-learned (fewseg.learners.lrd2) without unrolling L-BFGS."""
+    decay = torch.as_tensor(decay, dtype=cells.dtype, device=cells.device)
+    weights, bias = fit_probe(cells, fg_weight, bg_weight, float(decay.detach()))
+    if len(cells) == 0:
+        return weights, bias
+    ones = cells.new_ones(len(cells), 1)
+    augmented = torch.cat([cells, ones], dim=1)
+    optimum = torch.cat([weights, bias[None]])
+    regularised = torch.cat([torch.ones_like(weights), weights.new_zeros(1)])
+    logits = augmented @ optimum
+    probability = logits.sigmoid()
+    residual = 0.5 * (fg_weight * (probability - 1) + bg_weight * probability)
+    gradient = augmented.T @ residual + 2 * decay * regularised * optimum
+    with torch.no_grad():
+        curvature = 0.5 * (fg_weight + bg_weight) * probability * (1 - probability)
+        hessian = (augmented.T * curvature) @ augmented
+        hessian += torch.diag(2 * decay * regularised + 1e-8)
+    step = torch.linalg.solve(hessian, gradient)
+    theta = optimum - step
+    return theta[:-1], theta[-1]
+
+
 def fit_support_probe(
     support: torch.Tensor, masks: torch.Tensor, ignore: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,106 @@
+"""``lrd2``: the support-fitted probe, meta-learned through its fit (LR-D2).
+
+Bertinetto et al., "Meta-learning with differentiable closed-form solvers", ICLR 2019:
+a base learner solved to its optimum on each support set (here :mod:`fewseg.learners.probe`'s
+class-balanced logistic regression on frozen backbone cells) and meta-learned through the
+solution. What is meta-learned is small and class-agnostic: the L2 decay of the fit, a
+scale and a shift of the query log-odds, and a scale per feature channel, about 650
+numbers; the gradient reaches them through the fitted probe by the implicit function
+theorem (:func:`fewseg.models.probe.probe_optimum`), not by unrolling its solver. The outer
+loss is the soft IoU of each query's cells. Initialised, it predicts as ``probe`` does (to
+the solver's tolerance).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fewseg.episodes.tensors import EpisodeTensors, LabelledImages
+from fewseg.errors import FewSegError
+from fewseg.learners.base import LearnerOptions, Predictor, register_learner
+from fewseg.learners.losses import soft_iou_loss
+from fewseg.learners.probe import SupportProbe
+from fewseg.models.probe import DECAY, probe_examples, probe_optimum, read_probe
+from fewseg.models.upsample import adaptive_average_pool, bilinear_resize
+from fewseg.options import option
+
+
+@dataclass
+class LRD2Options(LearnerOptions):
+    outer_lr: float = option(1e-2, "learning rate of the meta-training optimizer (Adam)")
+
+    def __post_init__(self) -> None:
+        if not self.outer_lr > 0:
+            raise FewSegError(f"lrd2: outer_lr must be > 0, got {self.outer_lr}")
+
+
+@register_learner("lrd2", "LR-D2: the support-fitted probe, its decay and calibration meta-learned")
+class LRD2(SupportProbe):
+    """:class:`SupportProbe` with meta-learned ``log_decay``, ``log_scale``, ``shift`` and
+    ``log_channel_scale`` (all at the probe's own values when initialised)."""
+
+    Options = LRD2Options
+    options: LRD2Options
+    trainable = True
+
+    def __init__(self, options: LRD2Options) -> None:
+        super().__init__(options)
+        channels = (
+            sum(self.encoder.tap_channels)
+            if getattr(self.encoder, "pyramid", False)
+            else self.encoder.out_channels
+        )
+        self.log_decay = nn.Parameter(torch.tensor(math.log(DECAY)))
+        self.log_scale = nn.Parameter(torch.zeros(()))
+        self.shift = nn.Parameter(torch.zeros(()))
+        self.log_channel_scale = nn.Parameter(torch.zeros(channels))
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.outer_parameters(), lr=self.options.outer_lr)
+
+    def _scaled_cells(self, images: torch.Tensor) -> torch.Tensor:
+        return self._cells(images) * self.log_channel_scale.exp()[:, None, None]
+
+    def cell_predictor(self, support: LabelledImages) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Query images → foreground log-odds [B,h,w] at the cells' grid, differentiable
+        with respect to the meta-parameters."""
+        cells, fg_weight, bg_weight = probe_examples(
+            self._scaled_cells(support.images), support.masks, support.ignore
+        )
+        fitted = probe_optimum(cells, fg_weight, bg_weight, self.log_decay.exp())
+
+        def predict(query_images: torch.Tensor) -> torch.Tensor:
+            log_odds = read_probe(self._scaled_cells(query_images), fitted)
+            return log_odds * self.log_scale.exp() + self.shift
+
+        return predict
+
+    @torch.no_grad()
+    def adapt(self, support: LabelledImages) -> Predictor:
+        predict_cells = self.cell_predictor(support)
+
+        @torch.no_grad()
+        def predict(query_images: torch.Tensor) -> torch.Tensor:
+            log_odds = predict_cells(query_images)
+            return bilinear_resize(log_odds[:, None], query_images.shape[-2:])
+
+        return predict
+
+    def meta_gradients(self, episodes: Sequence[EpisodeTensors]) -> dict[str, float]:
+        total = 0.0
+        for episode in episodes:
+            query = episode.query
+            log_odds = self.cell_predictor(episode.support)(query.images)
+            size = log_odds.shape[-2:]
+            valid = adaptive_average_pool((~query.ignore).float(), size)
+            foreground = adaptive_average_pool(query.masks.float() * (~query.ignore).float(), size)
+            target = foreground / valid.clamp_min(1e-6)
+            loss = soft_iou_loss(log_odds, target, (valid > 0.5).float()) / len(episodes)
+            loss.backward()
+            total += float(loss.detach())
+        return {"loss": total}
