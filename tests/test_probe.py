@@ -17,10 +17,11 @@ from fewseg.metrics import SegmentationScores
 from fewseg.models.correlation import CorrelationModel
 from fewseg.models.probe import (
     fit_probe,
+    fit_support_probe,
     probe_examples,
     probe_features,
-    probe_log_odds,
     probe_loss,
+    read_probe,
 )
 from fewseg.models.upsample import bilinear_resize
 
@@ -91,7 +92,7 @@ def test_a_rare_foreground_still_gets_positive_log_odds() -> None:
     masks[0, 0, 0] = 1
     ignore = torch.zeros(1, 1, 10, dtype=torch.bool)
     query = torch.tensor([[0.9, 0.1], [0.1, 0.9]]).T.reshape(1, 2, 1, 2)
-    log_odds = probe_log_odds(query, support, masks, ignore)
+    log_odds = read_probe(query, fit_support_probe(support, masks, ignore))
     assert log_odds.shape == (1, 1, 2)
     assert float(log_odds[0, 0, 0]) > 0 > float(log_odds[0, 0, 1])
 
@@ -116,12 +117,13 @@ def test_the_probe_joins_the_finest_group_as_one_more_channel(model: Correlation
     probe = model.probe_map(query, model.fit_probe(support.images, support.masks, support.ignore))
     assert probe.shape == (1, 4, 4)
     torch.testing.assert_close(groups[1][:, -1], probe.sigmoid())
-    expected = probe_log_odds(
-        probe_features([model.encoder(query)[i] for i in model.probe_levels]),
+    fitted = fit_support_probe(
         probe_features([model.encoder(support.images)[i] for i in model.probe_levels]),
         support.masks,
         support.ignore,
     )
+    query_cells = probe_features([model.encoder(query)[i] for i in model.probe_levels])
+    expected = read_probe(query_cells, fitted)
     torch.testing.assert_close(probe, expected)
 
 

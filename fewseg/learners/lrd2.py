@@ -25,8 +25,14 @@ from fewseg.errors import FewSegError
 from fewseg.learners.base import LearnerOptions, Predictor, register_learner
 from fewseg.learners.losses import soft_iou_loss
 from fewseg.learners.probe import SupportProbe
-from fewseg.models.probe import DECAY, probe_examples, probe_optimum, read_probe
-from fewseg.models.upsample import adaptive_average_pool, bilinear_resize
+from fewseg.models.probe import (
+    DECAY,
+    labelled_cells,
+    probe_examples,
+    probe_optimum,
+    read_probe,
+)
+from fewseg.models.upsample import bilinear_resize
 from fewseg.options import option
 
 
@@ -96,10 +102,7 @@ class LRD2(SupportProbe):
         for episode in episodes:
             query = episode.query
             log_odds = self.cell_predictor(episode.support)(query.images)
-            size = log_odds.shape[-2:]
-            valid = adaptive_average_pool((~query.ignore).float(), size)
-            foreground = adaptive_average_pool(query.masks.float() * (~query.ignore).float(), size)
-            target = foreground / valid.clamp_min(1e-6)
+            target, valid = labelled_cells(query.masks, query.ignore, log_odds.shape[-2:])
             loss = soft_iou_loss(log_odds, target, (valid > 0.5).float()) / len(episodes)
             loss.backward()
             total += float(loss.detach())

@@ -260,15 +260,6 @@ def group_statistics(
     return out
 
 
-def labelled_fraction(
-    masks: torch.Tensor, ignore: torch.Tensor, size: Sequence[int]
-) -> torch.Tensor:
-    """Foreground fraction of the valid pixels per cell: [B,H,W] → [B,h,w] (targets)."""
-    valid = adaptive_average_pool((~ignore).float(), size)
-    foreground = adaptive_average_pool(masks.float() * (~ignore).float(), size)
-    return foreground / valid.clamp_min(1e-6)
-
-
 class CorrelationModel(nn.Module):
     """Frozen pyramid backbone (``encoder``) → correlation statistics → ``decoder``.
 

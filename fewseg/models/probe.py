@@ -29,6 +29,16 @@ def probe_features(levels: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat([bilinear_resize(F.normalize(f, dim=1), size) for f in levels], dim=1)
 
 
+def labelled_cells(
+    masks: torch.Tensor, ignore: torch.Tensor, size: tuple[int, int] | torch.Size
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masks/ignore [K,H,W] pooled to a [K,h,w] grid of cells: (the foreground fraction of
+    each cell's valid pixels, each cell's valid fraction)."""
+    valid = adaptive_average_pool((~ignore).float(), size)
+    foreground = adaptive_average_pool(masks.float() * (~ignore).float(), size)
+    return foreground / valid.clamp_min(1e-6), valid
+
+
 def probe_examples(
     features: torch.Tensor, masks: torch.Tensor, ignore: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -36,10 +46,8 @@ def probe_examples(
     as (features [n,C], foreground weight [n], background weight [n]): a cell's foreground
     fraction over all the cells' foreground, and the same for the background, so that each
     class weighs 1 whatever its area (a class without cells weighs nothing)."""
-    size = features.shape[-2:]
-    valid = adaptive_average_pool((~ignore).float(), size)
-    foreground = adaptive_average_pool(masks.float() * (~ignore).float(), size)
-    fraction = (foreground / valid.clamp_min(1e-6)).flatten()
+    fraction, valid = labelled_cells(masks, ignore, features.shape[-2:])
+    fraction = fraction.flatten()
     keep = valid.flatten() > 0.5
     cells = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])[keep]
     fraction = fraction[keep]
@@ -138,11 +146,3 @@ def read_probe(query: torch.Tensor, probe: tuple[torch.Tensor, torch.Tensor]) ->
     """A fitted probe (weights, bias) read on query features [B,C,h,w] → log-odds [B,h,w]."""
     weights, bias = probe
     return torch.einsum("bchw,c->bhw", query, weights) + bias
-
-
-def probe_log_odds(
-    query: torch.Tensor, support: torch.Tensor, masks: torch.Tensor, ignore: torch.Tensor
-) -> torch.Tensor:
-    """The probe fitted on support features [K,C,h,w] with their masks/ignore [K,H,W], read on
-    query features [B,C,h',w'] → foreground log-odds [B,h',w']."""
-    return read_probe(query, fit_support_probe(support, masks, ignore))
