@@ -159,7 +159,7 @@ def upload_files(page: object, box: str, path: Path, tries: int = 1) -> None:
         while True:
             page.wait_for_function(IDLE, timeout=ACTION_MS)  # type: ignore[attr-defined]
             if uploads:
-                shown(listed)
+                shown(listed)  # time for the page to send the upload, if it is not listed yet
                 deadline = time.monotonic() + ACTION_MS / 1000
                 while len(answered) < len(sent) and time.monotonic() < deadline:
                     page.wait_for_timeout(200)  # type: ignore[attr-defined]
