@@ -226,8 +226,8 @@ def test_every_learner_on_the_correlation_model_predicts_with_the_probe_mean(
 
 
 def test_the_probe_learner_is_the_correlation_models_probe_resized(model: CorrelationModel) -> None:
-    learner = build_learner("probe").eval()
-    assert not learner.trainable and learner.encoder.taps == (10, 13, 16, 17)
+    learner = build_learner("probe", {"enlarge": 1}).eval()
+    assert not learner.trainable and learner.encoder.inner.taps == (10, 13, 16, 17)
     support = shots(3, 64)
     query = torch.rand(2, 3, 64, 64)
     fitted = model.fit_probe(support.images, support.masks, support.ignore)
@@ -249,6 +249,33 @@ def test_the_probe_segments_the_object_it_was_shown_elsewhere_in_a_new_image() -
     )
     truth = box_mask(120, 140, query_box) > 0
     assert (predicted[0] & truth).sum() / (predicted[0] | truth).sum() > 0.8
+
+
+def test_the_enlarged_probe_reads_the_backbone_at_the_enlarged_size() -> None:
+    """enlarge 1.5: the probe of the images bilinearly enlarged by 1.5 (torch's own
+    interpolation as the reference), its finer log-odds resized back to the input."""
+    torch.manual_seed(0)
+    enlarged = build_learner("probe", {"enlarge": 1.5}).eval()
+    plain = build_learner("probe", {"enlarge": 1}).eval()
+    support = shots(2, 64)
+    query = torch.rand(1, 3, 64, 64)
+    cells = enlarged._cells(query)
+    assert cells.shape[-2:] == (6, 6)  # 96 / 16, against 4 x 4 as given
+
+    def bigger(images: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.interpolate(images, (96, 96), mode="bilinear")
+
+    assert torch.allclose(cells, plain._cells(bigger(query)), atol=1e-5)
+    fitted = fit_support_probe(plain._cells(bigger(support.images)), support.masks, support.ignore)
+    expected = bilinear_resize(read_probe(plain._cells(bigger(query)), fitted)[:, None], (64, 64))
+    assert torch.allclose(enlarged.adapt(support)(query), expected, atol=1e-3)  # L-BFGS tolerance
+
+
+@pytest.mark.parametrize("name", ["probe", "lrd2"])
+@pytest.mark.parametrize("value", [0.5, 5.0])
+def test_an_enlargement_out_of_range_is_a_one_line_error(name: str, value: float) -> None:
+    with pytest.raises(FewSegError, match=rf"^{name}: enlarge must be in \[1, 4\], got {value}$"):
+        build_learner(name, {"enlarge": value})
 
 
 def test_the_probe_learner_is_training_free() -> None:

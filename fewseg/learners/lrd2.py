@@ -16,15 +16,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from fewseg.episodes.tensors import EpisodeTensors, LabelledImages
 from fewseg.errors import FewSegError
-from fewseg.learners.base import LearnerOptions, Predictor, register_learner
+from fewseg.learners.base import Predictor, register_learner
 from fewseg.learners.losses import soft_iou_loss
-from fewseg.learners.probe import SupportProbe
+from fewseg.learners.probe import ProbeOptions, SupportProbe
 from fewseg.models.probe import (
     DECAY,
     labelled_cells,
@@ -37,10 +38,12 @@ from fewseg.options import option
 
 
 @dataclass
-class LRD2Options(LearnerOptions):
+class LRD2Options(ProbeOptions):
     outer_lr: float = option(1e-2, "learning rate of the meta-training optimizer (Adam)")
+    learner: ClassVar[str] = "lrd2"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.outer_lr > 0:
             raise FewSegError(f"lrd2: outer_lr must be > 0, got {self.outer_lr}")
 
@@ -56,11 +59,7 @@ class LRD2(SupportProbe):
 
     def __init__(self, options: LRD2Options) -> None:
         super().__init__(options)
-        channels = (
-            sum(self.encoder.tap_channels)
-            if getattr(self.encoder, "pyramid", False)
-            else self.encoder.out_channels
-        )
+        channels = self.encoder.out_channels
         self.log_decay = nn.Parameter(torch.tensor(math.log(DECAY)))
         self.log_scale = nn.Parameter(torch.zeros(()))
         self.shift = nn.Parameter(torch.zeros(()))

@@ -9,9 +9,13 @@ statistics do not: the control a meta-learner must beat at K > 1 (README, issue 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 
 from fewseg.episodes.tensors import LabelledImages
+from fewseg.errors import FewSegError
 from fewseg.learners.base import (
     Learner,
     LearnerOptions,
@@ -20,27 +24,47 @@ from fewseg.learners.base import (
     register_learner,
 )
 from fewseg.models.correlation import LAYOUTS, pyramid_backbone
+from fewseg.models.enlarged import EnlargedInput
 from fewseg.models.probe import fit_support_probe, probe_features, read_probe
 from fewseg.models.upsample import bilinear_resize
+from fewseg.options import option
+
+
+@dataclass
+class ProbeOptions(LearnerOptions):
+    enlarge: float = option(
+        1.4,
+        "the backbone reads the images enlarged by this factor, for finer cells (1.4: "
+        "35x35 cells of stride 16 on a 400x400 image; 1: as given)",
+    )
+
+    learner: ClassVar[str] = "probe"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.enlarge <= 4:
+            raise FewSegError(f"{self.learner}: enlarge must be in [1, 4], got {self.enlarge}")
 
 
 @register_learner("probe", "training-free: logistic regression fitted on the support's features")
 class SupportProbe(Learner):
     """The probe fitted once per support set (deterministic), its foreground log-odds read
-    on the query at the first probed block's grid (stride 16) and resized to the input.
+    on the query at the first probed block's grid (stride 16 of the images enlarged by
+    ``enlarge``) and resized to the input.
     A backbone without a correlation layout (fewseg.models.correlation.LAYOUTS) is probed
     at its own features."""
 
-    Options = LearnerOptions
+    Options = ProbeOptions
+    options: ProbeOptions
     trainable = False
 
-    def __init__(self, options: LearnerOptions) -> None:
+    def __init__(self, options: ProbeOptions) -> None:
         super().__init__(options)
         if options.backbone in LAYOUTS:
             taps = LAYOUTS[options.backbone].probe
-            self.encoder = pyramid_backbone(options.backbone, True, options.weights_path, taps)
+            backbone = pyramid_backbone(options.backbone, True, options.weights_path, taps)
         else:
-            self.encoder = build_backbone(options)
+            backbone = build_backbone(options)
+        self.encoder = EnlargedInput(backbone, options.enlarge)
         self.encoder.freeze()
 
     def _cells(self, images: torch.Tensor) -> torch.Tensor:
