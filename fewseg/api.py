@@ -23,7 +23,7 @@ and ``min_presence`` as chosen). Any bad input is a :class:`FewSegError` naming 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,16 +58,21 @@ def load(
     size: int | None = None,
     precision: str = "fp32",
     inference: InferenceOptions | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> Model:
     """A training-free learner by name (``baseline``, ``probe``), or a trained one from a
     ``fewseg train`` run directory. ``device``: cpu, cuda or cuda:N (None: cuda when
     available); ``weights``: a local backbone weights file for a learner by name;
+    ``options``: a learner by name's options (e.g. ``{"enlarge": 1}`` for ``probe``);
     ``size``: the square size images are brought to (default: the training size, else
     400); ``precision``: fp32, or bf16/fp16 mixed precision (fp16 on CUDA only);
     ``inference``: edge-aware upsampling, test-time refinement, ``min_presence`` (default
     :class:`InferenceOptions` ()'s)."""
-    options = {"weights_path": str(weights)} if weights is not None else None
-    return Model(load_learner(learner, device, options, precision=precision), size, inference)
+    chosen = dict(options or {})
+    if weights is not None:
+        chosen["weights_path"] = str(weights)
+    loaded = load_learner(learner, device, chosen or None, precision=precision)
+    return Model(loaded, size, inference)
 
 
 class Model:

@@ -167,14 +167,18 @@ def _load(args: argparse.Namespace, device: str | None) -> Any:
 
     precision = getattr(args, "precision", "fp32")  # a command without --precision: fp32
     if args.checkpoint is not None:
+        if args.learner_option:
+            raise FewSegError(
+                "--learner-option goes with --learner: a trained learner keeps the options it "
+                "was trained with"
+            )
         state = distributed.from_main(lambda: read_checkpoint(args.checkpoint))
         return load_learner(args.checkpoint, device, state=state, precision=precision)
     from fewseg.learners import LEARNERS
 
     name = args.learner or "baseline"
     LEARNERS.get(name)  # an unknown name is an error naming the known ones
-    options = {"weights_path": args.weights} if args.weights else None
-    return load_learner(name, device, options, precision=precision)
+    return load_learner(name, device, _learner_options(args) or None, precision=precision)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -437,6 +441,28 @@ def _add_learner_choice(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--weights", metavar="FILE", help="--learner: a local backbone weights file (.pth)"
     )
+    parser.add_argument(
+        "--learner-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="--learner: one of its options, e.g. enlarge=1 for probe (repeatable)",
+    )
+
+
+def _learner_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--learner-option KEY=VALUE`` pairs (values read as YAML scalars) and ``--weights``."""
+    import yaml
+
+    options: dict[str, Any] = {}
+    for text in args.learner_option:
+        key, sep, value = text.partition("=")
+        if not sep or not key:
+            raise FewSegError(f"--learner-option {text!r}: expected KEY=VALUE")
+        options[key.replace("-", "_")] = yaml.safe_load(value)
+    if args.weights:
+        options["weights_path"] = args.weights
+    return options
 
 
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:

@@ -21,9 +21,15 @@ from fewseg.errors import FewSegError
 T = TypeVar("T")
 
 
-def option(default: Any, help: str) -> Any:
-    """A dataclass field with a default and its one-line help text."""
-    return field(default=default, metadata={"help": help})
+_SAME = object()
+
+
+def option(default: Any, help: str, before: Any = _SAME) -> Any:
+    """A dataclass field with a default and its one-line help text. ``before``: the value
+    that a record written before the option existed stands for, when the option's default
+    changed the behaviour (else the default does: :func:`recorded_defaults`)."""
+    metadata = {"help": help} if before is _SAME else {"help": help, "before": before}
+    return field(default=default, metadata=metadata)
 
 
 def option_help(declared: Field[Any]) -> str:
@@ -78,6 +84,14 @@ def defaults(cls: type) -> dict[str, Any]:
         f.name: f.default
         for f in fields(cls)
         if f.default is not MISSING  # every option has one
+    }
+
+
+def recorded_defaults(cls: type) -> dict[str, Any]:
+    """What a checkpoint's or report's record that lacks an option stands for: the value
+    the option's ``before`` names, else its default (adding it kept the behaviour)."""
+    return {
+        f.name: f.metadata.get("before", f.default) for f in fields(cls) if f.default is not MISSING
     }
 
 

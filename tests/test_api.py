@@ -99,11 +99,22 @@ def test_a_trained_run_loads_with_its_training_size(tmp_path: Path) -> None:
         (lambda: fewseg.load("no/such/run"), "no/such/run: neither a training-free learner"),
         (lambda: fewseg.load("baseline", device="tpu"), "unknown device 'tpu'"),
         (lambda: fewseg.load("baseline", size=4), "size must be >= 8"),
+        (
+            lambda: fewseg.load("probe", options={"enlarg": 1}),
+            "of learner probe: enlarg",
+        ),
+        (lambda: fewseg.load("probe", options={"enlarge": 9}), "probe: enlarge must be in"),
     ],
 )
 def test_bad_loads_are_one_line_errors(call, message: str) -> None:
     with pytest.raises(fewseg.FewSegError, match=message.replace("(", r"\(")):
         call()
+
+
+def test_a_learner_by_name_takes_its_options() -> None:
+    model = fewseg.load("probe", options={"enlarge": 1})
+    assert model.learner.options.enlarge == 1.0
+    assert fewseg.load("probe").learner.options.enlarge == 1.4
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here")

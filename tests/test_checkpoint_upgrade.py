@@ -66,3 +66,21 @@ def test_a_first_order_maml_of_format_1_is_a_fomaml(tmp_path: Path) -> None:
     assert restored.options.inner_lr == 0.25
     for key, value in learner.state_dict().items():
         assert torch.equal(restored.state_dict()[key], value), key
+
+
+def test_an_lrd2_run_from_before_enlarge_reads_its_images_as_given(tmp_path: Path) -> None:
+    """lrd2 runs written before the ``enlarge`` option existed fitted the probe on the
+    images as given: restored, they still do (the option's ``before``), not at its new
+    default of 1.4."""
+    from fewseg.engine.checkpoint import save_checkpoint
+
+    learner = build_learner("lrd2", {"enlarge": 1})
+    with torch.no_grad():
+        learner.shift.fill_(0.5)
+    save_checkpoint(tmp_path, 3, TrainConfig(learner="lrd2"), learner, learner.make_optimizer())
+    state = read_checkpoint(tmp_path)
+    del state["learner_options"]["enlarge"]
+    restored = restore_learner(state, tmp_path)
+    assert restored.options.enlarge == 1.0 and restored.encoder.enlarge == 1.0
+    assert float(restored.shift) == 0.5
+    assert build_learner("lrd2").encoder.enlarge == 1.4

@@ -179,6 +179,36 @@ def test_bad_spec_value_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) 
     assert_one_line_error(code, out, err, "images='many' is not an integer")
 
 
+def test_learner_options_reach_a_learner_by_name(tmp_path: Path) -> None:
+    from fewseg.cli import _load, build_parser
+
+    argv = evaluate_args(tmp_path / "ev", "--learner-option", "enlarge=1")
+    argv[argv.index("baseline")] = "probe"
+    loaded = _load(build_parser(argv).parse_args(argv), "cpu")
+    assert loaded.learner.name == "probe" and loaded.learner.options.enlarge == 1.0
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--learner-option", "enlarge"], "--learner-option 'enlarge': expected KEY=VALUE"),
+        (["--learner-option", "nope=1"], "unknown option(s) of learner baseline: nope"),
+    ],
+)
+def test_bad_learner_options_are_one_line_errors(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, extra: list[str], message: str
+) -> None:
+    assert_one_line_error(*run_cli(capsys, *evaluate_args(tmp_path / "ev", *extra)), message)
+
+
+def test_learner_options_with_a_checkpoint_are_a_one_line_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    argv = evaluate_args(tmp_path / "ev", "--learner-option", "enlarge=1")
+    argv[argv.index("--learner") : argv.index("--learner") + 2] = ["--checkpoint", str(tmp_path)]
+    assert_one_line_error(*run_cli(capsys, *argv), "--learner-option goes with --learner")
+
+
 def test_bad_fold_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run_cli(capsys, "datasets", "synthetic", "--fold", "7")
     assert_one_line_error(code, out, err, "unknown fold '7'")

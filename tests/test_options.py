@@ -8,7 +8,14 @@ from dataclasses import dataclass
 import pytest
 
 from fewseg.errors import FewSegError
-from fewseg.options import add_flags, changed_options, defaults, option, options_from
+from fewseg.options import (
+    add_flags,
+    changed_options,
+    defaults,
+    option,
+    options_from,
+    recorded_defaults,
+)
 
 
 @dataclass
@@ -48,3 +55,13 @@ def test_changed_options_count_a_missing_one_as_its_default() -> None:
         "name",
         "steps",
     ]
+
+
+def test_a_record_without_an_option_stands_for_its_value_before_the_option() -> None:
+    @dataclass
+    class Later:
+        kept: int = option(3, "added without changing the behaviour")
+        changed: float = option(1.4, "added with a new default", before=1.0)
+
+    assert defaults(Later) == {"kept": 3, "changed": 1.4}
+    assert recorded_defaults(Later) == {"kept": 3, "changed": 1.0}

@@ -227,7 +227,7 @@ def test_every_learner_on_the_correlation_model_predicts_with_the_probe_mean(
 
 def test_the_probe_learner_is_the_correlation_models_probe_resized(model: CorrelationModel) -> None:
     learner = build_learner("probe", {"enlarge": 1}).eval()
-    assert not learner.trainable and learner.encoder.inner.taps == (10, 13, 16, 17)
+    assert not learner.trainable and learner.encoder.taps == (10, 13, 16, 17)
     support = shots(3, 64)
     query = torch.rand(2, 3, 64, 64)
     fitted = model.fit_probe(support.images, support.masks, support.ignore)

@@ -18,7 +18,7 @@ from fewseg.engine.config import TrainConfig
 from fewseg.errors import FewSegError
 from fewseg.fileio import atomic_write
 from fewseg.learners.base import LEARNERS, Learner
-from fewseg.options import as_dict, defaults, field_names, options_from
+from fewseg.options import as_dict, field_names, options_from, recorded_defaults
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = "fewseg-checkpoint-2"
@@ -115,9 +115,9 @@ def upgraded_from_format_1(state: dict[str, Any]) -> dict[str, Any]:
 
 def saved_options(state: dict[str, Any]) -> dict[str, Any]:
     """The learner options of a checkpoint, an option added to fewseg after it was written
-    taking its default (the value that keeps the behaviour it had)."""
+    taking the value that keeps the behaviour it had (:func:`recorded_defaults`)."""
     options_class = LEARNERS.get(state["learner_name"]).Options
-    return {**defaults(options_class), **state["learner_options"]}
+    return {**recorded_defaults(options_class), **state["learner_options"]}
 
 
 def restore_learner(state: dict[str, Any], path: str | Path, device: str = "cpu") -> Learner:

@@ -23,7 +23,7 @@ from fewseg.engine.report import EvaluationReport, read_report, write_report
 from fewseg.errors import FewSegError
 from fewseg.experiments.demo import DemoPlan, overlay_grid, prepare_learner
 from fewseg.learners.base import Learner
-from fewseg.options import changed_options, defaults
+from fewseg.options import changed_options, recorded_defaults
 
 
 @dataclass
@@ -279,7 +279,7 @@ def finished_report(
     # an option the report lacks was added to fewseg after it was written: its default
     # keeps the behaviour it had (as for resumed training, engine.train.check_same_run)
     current = json.loads(json.dumps(learner.settings()))
-    added = json.loads(json.dumps(defaults(type(learner.options))))
+    added = json.loads(json.dumps(recorded_defaults(type(learner.options))))
     same_learner = not changed_options(written.learner, current, added)
     return report if found == expected and same_learner else None
 

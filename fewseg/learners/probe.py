@@ -24,7 +24,6 @@ from fewseg.learners.base import (
     register_learner,
 )
 from fewseg.models.correlation import LAYOUTS, pyramid_backbone
-from fewseg.models.enlarged import EnlargedInput
 from fewseg.models.probe import fit_support_probe, probe_features, read_probe
 from fewseg.models.upsample import bilinear_resize
 from fewseg.options import option
@@ -36,6 +35,7 @@ class ProbeOptions(LearnerOptions):
         1.4,
         "the backbone reads the images enlarged by this factor, for finer cells (1.4: "
         "35x35 cells of stride 16 on a 400x400 image; 1: as given)",
+        before=1.0,  # runs and reports from before the option read the images as given
     )
 
     learner: ClassVar[str] = "probe"
@@ -61,10 +61,10 @@ class SupportProbe(Learner):
         super().__init__(options)
         if options.backbone in LAYOUTS:
             taps = LAYOUTS[options.backbone].probe
-            backbone = pyramid_backbone(options.backbone, True, options.weights_path, taps)
+            self.encoder = pyramid_backbone(options.backbone, True, options.weights_path, taps)
         else:
-            backbone = build_backbone(options)
-        self.encoder = EnlargedInput(backbone, options.enlarge)
+            self.encoder = build_backbone(options)
+        self.encoder.enlarge = options.enlarge
         self.encoder.freeze()
 
     def _cells(self, images: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from fewseg.models.upsample import bilinear_resize
+
 Features = torch.Tensor | tuple[torch.Tensor, ...]
 """An encoder's output for images [B,3,H,W]: a feature map [B,C,h,w], or several (a
 feature pyramid), each with the batch first."""
@@ -40,10 +42,15 @@ class Encoder(nn.Module):
 
     A frozen encoder's weights never change: it runs without gradients and stays in eval
     mode whatever mode its parent is put in, so BatchNorm running statistics never change.
+
+    ``enlarge`` > 1: the encoder reads its images enlarged that many times (bilinear), for
+    finer feature cells (``stride`` stays that of the enlarged image). It happens inside
+    :meth:`compute`, so a feature store still answers for the images as given.
     """
 
     out_channels: int
     stride: int
+    enlarge: float = 1.0
 
     def __init__(self, frozen: bool) -> None:
         super().__init__()
@@ -96,6 +103,10 @@ class Encoder(nn.Module):
     def compute(self, images: torch.Tensor) -> Any:
         """The features, computed (what a feature store calls for what it lacks); float32
         even when computed under autocast (:func:`full_precision`)."""
+        if self.enlarge != 1:
+            height, width = images.shape[-2:]
+            size = (round(height * self.enlarge), round(width * self.enlarge))
+            images = bilinear_resize(images, size)
         if self.frozen:
             with torch.no_grad():
                 return full_precision(super().__call__(images))
