@@ -208,3 +208,26 @@ def test_targets_compare_the_best_entries_of_each_family_with_the_better_control
         "baseline       baseline  -            -      -      -       convnet   22.0    25.0",
         "probe          probe     -            -      -      -       convnet   10.0    28.5",
     ]
+
+
+def test_a_report_from_before_an_option_that_changed_the_default_is_evaluated_again(
+    tmp_path: Path,
+) -> None:
+    """probe reports written before ``enlarge`` existed were made at 1 (its ``before``):
+    reused for a probe at 1, evaluated again for one at the new default."""
+    from fewseg.data.spec import open_source
+    from fewseg.engine.evaluate import EvaluationSettings, evaluate
+    from fewseg.engine.report import write_report
+    from fewseg.experiments.benchmark import finished_report
+    from fewseg.learners import build_learner
+
+    spec = "synthetic:images=4,size=64"
+    settings = EvaluationSettings("0", 1, 2, 64, progress=False)
+    as_given = build_learner("probe", {"enlarge": 1})
+    write_report(tmp_path, evaluate(as_given, open_source(spec), spec, settings, [0]))
+    report = tmp_path / "report.json"
+    data = json.loads(report.read_text())
+    assert data["settings"]["learner"].pop("enlarge") == 1.0
+    report.write_text(json.dumps(data))
+    assert finished_report(tmp_path, as_given, spec, settings, [0]) is not None
+    assert finished_report(tmp_path, build_learner("probe"), spec, settings, [0]) is None
