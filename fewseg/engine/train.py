@@ -43,7 +43,7 @@ from fewseg.episodes.tensors import EpisodeTensors, load_episode, load_resized_e
 from fewseg.episodes.transforms import augment_transform
 from fewseg.errors import FewSegError
 from fewseg.learners.base import LEARNERS, Learner, LearnerOptions
-from fewseg.options import as_dict, changed_options, defaults
+from fewseg.options import as_dict, changed_options, recorded_defaults
 
 
 class TrainingDiverged(FewSegError):
@@ -348,7 +348,7 @@ def check_same_run(
     """Only a run's length and bookkeeping may differ from its checkpoint's. An option the
     checkpoint lacks was added to fewseg after it was written and counts as its default,
     the value that keeps the behaviour it had before (as when the learner is restored)."""
-    changed = changed_options(state["train_config"], asdict(config), defaults(TrainConfig))
+    changed = changed_options(state["train_config"], asdict(config), recorded_defaults(TrainConfig))
     unresolved = {k for k in RESOLVED_AT_START if getattr(config, k) is None}
     changed = [k for k in changed if k not in RESUME_MAY_CHANGE | unresolved]
     if state["learner_name"] != config.learner:

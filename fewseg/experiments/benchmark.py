@@ -276,8 +276,9 @@ def finished_report(
         written.scored_at,
         written.missing_classes,
     )
-    # an option the report lacks was added to fewseg after it was written: its default
-    # keeps the behaviour it had (as for resumed training, engine.train.check_same_run)
+    # an option the report lacks was added to fewseg after it was written: it stands for
+    # the value that kept the behaviour it had (options.recorded_defaults; as for resumed
+    # training, engine.train.check_same_run)
     current = json.loads(json.dumps(learner.settings()))
     added = json.loads(json.dumps(recorded_defaults(type(learner.options))))
     same_learner = not changed_options(written.learner, current, added)
