@@ -24,6 +24,7 @@ from fewseg.engine.figures import (
     plot_episode_grid,
     plot_learning_curves,
     read_metrics,
+    series_colors,
 )
 from fewseg.episodes.tensors import EpisodeTensors, LabelledImages
 from fewseg.episodes.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -243,3 +244,13 @@ def test_episode_row_from_tensors() -> None:
     assert np.array_equal(same.prediction, row.prediction)
     with pytest.raises(ValueError, match="shape"):
         episode_row("bad", episode, torch.zeros(h + 1, w, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("count", [1, 10, 11, 20, 23])
+def test_every_series_gets_a_colour_of_its_own(count: int) -> None:
+    from matplotlib.colors import to_rgba
+
+    colors = [to_rgba(c) for c in series_colors(count)]
+    assert len(set(colors)) == count
+    if count <= 10:  # matplotlib's default cycle, as figures had before
+        assert series_colors(count) == [f"C{i}" for i in range(count)]

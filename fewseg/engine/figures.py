@@ -10,6 +10,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,6 +62,19 @@ def read_metrics(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
     return series
 
 
+def series_colors(count: int) -> list[Any]:
+    """``count`` distinct colours: matplotlib's default cycle (C0..C9) up to ten, else the
+    20 of ``tab20``, else samples of ``turbo`` (a repeated colour would make two legend
+    entries one)."""
+    from matplotlib import colormaps
+
+    if count <= 10:
+        return [f"C{i}" for i in range(count)]
+    if count <= 20:
+        return [colormaps["tab20"](i) for i in range(count)]
+    return [colormaps["turbo"](i / (count - 1)) for i in range(count)]
+
+
 def plot_learning_curves(runs: dict[str, Path], out_png: Path) -> Path:
     """Training loss (left) and validation mIoU (right) against step, one line per run."""
     if not runs:
@@ -68,7 +82,7 @@ def plot_learning_curves(runs: dict[str, Path], out_png: Path) -> Path:
     metrics = {name: read_metrics(run_dir) for name, run_dir in runs.items()}
     fig = Figure(figsize=CURVES_INCHES, dpi=DPI, layout="constrained")
     loss_ax, miou_ax = fig.subplots(1, 2)
-    colors = [f"C{i % 10}" for i in range(len(runs))]
+    colors = series_colors(len(runs))
     has_validation = False
     for (name, series), color in zip(metrics.items(), colors, strict=True):
         if loss := series.get("train/loss"):
@@ -301,11 +315,12 @@ def plot_score_bars(
     )
     ax = fig.subplots()
     width = 0.8 / max(1, len(learners))
+    colors = series_colors(len(learners))
     for i, name in enumerate(learners):
         xs = [g + (i - (len(learners) - 1) / 2) * width for g in range(len(groups))]
         means = [scores[group].get(name, (0.0, 0.0))[0] for group in groups]
         stds = [scores[group].get(name, (0.0, 0.0))[1] for group in groups]
-        ax.bar(xs, means, width, yerr=stds, capsize=3, label=name, color=f"C{i % 10}")
+        ax.bar(xs, means, width, yerr=stds, capsize=3, label=name, color=colors[i])
     ax.set_xticks(range(len(groups)), groups)
     ax.set_ylabel("mIoU (%)")
     ax.set_title(title)
