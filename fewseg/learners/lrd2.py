@@ -23,7 +23,7 @@ from torch import nn
 
 from fewseg.episodes.tensors import EpisodeTensors, LabelledImages
 from fewseg.errors import FewSegError
-from fewseg.learners.base import Predictor, register_learner
+from fewseg.learners.base import register_learner
 from fewseg.learners.losses import soft_iou_loss
 from fewseg.learners.probe import ProbeOptions, SupportProbe
 from fewseg.models.probe import (
@@ -33,7 +33,6 @@ from fewseg.models.probe import (
     probe_optimum,
     read_probe,
 )
-from fewseg.models.upsample import bilinear_resize
 from fewseg.options import option
 
 
@@ -73,7 +72,7 @@ class LRD2(SupportProbe):
 
     def cell_predictor(self, support: LabelledImages) -> Callable[[torch.Tensor], torch.Tensor]:
         """Query images → foreground log-odds [B,h,w] at the cells' grid, differentiable
-        with respect to the meta-parameters."""
+        with respect to the meta-parameters (``adapt`` reads it without gradients)."""
         cells, fg_weight, bg_weight = probe_examples(
             self._scaled_cells(support.images), support.masks, support.ignore
         )
@@ -82,17 +81,6 @@ class LRD2(SupportProbe):
         def predict(query_images: torch.Tensor) -> torch.Tensor:
             log_odds = read_probe(self._scaled_cells(query_images), fitted)
             return log_odds * self.log_scale.exp() + self.shift
-
-        return predict
-
-    @torch.no_grad()
-    def adapt(self, support: LabelledImages) -> Predictor:
-        predict_cells = self.cell_predictor(support)
-
-        @torch.no_grad()
-        def predict(query_images: torch.Tensor) -> torch.Tensor:
-            log_odds = predict_cells(query_images)
-            return bilinear_resize(log_odds[:, None], query_images.shape[-2:])
 
         return predict
 

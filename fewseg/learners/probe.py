@@ -9,6 +9,7 @@ statistics do not: the control a meta-learner must beat at K > 1 (README, issue 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -71,14 +72,18 @@ class SupportProbe(Learner):
         levels = self.encoder(images)
         return probe_features([levels] if isinstance(levels, torch.Tensor) else levels)
 
+    def cell_predictor(self, support: LabelledImages) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Query images → foreground log-odds [B,h,w] at the cells' grid."""
+        fitted = fit_support_probe(self._cells(support.images), support.masks, support.ignore)
+        return lambda query_images: read_probe(self._cells(query_images), fitted)
+
     @torch.no_grad()
     def adapt(self, support: LabelledImages) -> Predictor:
-        cells = self._cells(support.images)
-        fitted = fit_support_probe(cells, support.masks, support.ignore)
+        predict_cells = self.cell_predictor(support)
 
         @torch.no_grad()
         def predict(query_images: torch.Tensor) -> torch.Tensor:
-            log_odds = read_probe(self._cells(query_images), fitted)
+            log_odds = predict_cells(query_images)
             return bilinear_resize(log_odds[:, None], query_images.shape[-2:])
 
         return predict
