@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from fewseg.errors import FewSegError
 from fewseg.experiments.benchmark import read_bench_plan, run_benchmark, summarize_folds
 from fewseg.experiments.results_page import component_table, target_lines, write_results
 
@@ -61,6 +62,29 @@ def test_quick_overrides(tmp_path: Path) -> None:
         [0, 1],
         2,
     )
+
+
+def test_quick_overrides_an_entrys_own_training_too(tmp_path: Path) -> None:
+    path = tmp_path / "bench.yaml"
+    path.write_text(PLAN.replace("  finetune: {}", "  finetune: {steps: 40, meta_batch: 3}"))
+    assert read_bench_plan(path, quick=True).learners["finetune"] == {"steps": 1, "meta_batch": 3}
+    assert read_bench_plan(path).learners["finetune"] == {"steps": 40, "meta_batch": 3}
+
+
+@pytest.mark.parametrize("plan", ["bench.yaml", "ablation.yaml"])
+def test_the_repository_plans_read_with_every_entry_checked(plan: str) -> None:
+    path = Path(__file__).resolve().parents[1] / "configs" / plan
+    for quick in (False, True):
+        read = read_bench_plan(path, quick=quick)
+        assert read.learners and read.shots == [1, 5]
+
+
+def test_a_bad_entry_is_an_error_when_the_plan_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "bench.yaml"
+    path.write_text(PLAN.replace("  finetune: {}", "  finetune: {inner_stesp: 3}"))
+    message = r"bench\.yaml \(finetune\): unknown option\(s\) of finetune: inner_stesp$"
+    with pytest.raises(FewSegError, match=message):
+        read_bench_plan(path)
 
 
 def test_tiny_benchmark_writes_results(tmp_path: Path) -> None:

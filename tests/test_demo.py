@@ -105,3 +105,30 @@ def test_an_entry_can_run_a_learner_under_a_name_of_its_own(tmp_path: Path) -> N
     plan_file.write_text(two_protonets.replace("hidden: 4}", "colour: 1}"))
     with pytest.raises(FewSegError, match="colour"):
         run_demo(read_plan(plan_file), tmp_path / "bad", progress=False)
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (
+            "baseline: {backbone: mobilenet_v2, colour: 1}",
+            r"\(baseline\): unknown option\(s\) of baseline: colour$",
+        ),
+        ("baseline: {backbone: resnet1000}", r"\(baseline\): .*resnet1000"),
+        ("fomaml: {inner_lr: fast}", r"\(fomaml\): .*inner_lr"),
+        ("fomaml: {steps: 0}", r"\(fomaml\): option steps must be >= 1, got 0$"),
+    ],
+)
+def test_every_entry_is_checked_when_the_plan_is_read(
+    tmp_path: Path, entry: str, message: str
+) -> None:
+    """A bad option in any entry is a one-line error before the first learner trains."""
+    plan_file = tmp_path / "plan.yaml"
+    name = entry.split(":")[0]
+    lines = [line for line in PLAN.splitlines() if not line.startswith(f"  {name}:")]
+    at = lines.index("learners:") + 1
+    plan_file.write_text("\n".join([*lines[:at], f"  {entry}", *lines[at:]]))
+    with pytest.raises(FewSegError, match=message) as caught:
+        read_plan(plan_file)
+    assert str(plan_file) in str(caught.value) and "\n" not in str(caught.value)
+    assert not (tmp_path / "out").exists()

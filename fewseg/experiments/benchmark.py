@@ -21,7 +21,7 @@ from fewseg.data.spec import open_source
 from fewseg.engine.evaluate import EvaluationSettings, evaluate, scored_at
 from fewseg.engine.report import EvaluationReport, read_report, write_report
 from fewseg.errors import FewSegError
-from fewseg.experiments.demo import DemoPlan, overlay_grid, prepare_learner
+from fewseg.experiments.demo import DemoPlan, check_plan_options, overlay_grid, prepare_learner
 from fewseg.learners.base import Learner
 from fewseg.options import changed_options, recorded_defaults
 
@@ -78,6 +78,7 @@ def read_bench_plan(path: str | Path, quick: bool = False) -> BenchPlan:
         evaluation = dict(values["evaluate"])
         train = dict(values.get("train") or {})
         folds = [str(f) for f in values["folds"]]
+        learners = {k: dict(v or {}) for k, v in values["learners"].items()}
         if quick:
             overrides = dict(values.get("quick") or {})
             folds = [str(f) for f in overrides.pop("folds", folds)]
@@ -85,6 +86,8 @@ def read_bench_plan(path: str | Path, quick: bool = False) -> BenchPlan:
                 if key in overrides:
                     evaluation[key] = overrides.pop(key)
             train.update(overrides)
+            for entry in learners.values():  # an entry's own steps give way to quick's too
+                entry.update({k: v for k, v in overrides.items() if k in entry})
         # checked now, not when the first evaluation starts
         EvaluationSettings(
             "all",
@@ -94,12 +97,12 @@ def read_bench_plan(path: str | Path, quick: bool = False) -> BenchPlan:
             score_at=str(evaluation.get("score_at", "resized")),
             missing_classes=str(evaluation.get("missing_classes", "skip")),
         )
-        return BenchPlan(
+        plan = BenchPlan(
             dataset=str(values["dataset"]),
             folds=folds,
             cross_domain={str(k): str(v) for k, v in (values.get("cross_domain") or {}).items()},
             train=train,
-            learners={k: dict(v or {}) for k, v in values["learners"].items()},
+            learners=learners,
             shots=[int(k) for k in evaluation["shots"]],
             episodes=int(evaluation["episodes"]),
             seeds=[int(s) for s in evaluation["seeds"]],
@@ -119,6 +122,8 @@ def read_bench_plan(path: str | Path, quick: bool = False) -> BenchPlan:
         raise FewSegError(f"{path}: not a benchmark plan ({exc})") from None
     except FewSegError as exc:
         raise FewSegError(f"{path}: {exc}") from None
+    check_plan_options(plan.fold_plan(plan.folds[0]))
+    return plan
 
 
 def summarize_folds(per_fold: dict[str, dict[str, Any]]) -> dict[str, Any]:

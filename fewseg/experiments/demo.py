@@ -12,7 +12,7 @@ import torch
 from fewseg.data.source import SegmentationSource
 from fewseg.data.spec import open_source
 from fewseg.engine.checkpoint import checkpoint_path, read_checkpoint
-from fewseg.engine.config import TRAIN_FIELDS, read_yaml, resolve_config
+from fewseg.engine.config import TRAIN_FIELDS, TrainConfig, read_yaml, resolve_config
 from fewseg.engine.evaluate import EvaluationSettings, evaluate
 from fewseg.engine.figures import episode_row, plot_episode_grid, plot_learning_curves
 from fewseg.engine.loading import load_learner
@@ -23,8 +23,9 @@ from fewseg.episodes.sampler import episode_plan
 from fewseg.episodes.tensors import load_resized_episode
 from fewseg.errors import FewSegError
 from fewseg.fileio import atomic_write, write_json
-from fewseg.learners.base import LEARNERS, Learner
-from fewseg.options import field_names
+from fewseg.learners.base import LEARNERS, Learner, LearnerOptions
+from fewseg.models.backbones import BACKBONES
+from fewseg.options import field_names, options_from
 
 
 @dataclass
@@ -75,7 +76,8 @@ def read_plan(path: str | Path) -> DemoPlan:
 
 def check_plan_options(plan: DemoPlan) -> None:
     """Every shared ``train`` option is a training option or an option of some learner of
-    the plan (each learner takes those it has)."""
+    the plan (each learner takes those it has), and every entry's options resolve: a typo
+    in the last entry is an error before the first one trains."""
     known = set(TRAIN_FIELDS)
     for name in plan.learners:
         known |= field_names(LEARNERS.get(plan.learner_of(name)).Options)
@@ -85,6 +87,8 @@ def check_plan_options(plan: DemoPlan) -> None:
             f"{plan.source_file}: train: unknown option(s) {', '.join(unknown)} "
             "(neither training options nor any learner's)"
         )
+    for name in plan.learners:
+        entry_options(plan, name)
 
 
 def learner_values(plan: DemoPlan, name: str) -> dict[str, Any]:
@@ -96,16 +100,32 @@ def learner_values(plan: DemoPlan, name: str) -> dict[str, Any]:
     return {**shared, **entry}
 
 
+def entry_options(plan: DemoPlan, name: str) -> tuple[TrainConfig | None, LearnerOptions]:
+    """Entry ``name``'s training settings (None for a training-free learner) and learner
+    options, checked."""
+    learner = plan.learner_of(name)
+    source = f"{plan.source_file} ({name})"
+    try:
+        config = None
+        if LEARNERS.get(learner).trainable:
+            shared = {k: v for k, v in plan.train.items() if k in TRAIN_FIELDS}
+            values = {**shared, **learner_values(plan, name), "learner": learner}
+            values |= {"dataset": plan.dataset, "fold": plan.fold}
+            config, options = resolve_config(values, {}, source)
+        else:
+            options_class = LEARNERS.get(learner).Options
+            options = options_from(options_class, learner_values(plan, name), source, learner)
+        BACKBONES.get(options.backbone)
+    except FewSegError as exc:
+        if str(exc).startswith(source):
+            raise
+        raise FewSegError(f"{source}: {exc}") from None
+    return config, options
+
+
 def train_learner(plan: DemoPlan, name: str, out: Path, progress: bool) -> tuple[Learner, float]:
-    shared = {k: v for k, v in plan.train.items() if k in TRAIN_FIELDS}
-    values = {
-        **shared,
-        **learner_values(plan, name),
-        "learner": plan.learner_of(name),
-        "dataset": plan.dataset,
-        "fold": plan.fold,
-    }
-    config, options = resolve_config(values, {}, f"{plan.source_file} ({name})")
+    config, options = entry_options(plan, name)
+    assert config is not None  # a trainable learner's entry
     run_dir = out / "train" / name
     # A finished run is reused and an interrupted one continues from its checkpoint, exactly
     # as if it had not stopped; one with other settings is refused with the setting named.
