@@ -183,6 +183,8 @@ def test_repri_recovers_the_foreground_size() -> None:
             {"refine": "ssp,crf"},
             "unknown refinement 'crf' (known: nearest, ssp, repri, none, auto)",
         ),
+        ({"refine": "auto,ssp"}, "refinement 'auto' stands alone, not in a list: got 'auto,ssp'"),
+        ({"refine": "ssp, none"}, "refinement 'none' stands alone, not in a list: got 'ssp, none'"),
         ({"combine_shots": "sum"}, "combine-shots must be one of mean, max, got 'sum'"),
         ({"min_presence": 1.5}, "min-presence must be in [0, 1], got 1.5"),
     ],

@@ -93,6 +93,12 @@ class InferenceOptions:
             raise FewSegError(f"zoom must be in [1, 4], got {self.zoom}")
         if not 0 <= self.weak_regions <= 1:
             raise FewSegError(f"weak-regions must be in [0, 1], got {self.weak_regions}")
+        names = [r.strip() for r in self.refine.split(",") if r.strip()]
+        alone = [r for r in names if r in ("auto", "none")]
+        if alone and len(names) > 1:
+            raise FewSegError(
+                f"refinement {alone[0]!r} stands alone, not in a list: got {self.refine!r}"
+            )
         unknown = [r for r in self.refinements if r not in REFINEMENTS]
         if unknown:
             raise FewSegError(
