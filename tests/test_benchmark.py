@@ -255,3 +255,58 @@ def test_a_report_from_before_an_option_that_changed_the_default_is_evaluated_ag
     report.write_text(json.dumps(data))
     assert finished_report(tmp_path, as_given, spec, settings, [0]) is not None
     assert finished_report(tmp_path, build_learner("probe"), spec, settings, [0]) is None
+
+
+ORPHAN_SCRIPT = """
+import multiprocessing, os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from fewseg.experiments.benchmark import _init_worker
+
+def work(path):
+    with open(path + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(path + ".tmp", path)
+    time.sleep(300)
+
+if __name__ == "__main__":
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(
+        1, mp_context=context, initializer=_init_worker, initargs=(1,), max_tasks_per_child=1
+    )
+    pool.submit(work, sys.argv[1])
+    time.sleep(300)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has stopped; only its parent's reaping is left
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_worker_stops_when_the_benchmark_process_is_killed(tmp_path: Path) -> None:
+    """``kill -9`` of ``fewseg bench`` must not leave its workers running their tasks."""
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "bench_like.py"
+    script.write_text(ORPHAN_SCRIPT)
+    pid_file = tmp_path / "worker.pid"
+    parent = subprocess.Popen([sys.executable, str(script), str(pid_file)])
+    try:
+        deadline = time.monotonic() + 120
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        worker = int(pid_file.read_text())
+        assert _running(worker)
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 60
+    while _running(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _running(worker)

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
+import signal
 import statistics
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -293,6 +296,21 @@ def finished_report(
 def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
     retain_freed_memory()  # as the command line does in its own process
+    # A benchmark started in the background inherits SIGINT ignored; its workers take it
+    # (from the watch below) as Ctrl-C all the same.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    watch = threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), daemon=True)
+    watch.start()
+
+
+def _stop_when_orphaned(parent: int, poll_seconds: float = 1.0) -> None:
+    """A worker whose benchmark process is gone (killed, not interrupted) stops as on
+    Ctrl-C, instead of running its task to the end beside a rerun: a training saves its
+    checkpoint after the current step, an evaluation stops (its finished seeds' report is
+    written only when all are done, so a rerun evaluates it again)."""
+    while os.getppid() == parent:
+        time.sleep(poll_seconds)
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
 
 def _run_tasks(
