@@ -113,13 +113,13 @@ def test_a_query_against_itself_finds_itself_everywhere_in_the_foreground(
 
 
 def shots(count: int, size: int = 32) -> LabelledImages:
-    """``count`` random images with the same centred square object (half the side)."""
+    """``count`` noisy dark images with the same bright centred square object (half the
+    side), masked."""
     torch.manual_seed(2)
     masks = torch.zeros(count, size, size, dtype=torch.long)
     masks[:, size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 1
-    return LabelledImages(
-        torch.rand(count, 3, size, size), masks, torch.zeros(count, size, size, dtype=torch.bool)
-    )
+    images = 0.5 * torch.rand(count, 3, size, size) + 0.5 * masks[:, None].float()
+    return LabelledImages(images, masks, torch.zeros(count, size, size, dtype=torch.bool))
 
 
 def test_the_support_loss_segments_each_shot_from_the_others(model: CorrelationModel) -> None:
