@@ -93,7 +93,7 @@ class InferenceOptions:
             raise FewSegError(f"zoom must be in [1, 4], got {self.zoom}")
         if not 0 <= self.weak_regions <= 1:
             raise FewSegError(f"weak-regions must be in [0, 1], got {self.weak_regions}")
-        names = [r.strip() for r in self.refine.split(",") if r.strip()]
+        names = self.named_refinements
         alone = [r for r in names if r in ("auto", "none")]
         if alone and len(names) > 1:
             raise FewSegError(
@@ -113,10 +113,15 @@ class InferenceOptions:
             raise FewSegError(f"min-presence must be in [0, 1], got {self.min_presence}")
 
     @property
+    def named_refinements(self) -> tuple[str, ...]:
+        """``refine`` as written, split at its commas (``auto`` and ``none`` kept)."""
+        return tuple(r.strip() for r in self.refine.split(",") if r.strip())
+
+    @property
     def refinements(self) -> tuple[str, ...]:
         """The refinements in order (``auto``: nearest; the pipeline drops it for a learner
         without image features)."""
-        names = tuple(r.strip() for r in self.refine.split(",") if r.strip())
+        names = self.named_refinements
         if names == ("auto",):
             return ("nearest",)
         return () if names == ("none",) else names
