@@ -13,7 +13,7 @@ from fewseg.episodes.tensors import EpisodeTensors, LabelledImages
 from fewseg.errors import FewSegError
 from fewseg.learners import build_learner
 from fewseg.learners.losses import soft_iou_loss
-from fewseg.models.probe import probe_optimum
+from fewseg.models.probe import fit_probe, probe_optimum
 
 
 def separable_cells() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -66,10 +66,25 @@ def test_the_soft_iou_loss_by_hand() -> None:
 def test_an_initialised_lrd2_predicts_as_the_probe() -> None:
     support, query = shots(3, 64), torch.rand(2, 3, 64, 64)
     lrd2, probe = build_learner("lrd2").eval(), build_learner("probe").eval()
-    # equal up to the solver's tolerance: lrd2 takes one Newton step from L-BFGS's optimum
+    # equal up to the solver's tolerance: lrd2's decay is exp(log 1e-3) in float32, and with
+    # gradients it takes one Newton step from L-BFGS's optimum
     torch.testing.assert_close(
         lrd2.adapt(support)(query), probe.adapt(support)(query), atol=5e-3, rtol=0
     )
+    torch.testing.assert_close(
+        lrd2.cell_predictor(support)(query), probe.cell_predictor(support)(query), atol=5e-3, rtol=0
+    )
+
+
+def test_without_a_gradient_the_optimum_is_the_fit_itself() -> None:
+    cells, fg_weight, bg_weight = separable_cells()
+    decay = torch.tensor(1e-2, dtype=torch.float64, requires_grad=True)
+    fitted = fit_probe(cells, fg_weight, bg_weight, 1e-2)
+    for skipped in (
+        probe_optimum(cells, fg_weight, bg_weight, 1e-2),  # nothing requires a gradient
+        torch.no_grad()(probe_optimum)(cells.requires_grad_(True), fg_weight, bg_weight, decay),
+    ):
+        assert all(torch.equal(a, b) for a, b in zip(skipped, fitted, strict=True))
 
 
 def test_meta_gradients_reach_every_meta_parameter_and_lower_the_loss() -> None:

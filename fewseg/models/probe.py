@@ -47,9 +47,8 @@ def probe_examples(
     fraction over all the cells' foreground, and the same for the background, so that each
     class weighs 1 whatever its area (a class without cells weighs nothing)."""
     fraction, valid = labelled_cells(masks, ignore, features.shape[-2:])
-    fraction = fraction.flatten()
-    keep = valid.flatten() > 0.5
-    cells = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])[keep]
+    keep = valid > 0.5  # [K,h,w]
+    cells = features.permute(0, 2, 3, 1)[keep]  # [n,C] in one gather
     fraction = fraction[keep]
     fg_weight = fraction / fraction.sum().clamp_min(1e-6)
     bg_weight = (1 - fraction) / (1 - fraction).sum().clamp_min(1e-6)
@@ -112,10 +111,13 @@ def probe_optimum(
     with respect to the cells and the decay by the implicit function theorem. At the
     optimum θ* the objective's gradient g vanishes, so θ* − H⁻¹·g(θ*), with the Hessian H
     held constant, equals θ* and differentiates as θ* does (dθ*/dφ = −H⁻¹ ∂g/∂φ). This is
-    what lets the probe be meta-learned (fewseg.learners.lrd2) without unrolling L-BFGS."""
+    what lets the probe be meta-learned (fewseg.learners.lrd2) without unrolling L-BFGS.
+    Where no gradient can flow (grad mode off, or neither the cells nor the decay require
+    one) the correction is skipped: it would change θ* only by the solver's tolerance."""
     decay = torch.as_tensor(decay, dtype=cells.dtype, device=cells.device)
     weights, bias = fit_probe(cells, fg_weight, bg_weight, float(decay.detach()))
-    if len(cells) == 0:
+    differentiable = cells.requires_grad or decay.requires_grad
+    if len(cells) == 0 or not (torch.is_grad_enabled() and differentiable):
         return weights, bias
     ones = cells.new_ones(len(cells), 1)
     augmented = torch.cat([cells, ones], dim=1)
