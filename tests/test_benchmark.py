@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from fewseg.data.spec import open_source
+from fewseg.engine.evaluate import EvaluationSettings, evaluate
 from fewseg.errors import FewSegError
 from fewseg.experiments.benchmark import read_bench_plan, run_benchmark, summarize_folds
+from fewseg.experiments.demo import prepare_learner
 from fewseg.experiments.results_page import component_table, target_lines, write_results
 
 PLAN = """
@@ -145,6 +148,35 @@ def test_two_jobs_give_the_results_of_one(tmp_path: Path) -> None:
     assert list(parallel["results"]["protonet"]["other"]["1shot"]["per_fold"]) == ["0", "1"]
     overlay = Path(parallel["overlays"]["finetune"]["other"])
     assert overlay.parent == tmp_path / "parallel/fold0/overlays" and overlay.stat().st_size > 1000
+
+
+def test_a_training_free_entry_is_evaluated_cross_domain_once_for_every_fold(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "bench.yaml"
+    path.write_text(PLAN.replace("  finetune: {}", "  finetune: {}\n  baseline: {}"))
+    plan = read_bench_plan(path)
+    outcome = run_benchmark(plan, tmp_path / "runs", progress=False)
+    assert not (tmp_path / "runs/fold1/eval/baseline-other-1shot").exists()
+    assert (tmp_path / "runs/fold1/eval/protonet-other-1shot/report.json").is_file()
+    assert (tmp_path / "runs/fold1/eval/baseline-synthetic:images=8,size=64-1shot").is_dir()
+    for shots in ("1shot", "2shot"):
+        per_fold = outcome["results"]["baseline"]["other"][shots]["per_fold"]
+        assert list(per_fold) == ["0", "1"]
+        assert per_fold["1"]["same_as_fold"] == "0" and per_fold["1"]["seconds"] == 0.0
+        assert "same_as_fold" not in per_fold["0"] and per_fold["0"]["seconds"] > 0
+    # what an evaluation of its own on fold 1's plan scores: the shared numbers
+    shared = outcome["results"]["baseline"]["other"]["2shot"]["per_fold"]["1"]
+    learner, _ = prepare_learner(plan.fold_plan("1"), "baseline", tmp_path / "own", False)
+    settings = EvaluationSettings("all", 2, 4, 64, progress=False, min_class_images=3)
+    spec = plan.cross_domain["other"]
+    own = evaluate(learner, open_source(spec), spec, settings, [0, 1])
+    assert shared["seed_miou"] == [run.miou for run in own.runs]
+    assert shared["seed_fbiou"] == [run.fbiou for run in own.runs]
+    assert (
+        outcome["results"]["protonet"]["other"]["2shot"]["per_fold"]["1"].get("same_as_fold")
+        is None
+    )
 
 
 def test_an_interrupted_benchmark_reuses_its_finished_training_and_evaluations(

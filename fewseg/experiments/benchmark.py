@@ -25,7 +25,7 @@ from fewseg.engine.evaluate import EvaluationSettings, evaluate, scored_at
 from fewseg.engine.report import EvaluationReport, read_report, write_report
 from fewseg.errors import FewSegError
 from fewseg.experiments.demo import DemoPlan, check_plan_options, overlay_grid, prepare_learner
-from fewseg.learners.base import Learner
+from fewseg.learners.base import LEARNERS, Learner
 from fewseg.options import changed_options, recorded_defaults
 
 
@@ -59,6 +59,12 @@ class BenchPlan:
 
     def learner_of(self, entry: str) -> str:
         return self.fold_plan(self.folds[0]).learner_of(entry)
+
+    def fold_free(self, entry: str) -> bool:
+        """A training-free entry: the same learner on every fold, so its cross-domain
+        evaluations (their episodes do not depend on the fold either) run once, in the first
+        fold's task, and stand for every fold (:func:`share_fold_free`)."""
+        return not LEARNERS.get(self.learner_of(entry)).trainable
 
     def fold_plan(self, fold: str) -> DemoPlan:
         return DemoPlan(
@@ -207,6 +213,9 @@ def run_task(plan: BenchPlan, task: BenchTask, out: Path, progress: bool) -> dic
     overlays: dict[str, str] = {}
     work_seconds = train_seconds or 0.0
     for dataset, spec in plan.datasets.items():
+        cross_domain = dataset != plan.dataset_name
+        if cross_domain and task.fold != plan.folds[0] and plan.fold_free(task.learner):
+            continue  # the first fold's task evaluates it (share_fold_free)
         source = _source(spec)
         eval_fold = task.fold if dataset == plan.dataset_name else "all"
         size = int(plan.train.get("size") or source.default_size)
@@ -242,6 +251,20 @@ def run_task(plan: BenchPlan, task: BenchTask, out: Path, progress: bool) -> dic
         "seconds": time.perf_counter() - start,
         "work_seconds": work_seconds,
     }
+
+
+def share_fold_free(plan: BenchPlan, results: dict[str, Any]) -> None:
+    """Each training-free entry's cross-domain results of the first fold copied to the other
+    folds, marked ``same_as_fold`` and with no seconds of their own: evaluated again, the
+    same learner on the same episodes would score the same."""
+    first, others = plan.folds[0], plan.folds[1:]
+    for name in plan.learners:
+        if not plan.fold_free(name):
+            continue
+        for dataset in plan.cross_domain:
+            for entry in results[name][dataset].values():
+                shared = {**entry["per_fold"][first], "seconds": 0.0, "same_as_fold": first}
+                entry["per_fold"].update({fold: dict(shared) for fold in others})
 
 
 def finished_report(
@@ -388,6 +411,7 @@ def run_benchmark(
                 for shots, entry in by_shots.items():
                     slot = results[task.learner][dataset].setdefault(shots, {"per_fold": {}})
                     slot["per_fold"][fold] = entry
+    share_fold_free(plan, results)
     for learner_results in results.values():
         for dataset_results in learner_results.values():
             for entry in dataset_results.values():
