@@ -3,6 +3,7 @@
 from fewseg.learners import (
     baseline,  # noqa: F401  (registers)
     finetune,  # noqa: F401  (registers)
+    imaml,  # noqa: F401  (registers)
     lrd2,  # noqa: F401  (registers)
     maml,  # noqa: F401  (registers)
     probe,  # noqa: F401  (registers)

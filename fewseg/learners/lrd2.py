@@ -44,7 +44,7 @@ class LRD2Options(ProbeOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.outer_lr > 0:
-            raise FewSegError(f"lrd2: outer_lr must be > 0, got {self.outer_lr}")
+            raise FewSegError(f"{self.learner}: outer_lr must be > 0, got {self.outer_lr}")
 
 
 @register_learner("lrd2", "LR-D2: the support-fitted probe, its decay and calibration meta-learned")
@@ -76,13 +76,20 @@ class LRD2(SupportProbe):
         cells, fg_weight, bg_weight = probe_examples(
             self._scaled_cells(support.images), support.masks, support.ignore
         )
-        fitted = probe_optimum(cells, fg_weight, bg_weight, self.log_decay.exp())
+        fitted = self.fitted_probe(cells, fg_weight, bg_weight)
 
         def predict(query_images: torch.Tensor) -> torch.Tensor:
             log_odds = read_probe(self._scaled_cells(query_images), fitted)
             return log_odds * self.log_scale.exp() + self.shift
 
         return predict
+
+    def fitted_probe(
+        self, cells: torch.Tensor, fg_weight: torch.Tensor, bg_weight: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The probe fitted on the support's (scaled) cells, differentiable by the implicit
+        function theorem."""
+        return probe_optimum(cells, fg_weight, bg_weight, self.log_decay.exp())
 
     def meta_gradients(self, episodes: Sequence[EpisodeTensors]) -> dict[str, float]:
         total = 0.0

@@ -62,14 +62,16 @@ def probe_loss(
     fg_weight: torch.Tensor,
     bg_weight: torch.Tensor,
     decay: float = DECAY,
+    centre: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The objective the probe minimises: the mean of the two classes' weighted logistic
-    losses of ``cells @ weights + bias`` plus ``decay`` × |weights|² (the bias is not
-    regularised)."""
+    losses of ``cells @ weights + bias`` plus ``decay`` × |weights − centre|² (``centre``
+    None: zero; the bias is not regularised)."""
     logits = cells @ weights + bias
     foreground = (fg_weight * F.softplus(-logits)).sum()
     background = (bg_weight * F.softplus(logits)).sum()
-    return 0.5 * (foreground + background) + decay * weights.square().sum()
+    offset = weights if centre is None else weights - centre
+    return 0.5 * (foreground + background) + decay * offset.square().sum()
 
 
 def fit_probe(
@@ -78,11 +80,16 @@ def fit_probe(
     bg_weight: torch.Tensor,
     decay: float = DECAY,
     iterations: int = ITERATIONS,
+    centre: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weights [C], bias []) minimising :func:`probe_loss` by L-BFGS from zero; no
-    gradient flows out (the probe is fitted, not meta-learned)."""
+    """(weights [C], bias []) minimising :func:`probe_loss` by L-BFGS from ``centre``
+    (None: zero) and a zero bias; no gradient flows out (the fit itself is not unrolled)."""
     cells, fg_weight, bg_weight = cells.detach(), fg_weight.detach(), bg_weight.detach()
-    weights = cells.new_zeros(cells.shape[1], requires_grad=True)
+    if centre is None:
+        weights = cells.new_zeros(cells.shape[1], requires_grad=True)
+    else:
+        centre = centre.detach()
+        weights = centre.clone().requires_grad_(True)
     bias = cells.new_zeros((), requires_grad=True)
     if len(cells) == 0:
         return weights.detach(), bias.detach()
@@ -92,7 +99,7 @@ def fit_probe(
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = probe_loss(weights, bias, cells, fg_weight, bg_weight, decay)
+        loss = probe_loss(weights, bias, cells, fg_weight, bg_weight, decay, centre)
         loss.backward()
         return loss
 
@@ -106,17 +113,20 @@ def probe_optimum(
     fg_weight: torch.Tensor,
     bg_weight: torch.Tensor,
     decay: torch.Tensor | float = DECAY,
+    centre: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`fit_probe`'s optimum (weights [C], bias []) with a gradient: its derivative
-    with respect to the cells and the decay by the implicit function theorem. At the
+    with respect to the cells, the decay and the ``centre`` the weights decay towards (iMAML's
+    initialisation: fewseg.learners.imaml) by the implicit function theorem. At the
     optimum θ* the objective's gradient g vanishes, so θ* − H⁻¹·g(θ*), with the Hessian H
     held constant, equals θ* and differentiates as θ* does (dθ*/dφ = −H⁻¹ ∂g/∂φ). This is
     what lets the probe be meta-learned (fewseg.learners.lrd2) without unrolling L-BFGS.
     Where no gradient can flow (grad mode off, or neither the cells nor the decay require
     one) the correction is skipped: it would change θ* only by the solver's tolerance."""
     decay = torch.as_tensor(decay, dtype=cells.dtype, device=cells.device)
-    weights, bias = fit_probe(cells, fg_weight, bg_weight, float(decay.detach()))
+    weights, bias = fit_probe(cells, fg_weight, bg_weight, float(decay.detach()), centre=centre)
     differentiable = cells.requires_grad or decay.requires_grad
+    differentiable = differentiable or (centre is not None and centre.requires_grad)
     if len(cells) == 0 or not (torch.is_grad_enabled() and differentiable):
         return weights, bias
     ones = cells.new_ones(len(cells), 1)
@@ -126,7 +136,8 @@ def probe_optimum(
     logits = augmented @ optimum
     probability = logits.sigmoid()
     residual = 0.5 * (fg_weight * (probability - 1) + bg_weight * probability)
-    gradient = augmented.T @ residual + 2 * decay * regularised * optimum
+    offset = optimum if centre is None else optimum - torch.cat([centre, centre.new_zeros(1)])
+    gradient = augmented.T @ residual + 2 * decay * regularised * offset
     with torch.no_grad():
         curvature = 0.5 * (fg_weight + bg_weight) * probability * (1 - probability)
         hessian = (augmented.T * curvature) @ augmented

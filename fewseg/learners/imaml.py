@@ -1,0 +1,48 @@
+"""``imaml``: implicit MAML on the support-fitted probe.
+
+Rajeswaran, Finn, Kakade and Levine, "Meta-Learning with Implicit Gradients", NeurIPS
+2019: the inner loop solves the support loss to its optimum under a proximal term that
+pulls the task's parameters towards a meta-learned initialisation θ₀,
+``min_φ L_support(φ) + λ/2 |φ − θ₀|²``, and the meta-gradient reaches θ₀ through that
+optimum by the implicit function theorem instead of through unrolled steps. Here φ is
+the linear probe of fewseg.learners.probe (class-balanced logistic regression on frozen
+backbone cells, its L2 decay the proximal term, λ = 2 × decay), so the task's optimum is
+:func:`fewseg.models.probe.probe_optimum` with ``centre`` θ₀. What is meta-learned: θ₀
+(one weight per feature channel, the prior the one-shot fit starts from and stays near),
+the decay λ, and :mod:`fewseg.learners.lrd2`'s calibration (a scale and shift of the
+log-odds, a scale per channel). Initialised (θ₀ = 0), it predicts as ``lrd2`` and
+``probe`` do.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fewseg.learners.base import register_learner
+from fewseg.learners.lrd2 import LRD2, LRD2Options
+from fewseg.models.probe import probe_optimum
+
+
+class IMAMLOptions(LRD2Options):
+    learner = "imaml"
+
+
+@register_learner("imaml", "iMAML: the probe's fit pulled towards a meta-learned initialisation")
+class IMAML(LRD2):
+    """:class:`LRD2` with ``initial_weights`` θ₀, the centre of the fit's decay."""
+
+    Options = IMAMLOptions
+    options: IMAMLOptions
+
+    def __init__(self, options: IMAMLOptions) -> None:
+        super().__init__(options)
+        self.initial_weights = nn.Parameter(torch.zeros(self.encoder.out_channels))
+
+    def fitted_probe(
+        self, cells: torch.Tensor, fg_weight: torch.Tensor, bg_weight: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The task's optimum near θ₀, differentiable in θ₀, the decay and the cells."""
+        return probe_optimum(
+            cells, fg_weight, bg_weight, self.log_decay.exp(), centre=self.initial_weights
+        )
