@@ -52,17 +52,25 @@ def test_the_training_cells_are_the_valid_ones_each_class_weighing_one() -> None
 
 
 def newton_reference(
-    cells: torch.Tensor, fg_weight: torch.Tensor, bg_weight: torch.Tensor, decay: float
+    cells: torch.Tensor,
+    fg_weight: torch.Tensor,
+    bg_weight: torch.Tensor,
+    decay: float,
+    centre: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The probe's objective minimised by Newton's method in float64: (weights, bias)."""
+    """The probe's objective minimised by Newton's method in float64: (weights, bias); the
+    weights decay towards ``centre`` (None: zero)."""
     x = torch.cat([cells.double(), torch.ones(len(cells), 1, dtype=torch.float64)], dim=1)
     fg, bg = 0.5 * fg_weight.double(), 0.5 * bg_weight.double()
     penalty = torch.full((x.shape[1],), 2 * decay, dtype=torch.float64)
     penalty[-1] = 0
+    target = torch.zeros(x.shape[1], dtype=torch.float64)
+    if centre is not None:
+        target[:-1] = centre.double()
     theta = torch.zeros(x.shape[1], dtype=torch.float64)
     for _ in range(50):
         p = torch.sigmoid(x @ theta)
-        gradient = x.T @ (bg * p - fg * (1 - p)) + penalty * theta
+        gradient = x.T @ (bg * p - fg * (1 - p)) + penalty * (theta - target)
         hessian = x.T @ (x * ((fg + bg) * p * (1 - p))[:, None]) + torch.diag(penalty)
         theta = theta - torch.linalg.solve(hessian, gradient)
     return theta

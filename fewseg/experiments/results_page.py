@@ -19,7 +19,7 @@ from fewseg.fileio import atomic_write, write_json
 from fewseg.learners.base import LEARNERS
 from fewseg.options import defaults
 
-MAML_FAMILY = ("maml", "fomaml", "reptile")
+MAML_FAMILY = ("maml", "fomaml", "reptile", "imaml")
 META_LEARNED = (*MAML_FAMILY, "protonet", "lrd2")
 REQUIRED_CONTROLS = ("finetune", "baseline")  # issue #17's two controls
 # and, where the plan has it, the training-free probe: the strongest at 5 shots here

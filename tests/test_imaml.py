@@ -1,0 +1,76 @@
+"""``imaml``: the probe's fit decaying towards a meta-learned initialisation θ₀. Its optimum
+and the implicit gradient with respect to θ₀ against Newton's method and finite
+differences, the fit's pull towards θ₀, an initialised learner equal to ``lrd2``, and
+meta-gradients reaching θ₀."""
+
+from __future__ import annotations
+
+import torch
+from test_correlation_model import shots
+from test_lrd2 import separable_cells
+from test_probe import newton_reference
+
+from fewseg.episodes.tensors import EpisodeTensors, LabelledImages
+from fewseg.learners import build_learner
+from fewseg.models.probe import fit_probe, probe_loss, probe_optimum
+
+
+def test_the_optimum_near_a_centre_differentiates_as_the_exact_solution() -> None:
+    cells, fg_weight, bg_weight = separable_cells()
+    centre = torch.tensor([1.5, -0.5, 0.25, 2.0], dtype=torch.float64)
+    direction = torch.randn(5, dtype=torch.float64)
+    variable = centre.clone().requires_grad_(True)
+    weights, bias = probe_optimum(cells, fg_weight, bg_weight, 1e-2, centre=variable)
+    expected = newton_reference(cells, fg_weight, bg_weight, 1e-2, centre)
+    fitted = torch.cat([weights, bias[None]]).detach()
+    torch.testing.assert_close(fitted, expected, atol=1e-6, rtol=0)
+    # not the optimum without the centre
+    assert (expected - newton_reference(cells, fg_weight, bg_weight, 1e-2)).abs().max() > 0.1
+    (torch.cat([weights, bias[None]]) @ direction).backward()
+    eps = 1e-6
+    for j in range(4):
+        plus, minus = centre.clone(), centre.clone()
+        plus[j] += eps
+        minus[j] -= eps
+        by_centre = (
+            newton_reference(cells, fg_weight, bg_weight, 1e-2, plus) @ direction
+            - newton_reference(cells, fg_weight, bg_weight, 1e-2, minus) @ direction
+        ) / (2 * eps)
+        torch.testing.assert_close(variable.grad[j], by_centre, atol=1e-6, rtol=1e-4)
+
+
+def test_a_strong_decay_keeps_the_fit_at_its_centre() -> None:
+    cells, fg_weight, bg_weight = separable_cells()
+    centre = torch.tensor([0.3, -0.2, 0.1, 0.4], dtype=torch.float64)
+    weights, bias = fit_probe(cells, fg_weight, bg_weight, 1e4, centre=centre)
+    torch.testing.assert_close(weights, centre, atol=1e-4, rtol=0)
+    assert float(probe_loss(weights, bias, cells, fg_weight, bg_weight, 1e4, centre)) < float(
+        probe_loss(weights, bias, cells, fg_weight, bg_weight, 1e4)
+    )
+
+
+def test_an_initialised_imaml_predicts_as_lrd2() -> None:
+    support, query = shots(3, 64), torch.rand(2, 3, 64, 64)
+    imaml, lrd2 = build_learner("imaml").eval(), build_learner("lrd2").eval()
+    assert torch.equal(imaml.initial_weights, torch.zeros(imaml.encoder.out_channels))
+    assert torch.equal(imaml.adapt(support)(query), lrd2.adapt(support)(query))
+
+
+def test_meta_gradients_reach_the_initialisation_and_lower_the_loss() -> None:
+    images = shots(4, 96)
+    support = LabelledImages(images.images[:1], images.masks[:1], images.ignore[:1])
+    query = LabelledImages(images.images[3:], images.masks[3:], images.ignore[3:])
+    episode = EpisodeTensors(0, support, query)
+    learner = build_learner("imaml", {"outer_lr": 0.05}).train()
+    optimizer = learner.make_optimizer()
+    trainable = {n for n, p in learner.named_parameters() if p.requires_grad}
+    assert trainable == {"log_decay", "log_scale", "shift", "log_channel_scale", "initial_weights"}
+    losses = []
+    for _ in range(5):
+        optimizer.zero_grad()
+        losses.append(learner.meta_gradients([episode])["loss"])
+        if not losses[1:]:
+            assert bool(learner.initial_weights.grad.abs().sum() > 0)
+        optimizer.step()
+    assert losses[-1] < losses[0]
+    assert bool(learner.initial_weights.detach().abs().sum() > 0)
