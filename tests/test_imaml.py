@@ -1,7 +1,7 @@
 """``imaml``: the probe's fit decaying towards a meta-learned initialisation θ₀. Its optimum
 and the implicit gradient with respect to θ₀ against Newton's method and finite
-differences, the fit's pull towards θ₀, an initialised learner equal to ``lrd2``, and
-meta-gradients reaching θ₀."""
+differences, the fit's pull towards θ₀, an initialised learner equal to ``lrd2``
+(meta-gradients reaching θ₀: tests/test_lrd2.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from test_correlation_model import shots
 from test_lrd2 import separable_cells
 from test_probe import newton_reference
 
-from fewseg.episodes.tensors import EpisodeTensors, LabelledImages
 from fewseg.learners import build_learner
 from fewseg.models.probe import fit_probe, probe_loss, probe_optimum
 
@@ -54,23 +53,3 @@ def test_an_initialised_imaml_predicts_as_lrd2() -> None:
     imaml, lrd2 = build_learner("imaml").eval(), build_learner("lrd2").eval()
     assert torch.equal(imaml.initial_weights, torch.zeros(imaml.encoder.out_channels))
     assert torch.equal(imaml.adapt(support)(query), lrd2.adapt(support)(query))
-
-
-def test_meta_gradients_reach_the_initialisation_and_lower_the_loss() -> None:
-    images = shots(4, 96)
-    support = LabelledImages(images.images[:1], images.masks[:1], images.ignore[:1])
-    query = LabelledImages(images.images[3:], images.masks[3:], images.ignore[3:])
-    episode = EpisodeTensors(0, support, query)
-    learner = build_learner("imaml", {"outer_lr": 0.05}).train()
-    optimizer = learner.make_optimizer()
-    trainable = {n for n, p in learner.named_parameters() if p.requires_grad}
-    assert trainable == {"log_decay", "log_scale", "shift", "log_channel_scale", "initial_weights"}
-    losses = []
-    for _ in range(5):
-        optimizer.zero_grad()
-        losses.append(learner.meta_gradients([episode])["loss"])
-        if not losses[1:]:
-            assert bool(learner.initial_weights.grad.abs().sum() > 0)
-        optimizer.step()
-    assert losses[-1] < losses[0]
-    assert bool(learner.initial_weights.detach().abs().sum() > 0)

@@ -1,6 +1,7 @@
 """``lrd2``: the probe's optimum differentiated by the implicit function theorem against
 finite differences of the exact (Newton) optimum, the soft IoU loss by hand, an initialised
-learner equal to ``probe``, and meta-gradients reaching every meta-parameter."""
+learner equal to ``probe``, and meta-gradients reaching every meta-parameter (also
+``imaml``'s θ₀)."""
 
 from __future__ import annotations
 
@@ -87,14 +88,23 @@ def test_without_a_gradient_the_optimum_is_the_fit_itself() -> None:
         assert all(torch.equal(a, b) for a, b in zip(skipped, fitted, strict=True))
 
 
-def test_meta_gradients_reach_every_meta_parameter_and_lower_the_loss() -> None:
+CALIBRATION = {"log_decay", "log_scale", "shift", "log_channel_scale"}
+
+
+@pytest.mark.parametrize(
+    ("name", "support_shots", "names"),
+    [("lrd2", 3, CALIBRATION), ("imaml", 1, CALIBRATION | {"initial_weights"})],
+)
+def test_meta_gradients_reach_every_meta_parameter_and_lower_the_loss(
+    name: str, support_shots: int, names: set[str]
+) -> None:
     images = shots(4, 96)
-    support = LabelledImages(images.images[:3], images.masks[:3], images.ignore[:3])
+    k = support_shots
+    support = LabelledImages(images.images[:k], images.masks[:k], images.ignore[:k])
     query = LabelledImages(images.images[3:], images.masks[3:], images.ignore[3:])
     episode = EpisodeTensors(0, support, query)
-    learner = build_learner("lrd2", {"outer_lr": 0.05}).train()
+    learner = build_learner(name, {"outer_lr": 0.05}).train()
     optimizer = learner.make_optimizer()
-    names = {"log_decay", "log_scale", "shift", "log_channel_scale"}
     assert {n for n, _ in learner.named_parameters() if _.requires_grad} == names
     losses = []
     for _ in range(5):

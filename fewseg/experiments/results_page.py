@@ -236,7 +236,8 @@ def write_results(plan: BenchPlan, outcome: dict[str, Any], docs: Path, command:
         "- Cross-domain: the models trained on each coco-mini fold, evaluated on every class of "
         "the other dataset (fold `all`) with seeds "
         f"{plan.seeds_for(next(iter(plan.cross_domain), plan.dataset_name))}; "
-        "the fold columns name the training fold.",
+        "the fold columns name the training fold. A training-free entry is the same learner "
+        "on every fold: it is evaluated there once and its numbers stand in every fold column.",
         "- Repeated support sets: at test time adaptation is deterministic, so an episode "
         "whose class and support images were met before (common at 1-shot) reuses the "
         "predictor built then; scores are identical to adapting again (tested).",
