@@ -53,3 +53,6 @@ def test_an_initialised_imaml_predicts_as_lrd2() -> None:
     imaml, lrd2 = build_learner("imaml").eval(), build_learner("lrd2").eval()
     assert torch.equal(imaml.initial_weights, torch.zeros(imaml.encoder.out_channels))
     assert torch.equal(imaml.adapt(support)(query), lrd2.adapt(support)(query))
+    by_shots = build_learner("imaml", {"shot_decay": True}).eval()
+    assert float(by_shots.decay_exponent.detach()) == 0
+    assert torch.equal(by_shots.adapt(support)(query), lrd2.adapt(support)(query))

@@ -92,18 +92,22 @@ CALIBRATION = {"log_decay", "log_scale", "shift", "log_channel_scale"}
 
 
 @pytest.mark.parametrize(
-    ("name", "support_shots", "names"),
-    [("lrd2", 3, CALIBRATION), ("imaml", 1, CALIBRATION | {"initial_weights"})],
+    ("name", "extra", "support_shots", "names"),
+    [
+        ("lrd2", {}, 3, CALIBRATION),
+        ("imaml", {}, 1, CALIBRATION | {"initial_weights"}),
+        ("imaml", {"shot_decay": True}, 3, CALIBRATION | {"initial_weights", "decay_exponent"}),
+    ],
 )
 def test_meta_gradients_reach_every_meta_parameter_and_lower_the_loss(
-    name: str, support_shots: int, names: set[str]
+    name: str, extra: dict, support_shots: int, names: set[str]
 ) -> None:
     images = shots(4, 96)
     k = support_shots
     support = LabelledImages(images.images[:k], images.masks[:k], images.ignore[:k])
     query = LabelledImages(images.images[3:], images.masks[3:], images.ignore[3:])
     episode = EpisodeTensors(0, support, query)
-    learner = build_learner(name, {"outer_lr": 0.05}).train()
+    learner = build_learner(name, {"outer_lr": 0.05, **extra}).train()
     optimizer = learner.make_optimizer()
     assert {n for n, _ in learner.named_parameters() if _.requires_grad} == names
     losses = []

@@ -10,11 +10,15 @@ backbone cells, its L2 decay the proximal term, λ = 2 × decay), so the task's 
 :func:`fewseg.models.probe.probe_optimum` with ``centre`` θ₀. What is meta-learned: θ₀
 (one weight per feature channel, the prior the one-shot fit starts from and stays near),
 the decay λ, and :mod:`fewseg.learners.lrd2`'s calibration (a scale and shift of the
-log-odds, a scale per channel). Initialised (θ₀ = 0), it predicts as ``lrd2`` and
-``probe`` do.
+log-odds, a scale per channel); with ``shot_decay`` also how the decay shrinks with the
+number of shots. Initialised (θ₀ = 0), it predicts as ``lrd2`` and ``probe`` do.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -22,10 +26,17 @@ from torch import nn
 from fewseg.learners.base import register_learner
 from fewseg.learners.lrd2 import LRD2, LRD2Options
 from fewseg.models.probe import probe_optimum
+from fewseg.options import option
 
 
+@dataclass
 class IMAMLOptions(LRD2Options):
-    learner = "imaml"
+    shot_decay: bool = option(
+        False,
+        "a K-shot fit's decay divided by K^a, the exponent a meta-learned (from 0): more "
+        "shots, less pull towards the initialisation",
+    )
+    learner: ClassVar[str] = "imaml"
 
 
 @register_learner("imaml", "iMAML: the probe's fit pulled towards a meta-learned initialisation")
@@ -38,11 +49,16 @@ class IMAML(LRD2):
     def __init__(self, options: IMAMLOptions) -> None:
         super().__init__(options)
         self.initial_weights = nn.Parameter(torch.zeros(self.encoder.out_channels))
+        if options.shot_decay:
+            self.decay_exponent = nn.Parameter(torch.zeros(()))
 
     def fitted_probe(
-        self, cells: torch.Tensor, fg_weight: torch.Tensor, bg_weight: torch.Tensor
+        self, cells: torch.Tensor, fg_weight: torch.Tensor, bg_weight: torch.Tensor, shots: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The task's optimum near θ₀, differentiable in θ₀, the decay and the cells."""
+        log_decay = self.log_decay
+        if self.options.shot_decay:
+            log_decay = log_decay - self.decay_exponent * math.log(shots)
         return probe_optimum(
-            cells, fg_weight, bg_weight, self.log_decay.exp(), centre=self.initial_weights
+            cells, fg_weight, bg_weight, log_decay.exp(), centre=self.initial_weights
         )

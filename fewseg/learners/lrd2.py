@@ -76,7 +76,7 @@ class LRD2(SupportProbe):
         cells, fg_weight, bg_weight = probe_examples(
             self._scaled_cells(support.images), support.masks, support.ignore
         )
-        fitted = self.fitted_probe(cells, fg_weight, bg_weight)
+        fitted = self.fitted_probe(cells, fg_weight, bg_weight, len(support.images))
 
         def predict(query_images: torch.Tensor) -> torch.Tensor:
             log_odds = read_probe(self._scaled_cells(query_images), fitted)
@@ -85,10 +85,10 @@ class LRD2(SupportProbe):
         return predict
 
     def fitted_probe(
-        self, cells: torch.Tensor, fg_weight: torch.Tensor, bg_weight: torch.Tensor
+        self, cells: torch.Tensor, fg_weight: torch.Tensor, bg_weight: torch.Tensor, shots: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The probe fitted on the support's (scaled) cells, differentiable by the implicit
-        function theorem."""
+        """The probe fitted on the (scaled) cells of a ``shots``-image support set,
+        differentiable by the implicit function theorem."""
         return probe_optimum(cells, fg_weight, bg_weight, self.log_decay.exp())
 
     def meta_gradients(self, episodes: Sequence[EpisodeTensors]) -> dict[str, float]:
