@@ -217,7 +217,7 @@ def run_task(plan: BenchPlan, task: BenchTask, out: Path, progress: bool) -> dic
         if cross_domain and task.fold != plan.folds[0] and plan.fold_free(task.learner):
             continue  # the first fold's task evaluates it (share_fold_free)
         source = _source(spec)
-        eval_fold = task.fold if dataset == plan.dataset_name else "all"
+        eval_fold = "all" if cross_domain else task.fold
         size = int(plan.train.get("size") or source.default_size)
         for shots in plan.shots:
             settings = EvaluationSettings(

@@ -121,8 +121,8 @@ def probe_optimum(
     optimum θ* the objective's gradient g vanishes, so θ* − H⁻¹·g(θ*), with the Hessian H
     held constant, equals θ* and differentiates as θ* does (dθ*/dφ = −H⁻¹ ∂g/∂φ). This is
     what lets the probe be meta-learned (fewseg.learners.lrd2) without unrolling L-BFGS.
-    Where no gradient can flow (grad mode off, or neither the cells nor the decay require
-    one) the correction is skipped: it would change θ* only by the solver's tolerance."""
+    Where no gradient can flow (grad mode off, or none of the cells, the decay and the centre
+    require one) the correction is skipped: it would change θ* only by the solver's tolerance."""
     decay = torch.as_tensor(decay, dtype=cells.dtype, device=cells.device)
     weights, bias = fit_probe(cells, fg_weight, bg_weight, float(decay.detach()), centre=centre)
     differentiable = cells.requires_grad or decay.requires_grad
