@@ -137,3 +137,18 @@ def test_moving_an_encoder_where_it_is_keeps_its_store() -> None:
     assert frozen_store(encoder) is store
     encoder.double()
     assert frozen_store(encoder) is not store
+
+
+def test_an_encoders_output_function_is_kept_and_stored_rows_keep_their_layout() -> None:
+    """``Encoder.output`` runs inside compute, so the store keeps its result; a batch of
+    stored channels-last rows is channels-last too (and equal to the rows stacked)."""
+    encoder, store = Doubling(), FeatureStore()
+    encoder.output = lambda features: (features + 1).contiguous(memory_format=torch.channels_last)
+    batch = images(["a", "b", "c"])
+    with attached({encoder: store}):
+        encoder(batch)
+        again = encoder(name_images(batch[[2, 1]].clone(), ["c", "b"]))
+    assert encoder.computed == [3]
+    expected = torch.nn.functional.avg_pool2d(2 * batch[[2, 1]], 2) + 1
+    assert torch.equal(again, expected)
+    assert again.is_contiguous(memory_format=torch.channels_last)

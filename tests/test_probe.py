@@ -289,3 +289,33 @@ def test_an_enlargement_out_of_range_is_a_one_line_error(name: str, value: float
 def test_the_probe_learner_is_training_free() -> None:
     with pytest.raises(FewSegError, match="learner 'probe' is training-free"):
         build_learner("probe").meta_gradients([])
+
+
+def test_a_feature_store_keeps_the_probes_cells_channels_last_and_answers_them_exactly() -> None:
+    """The probe's encoder outputs the cells themselves (probe_cells), so an evaluation's store
+    keeps them: one computation per image, a support set of stored cells equal to the cells of
+    the backbone's levels, in the channels-last layout whose per-cell rows are contiguous."""
+    from fewseg.engine.features import FeatureStore, attached
+    from fewseg.episodes.image_keys import name_images
+
+    learner = build_learner("probe", {"enlarge": 1}).eval()
+    torch.manual_seed(0)
+    images = torch.rand(3, 3, 64, 64)
+    output, learner.encoder.output = learner.encoder.output, None
+    expected = probe_features(list(learner.encoder(images)))
+    learner.encoder.output = output
+    store = FeatureStore()
+    with attached({learner.encoder: store}):
+        learner._cells(name_images(images.clone(), ["a", "b", "c"]))
+        support = learner._cells(name_images(images[[2, 0]].clone(), ["c", "a"]))
+    assert (store.misses, store.hits) == (3, 2)
+    assert torch.equal(support, expected[[2, 0]])
+    assert support.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_reading_the_probe_sums_the_same_whatever_the_querys_memory_layout() -> None:
+    torch.manual_seed(0)
+    query = torch.randn(1, 40, 7, 9)  # one image: einsum alone sums in another order
+    probe = (torch.randn(40), torch.tensor(0.3))
+    channels_last = query.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(read_probe(channels_last, probe), read_probe(query, probe))

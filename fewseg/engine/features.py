@@ -36,10 +36,15 @@ def _rows(features: Features) -> list[Features]:
 
 
 def _stacked(rows: Sequence[Features]) -> Features:
-    """The batch of :func:`_rows` (a single row becomes a view)."""
+    """The batch of :func:`_rows` (a single row becomes a view), in the rows' memory layout
+    (channels-last rows give a channels-last batch)."""
 
     def stack(parts: Sequence[torch.Tensor]) -> torch.Tensor:
-        return parts[0][None] if len(parts) == 1 else torch.stack(list(parts))
+        if len(parts) == 1:
+            return parts[0][None]
+        order = sorted(range(parts[0].dim()), key=lambda dim: -parts[0].stride(dim))
+        stacked = torch.stack([part.permute(order) for part in parts])
+        return stacked.permute(0, *(1 + order.index(dim) for dim in range(parts[0].dim())))
 
     if isinstance(rows[0], torch.Tensor):
         return stack(rows)  # type: ignore[arg-type]

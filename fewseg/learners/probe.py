@@ -25,7 +25,7 @@ from fewseg.learners.base import (
     register_learner,
 )
 from fewseg.models.correlation import LAYOUTS, pyramid_backbone
-from fewseg.models.probe import fit_support_probe, probe_features, read_probe
+from fewseg.models.probe import fit_support_probe, probe_cells, read_probe
 from fewseg.models.upsample import bilinear_resize
 from fewseg.options import option
 
@@ -66,11 +66,11 @@ class SupportProbe(Learner):
         else:
             self.encoder = build_backbone(options)
         self.encoder.enlarge = options.enlarge
+        self.encoder.output = probe_cells
         self.encoder.freeze()
 
     def _cells(self, images: torch.Tensor) -> torch.Tensor:
-        levels = self.encoder(images)
-        return probe_features([levels] if isinstance(levels, torch.Tensor) else levels)
+        return self.encoder(images)
 
     def cell_predictor(self, support: LabelledImages) -> Callable[[torch.Tensor], torch.Tensor]:
         """Query images → foreground log-odds [B,h,w] at the cells' grid."""

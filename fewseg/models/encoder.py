@@ -9,6 +9,7 @@ only calls its encoder.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
@@ -46,11 +47,16 @@ class Encoder(nn.Module):
     ``enlarge`` > 1: the encoder reads its images enlarged that many times (bilinear), for
     finer feature cells (``stride`` stays that of the enlarged image). It happens inside
     :meth:`compute`, so a feature store still answers for the images as given.
+
+    ``output``: a fixed function of the network's features (no weights of its own), also
+    applied inside :meth:`compute`, so that a feature store keeps its result and a learner
+    that reads its features through it does not recompute it in every episode.
     """
 
     out_channels: int
     stride: int
     enlarge: float = 1.0
+    output: Callable[[Features], Features] | None = None
 
     def __init__(self, frozen: bool) -> None:
         super().__init__()
@@ -109,8 +115,10 @@ class Encoder(nn.Module):
             images = bilinear_resize(images, size)
         if self.frozen:
             with torch.no_grad():
-                return full_precision(super().__call__(images))
-        return full_precision(super().__call__(images))
+                features = full_precision(super().__call__(images))
+        else:
+            features = full_precision(super().__call__(images))
+        return features if self.output is None else self.output(features)
 
     def __getstate__(self) -> dict[str, Any]:  # a copy or a pickle has no store attached
         state = super().__getstate__()  # type: ignore[misc]

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from fewseg.models.encoder import Features
 from fewseg.models.upsample import adaptive_average_pool, bilinear_resize
 
 DECAY = 1e-3  # L2 weight of the probe's loss, chosen on 300 fold-0 5-shot episodes
@@ -27,6 +28,14 @@ def probe_features(levels: Sequence[torch.Tensor]) -> torch.Tensor:
     levels resized bilinearly."""
     size = levels[0].shape[-2:]
     return torch.cat([bilinear_resize(F.normalize(f, dim=1), size) for f in levels], dim=1)
+
+
+def probe_cells(features: Features) -> torch.Tensor:
+    """An encoder's output (a map or a pyramid) → :func:`probe_features`, in channels-last
+    memory: the cells :func:`probe_examples` gathers are then contiguous rows (the values are
+    the same). An encoder's ``output`` (fewseg.models.encoder), so a feature store keeps it."""
+    levels = [features] if isinstance(features, torch.Tensor) else features
+    return probe_features(levels).contiguous(memory_format=torch.channels_last)
 
 
 def labelled_cells(
@@ -158,4 +167,5 @@ def fit_support_probe(
 def read_probe(query: torch.Tensor, probe: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """A fitted probe (weights, bias) read on query features [B,C,h,w] → log-odds [B,h,w]."""
     weights, bias = probe
-    return torch.einsum("bchw,c->bhw", query, weights) + bias
+    # in one memory layout whatever the query's (channels-last cells, probe_cells): the same sums
+    return torch.einsum("bchw,c->bhw", query.contiguous(), weights) + bias
