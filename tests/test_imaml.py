@@ -5,11 +5,16 @@ differences, the fit's pull towards θ₀, an initialised learner equal to ``lrd
 
 from __future__ import annotations
 
+import re
+
+import pytest
 import torch
 from test_correlation_model import shots
 from test_lrd2 import separable_cells
 from test_probe import newton_reference
 
+from fewseg.episodes.tensors import EpisodeTensors, LabelledImages
+from fewseg.errors import FewSegError
 from fewseg.learners import build_learner
 from fewseg.models.probe import fit_probe, probe_loss, probe_optimum
 
@@ -56,3 +61,47 @@ def test_an_initialised_imaml_predicts_as_lrd2() -> None:
     by_shots = build_learner("imaml", {"shot_decay": True}).eval()
     assert float(by_shots.decay_exponent.detach()) == 0
     assert torch.equal(by_shots.adapt(support)(query), lrd2.adapt(support)(query))
+
+
+@pytest.mark.parametrize("activation", ["relu", "none"])
+def test_an_adapter_starts_as_the_identity_and_is_meta_learned_at_a_tenth_of_the_rate(
+    activation: str,
+) -> None:
+    """The residual map of the cells: with its up-projection zero it changes nothing; the
+    first meta-gradient reaches the up-projection only, the next ones the down-projection
+    too, and the loss falls."""
+    images = shots(4, 96)
+    support = LabelledImages(images.images[:3], images.masks[:3], images.ignore[:3])
+    query = LabelledImages(images.images[3:], images.masks[3:], images.ignore[3:])
+    options = {"adapter": 8, "adapter_activation": activation, "outer_lr": 0.05}
+    adapted, plain = build_learner("imaml", options), build_learner("imaml", {"outer_lr": 0.05})
+    adapted.eval(), plain.eval()
+    assert torch.equal(adapted.adapt(support)(query.images), plain.adapt(support)(query.images))
+    adapted.train()
+    optimizer = adapted.make_optimizer()
+    assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([0.05, 0.005])
+    assert set(optimizer.param_groups[1]["params"]) == {adapted.adapter_down, adapted.adapter_up}
+    episode = EpisodeTensors(0, support, query)
+    losses = []
+    for step in range(5):
+        optimizer.zero_grad()
+        losses.append(adapted.meta_gradients([episode])["loss"])
+        assert bool(adapted.adapter_up.grad.abs().sum() > 0)
+        assert bool(adapted.adapter_down.grad.abs().sum() > 0) == (step > 0)
+        optimizer.step()
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"adapter": -1}, "imaml: adapter must be >= 0, got -1"),
+        (
+            {"adapter_activation": "tanh"},
+            "imaml: adapter_activation must be one of relu, none, got 'tanh'",
+        ),
+    ],
+)
+def test_a_bad_adapter_option_is_one_line_error(options: dict, message: str) -> None:
+    with pytest.raises(FewSegError, match=f"^{re.escape(message)}$"):
+        build_learner("imaml", options)

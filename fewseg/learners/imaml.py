@@ -23,10 +23,14 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from fewseg.errors import FewSegError
 from fewseg.learners.base import register_learner
 from fewseg.learners.lrd2 import LRD2, LRD2Options
 from fewseg.models.probe import probe_optimum
 from fewseg.options import option
+
+ADAPTER_ACTIVATIONS = {"relu": torch.relu, "none": lambda hidden: hidden}
+ADAPTER_LR_FACTOR = 0.1  # the adapter's outer learning rate against the other meta-parameters'
 
 
 @dataclass
@@ -36,7 +40,24 @@ class IMAMLOptions(LRD2Options):
         "a K-shot fit's decay divided by K^a, the exponent a meta-learned (from 0): more "
         "shots, less pull towards the initialisation",
     )
+    adapter: int = option(
+        0,
+        "rank of a meta-learned residual map of the cells the probe is fitted on, "
+        "cells + B·act(Aᵀ·cells), B zero at first (0: none)",
+    )
+    adapter_activation: str = option("relu", "the adapter's activation: relu or none (linear)")
     learner: ClassVar[str] = "imaml"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.adapter < 0:
+            raise FewSegError(f"{self.learner}: adapter must be >= 0, got {self.adapter}")
+        if self.adapter_activation not in ADAPTER_ACTIVATIONS:
+            choices = ", ".join(ADAPTER_ACTIVATIONS)
+            raise FewSegError(
+                f"{self.learner}: adapter_activation must be one of {choices}, "
+                f"got {self.adapter_activation!r}"
+            )
 
 
 @register_learner("imaml", "iMAML: the probe's fit pulled towards a meta-learned initialisation")
@@ -51,6 +72,30 @@ class IMAML(LRD2):
         self.initial_weights = nn.Parameter(torch.zeros(self.encoder.out_channels))
         if options.shot_decay:
             self.decay_exponent = nn.Parameter(torch.zeros(()))
+        if options.adapter:
+            channels, rank = self.encoder.out_channels, options.adapter
+            generator = torch.Generator().manual_seed(0)
+            down = torch.randn(channels, rank, generator=generator) / math.sqrt(channels)
+            self.adapter_down = nn.Parameter(down)
+            self.adapter_up = nn.Parameter(torch.zeros(rank, channels))
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        trained = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        adapter = [p for n, p in trained if n.startswith("adapter_")]
+        others = [p for n, p in trained if not n.startswith("adapter_")]
+        groups = [{"params": others}]
+        if adapter:
+            groups.append({"params": adapter, "lr": self.options.outer_lr * ADAPTER_LR_FACTOR})
+        return torch.optim.Adam(groups, lr=self.options.outer_lr)
+
+    def _scaled_cells(self, images: torch.Tensor) -> torch.Tensor:
+        cells = super()._scaled_cells(images)
+        if not self.options.adapter:
+            return cells
+        activation = ADAPTER_ACTIVATIONS[self.options.adapter_activation]
+        rows = cells.permute(0, 2, 3, 1)  # [B,h,w,C]
+        adapted = rows + activation(rows @ self.adapter_down) @ self.adapter_up
+        return adapted.permute(0, 3, 1, 2)
 
     def fitted_probe(
         self, cells: torch.Tensor, fg_weight: torch.Tensor, bg_weight: torch.Tensor, shots: int
