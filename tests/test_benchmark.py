@@ -9,8 +9,14 @@ import pytest
 
 from fewseg.data.spec import open_source
 from fewseg.engine.evaluate import EvaluationSettings, evaluate
+from fewseg.engine.feature_disk import FeatureDisk
 from fewseg.errors import FewSegError
-from fewseg.experiments.benchmark import read_bench_plan, run_benchmark, summarize_folds
+from fewseg.experiments.benchmark import (
+    FEATURES_DIR,
+    read_bench_plan,
+    run_benchmark,
+    summarize_folds,
+)
 from fewseg.experiments.demo import prepare_learner
 from fewseg.experiments.results_page import component_table, target_lines, write_results
 
@@ -144,7 +150,8 @@ def test_two_jobs_give_the_results_of_one(tmp_path: Path) -> None:
     parallel = run_benchmark(plan, tmp_path / "parallel", progress=False, jobs=2)
     assert parallel["jobs"] == 2
 
-    assert scores(parallel) == scores(serial)
+    assert scores(parallel) == scores(serial)  # the tasks' shared features as their own
+    assert not any((tmp_path / run / FEATURES_DIR).exists() for run in ("serial", "parallel"))
     assert list(parallel["results"]["protonet"]["other"]["1shot"]["per_fold"]) == ["0", "1"]
     overlay = Path(parallel["overlays"]["finetune"]["other"])
     assert overlay.parent == tmp_path / "parallel/fold0/overlays" and overlay.stat().st_size > 1000
@@ -292,6 +299,7 @@ def test_a_report_from_before_an_option_that_changed_the_default_is_evaluated_ag
 ORPHAN_SCRIPT = """
 import multiprocessing, os, sys, time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from fewseg.experiments.benchmark import _init_worker
 
 def work(path):
@@ -303,7 +311,8 @@ def work(path):
 if __name__ == "__main__":
     context = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(
-        1, mp_context=context, initializer=_init_worker, initargs=(1,), max_tasks_per_child=1
+        1, mp_context=context, initializer=_init_worker,
+        initargs=(1, Path(sys.argv[1] + ".features")), max_tasks_per_child=1
     )
     pool.submit(work, sys.argv[1])
     time.sleep(300)
@@ -342,3 +351,31 @@ def test_a_worker_stops_when_the_benchmark_process_is_killed(tmp_path: Path) -> 
     while _running(worker) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not _running(worker)
+
+
+def test_tasks_read_the_features_of_a_frozen_backbone_an_earlier_task_computed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe on two folds (one process): the second task's frozen backbone reads from
+    the run's feature disk what the first computed, and scores as it would alone."""
+    path = tmp_path / "bench.yaml"
+    path.write_text(
+        PLAN.split("train:")[0]
+        + "train: {backbone: mobilenet_v2}\nlearners:\n  probe: {enlarge: 1}\n"
+        + PLAN.split("  finetune: {}\n")[1]
+    )
+    plan = read_bench_plan(path)
+    read: list[bool] = []
+    load = FeatureDisk.load
+
+    def counted(self: FeatureDisk, encoder: object, key: object) -> object:
+        found = load(self, encoder, key)  # type: ignore[arg-type]
+        read.append(found is not None)
+        return found
+
+    monkeypatch.setattr(FeatureDisk, "load", counted)
+    shared = run_benchmark(plan, tmp_path / "shared", progress=False, jobs=1)
+    assert any(read)
+    monkeypatch.setattr(FeatureDisk, "load", lambda self, encoder, key: None)
+    alone = run_benchmark(plan, tmp_path / "alone", progress=False, jobs=1)
+    assert scores(shared) == scores(alone)

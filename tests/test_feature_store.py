@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import threading
+from pathlib import Path
 
 import pytest
 import torch
 
+from fewseg.engine.feature_disk import FeatureDisk, encoder_identity
 from fewseg.engine.features import FeatureStore, attached, frozen_encoders, training_stores
 from fewseg.episodes.image_keys import name_images
 from fewseg.models.encoder import Encoder
@@ -152,3 +155,57 @@ def test_an_encoders_output_function_is_kept_and_stored_rows_keep_their_layout()
     expected = torch.nn.functional.avg_pool2d(2 * batch[[2, 1]], 2) + 1
     assert torch.equal(again, expected)
     assert again.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_stores_sharing_a_disk_compute_each_image_once_and_read_it_back_exactly(
+    tmp_path: Path,
+) -> None:
+    """Two processes' copies of one frozen encoder (here two stores and a copy of the
+    encoder): what one computed, the other reads from the disk, bit for bit and in the
+    same layout, through a learner's call and through the encoder threads alike."""
+    disk = FeatureDisk(tmp_path)
+    first, second = Doubling(pyramid=True), Doubling(pyramid=True)
+    first.output = second.output = _channels_last_pyramid
+    batch = images(["a", "b", "c"])
+    with attached({first: FeatureStore(disk=disk)}):
+        expected = first(batch)
+    store, ahead = FeatureStore(disk=disk), FeatureStore(disk=disk)
+    with attached({second: store}):
+        answered = second(name_images(batch.clone(), ["a", "b", "c"]))
+    with ahead:
+        ahead.start_encoders(1)
+        ahead.encode_ahead(second, name_images(batch[:1].clone(), ["a"]))
+    assert second.computed == [] and (store.disk_hits, ahead.disk_hits) == (3, 1)
+    for part, reference in zip(answered, expected, strict=True):
+        assert torch.equal(part, reference)
+        assert part.is_contiguous(memory_format=torch.channels_last)
+    other = Doubling(pyramid=True)  # no output function: another encoder, other files
+    with attached({other: FeatureStore(disk=disk)}):
+        other(name_images(batch.clone(), ["a", "b", "c"]))
+    assert other.computed == [3]
+
+
+def _channels_last_pyramid(features: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return tuple(part.contiguous(memory_format=torch.channels_last) for part in features)
+
+
+def test_an_encoders_identity_follows_its_weights_and_settings() -> None:
+    from fewseg.models.backbones import BACKBONES
+
+    def convnet(**options: object) -> Encoder:
+        return BACKBONES.get("convnet")(pretrained=False, weights_path=None, frozen=True)
+
+    torch.manual_seed(0)
+    encoder = convnet()
+    same = copy.deepcopy(encoder)
+    same.weights_version += 5  # counts loads in this process only
+    assert encoder_identity(same) == encoder_identity(encoder)
+    changed = copy.deepcopy(encoder)
+    with torch.no_grad():
+        next(changed.parameters())[0] += 1
+    enlarged = copy.deepcopy(encoder)
+    enlarged.enlarge = 1.4
+    with_output = copy.deepcopy(encoder)
+    with_output.output = _channels_last_pyramid
+    others = {encoder_identity(e) for e in (changed, enlarged, with_output)}
+    assert len(others) == 3 and encoder_identity(encoder) not in others

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from fewseg.engine.feature_disk import FeatureDisk
 from fewseg.episodes.image_keys import ImageKey, image_keys
 from fewseg.episodes.sample_cache import ByteBudgetLRU
 from fewseg.models.encoder import Encoder, Features
@@ -74,13 +75,17 @@ class FeatureStore:
     or one per encoder function), least recently used out first beyond ``max_bytes``.
     Thread-safe: a name being computed on one thread is waited for on another."""
 
-    def __init__(self, max_bytes: int = DEFAULT_BUDGET_BYTES) -> None:
+    def __init__(
+        self, max_bytes: int = DEFAULT_BUDGET_BYTES, disk: FeatureDisk | None = None
+    ) -> None:
         self._entries: ByteBudgetLRU[Features] = ByteBudgetLRU(max_bytes)
+        self._disk = disk
         self._pending: dict[ImageKey, Future[Features]] = {}
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self.hits = 0
         self.misses = 0
+        self.disk_hits = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -123,9 +128,12 @@ class FeatureStore:
         images: torch.Tensor,
         keys: Sequence[ImageKey],
         mine: dict[int, Future[Features]],
-    ) -> Features:
-        """The features of the rows ``mine`` of ``images``, in one batch, stored."""
-        rows = list(mine)
+    ) -> Features | None:
+        """The features of the rows ``mine`` of ``images``: those on the disk read, the others
+        computed in one batch; all stored. Returns the batch when every row was computed."""
+        rows = [i for i in mine if not self._read(encoder, keys[i], mine[i])]
+        if not rows:
+            return None
         batch = images if len(rows) == len(images) else images[rows]
         try:
             with torch.no_grad():
@@ -142,7 +150,22 @@ class FeatureStore:
                 self._pending.pop(keys[i], None)
         for i, row in zip(rows, _rows(computed), strict=True):
             mine[i].set_result(row)
-        return computed
+        if self._disk is not None:
+            for i, row in zip(rows, _rows(computed), strict=True):
+                self._disk.save(encoder, keys[i], row)
+        return computed if len(rows) == len(mine) else None
+
+    def _read(self, encoder: Encoder, key: ImageKey, future: Future[Features]) -> bool:
+        """Whether the disk had the features of ``key`` (then stored and answered)."""
+        row = None if self._disk is None else self._disk.load(encoder, key)
+        if row is None:
+            return False
+        with self._lock:
+            self._entries.put(key, row)
+            self._pending.pop(key, None)
+            self.disk_hits += 1
+        future.set_result(row)
+        return True
 
     # ---- encoding ahead, on threads of its own --------------------------------------------
 
@@ -182,6 +205,8 @@ class FeatureStore:
         self, encoder: Encoder, image: torch.Tensor, key: ImageKey, future: Future[Features]
     ) -> None:
         try:
+            if self._read(encoder, key, future):
+                return
             with torch.no_grad():
                 row = _rows(encoder.compute(image))[0]
         except BaseException as error:
@@ -194,6 +219,8 @@ class FeatureStore:
             self._pending.pop(key, None)
             self.misses += 1
         future.set_result(row)
+        if self._disk is not None:
+            self._disk.save(encoder, key, row)
 
     def __enter__(self) -> FeatureStore:
         return self
@@ -234,12 +261,22 @@ _FROZEN_STORES: weakref.WeakKeyDictionary[Encoder, tuple[int, FeatureStore]] = (
 )
 
 
+_SHARED_DISK: list[FeatureDisk | None] = [None]
+
+
+def share_frozen_features(disk: FeatureDisk | None) -> None:
+    """Frozen encoders' stores made from now on read and write ``disk`` (None: none), which
+    other processes of the run share (fewseg.engine.feature_disk)."""
+    _SHARED_DISK[0] = disk
+
+
 def frozen_store(encoder: Encoder) -> FeatureStore:
     """The store of a frozen encoder, kept while the encoder lives and its weights stay
     (a run's training, validations and evaluations share it)."""
     kept = _FROZEN_STORES.get(encoder)
     if kept is None or kept[0] != encoder.weights_version:
-        kept = _FROZEN_STORES[encoder] = (encoder.weights_version, FeatureStore())
+        store = FeatureStore(disk=_SHARED_DISK[0])
+        kept = _FROZEN_STORES[encoder] = (encoder.weights_version, store)
     return kept[1]
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import statistics
 import threading
@@ -22,11 +23,15 @@ from fewseg.allocator import retain_freed_memory
 from fewseg.data.source import SegmentationSource
 from fewseg.data.spec import open_source
 from fewseg.engine.evaluate import EvaluationSettings, evaluate, scored_at
+from fewseg.engine.feature_disk import FeatureDisk
+from fewseg.engine.features import share_frozen_features
 from fewseg.engine.report import EvaluationReport, read_report, write_report
 from fewseg.errors import FewSegError
 from fewseg.experiments.demo import DemoPlan, check_plan_options, overlay_grid, prepare_learner
 from fewseg.learners.base import LEARNERS, Learner
 from fewseg.options import changed_options, recorded_defaults
+
+FEATURES_DIR = "features"  # under the run directory, while the benchmark runs
 
 
 @dataclass
@@ -316,8 +321,9 @@ def finished_report(
     return report if found == expected and same_learner else None
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, features: Path) -> None:
     torch.set_num_threads(threads)
+    share_frozen_features(FeatureDisk(features))
     retain_freed_memory()  # as the command line does in its own process
     # A benchmark started in the background inherits SIGINT ignored; its workers take it
     # (from the watch below) as Ctrl-C all the same.
@@ -337,14 +343,25 @@ def _stop_when_orphaned(parent: int, poll_seconds: float = 1.0) -> None:
 
 
 def _run_tasks(
-    plan: BenchPlan, tasks: list[BenchTask], out: Path, progress: bool, jobs: int
+    plan: BenchPlan,
+    tasks: list[BenchTask],
+    out: Path,
+    progress: bool,
+    jobs: int,
+    features: Path,
 ) -> list[dict[str, Any]]:
     """The tasks' results, in task order; ``jobs`` > 1 runs them in that many processes,
-    the machine's threads shared between them."""
+    the machine's threads shared between them. Their frozen backbones' features are
+    shared through files under ``features`` (each image encoded once per backbone)."""
     if jobs <= 1:
-        return [
-            _announce(run_task(plan, t, out, progress), i, len(tasks)) for i, t in enumerate(tasks)
-        ]
+        share_frozen_features(FeatureDisk(features))
+        try:
+            return [
+                _announce(run_task(plan, t, out, progress), i, len(tasks))
+                for i, t in enumerate(tasks)
+            ]
+        finally:
+            share_frozen_features(None)
     threads = max(1, torch.get_num_threads() // jobs)
     context = multiprocessing.get_context("spawn")
     done: dict[BenchTask, dict[str, Any]] = {}
@@ -354,7 +371,7 @@ def _run_tasks(
         jobs,
         mp_context=context,
         initializer=_init_worker,
-        initargs=(threads,),
+        initargs=(threads, features),
         max_tasks_per_child=1,
     ) as pool:
         futures = [pool.submit(run_task, plan, t, out, False) for t in tasks]
@@ -394,7 +411,13 @@ def run_benchmark(
     for spec in plan.datasets.values():
         _source(spec)  # a bad spec fails here, before any training
     tasks = bench_tasks(plan)
-    finished = _run_tasks(plan, tasks, out, progress, min(jobs, len(tasks)))
+    # features belong to this run's code: never left for a later run
+    features = out / FEATURES_DIR
+    shutil.rmtree(features, ignore_errors=True)
+    try:
+        finished = _run_tasks(plan, tasks, out, progress, min(jobs, len(tasks)), features)
+    finally:
+        shutil.rmtree(features, ignore_errors=True)
     results: dict[str, Any] = {name: {d: {} for d in plan.datasets} for name in plan.learners}
     timings: dict[str, dict[str, float | None]] = {name: {} for name in plan.learners}
     overlays: dict[str, dict[str, str]] = {name: {} for name in plan.learners}
