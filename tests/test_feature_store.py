@@ -209,3 +209,14 @@ def test_an_encoders_identity_follows_its_weights_and_settings() -> None:
     with_output.output = _channels_last_pyramid
     others = {encoder_identity(e) for e in (changed, enlarged, with_output)}
     assert len(others) == 3 and encoder_identity(encoder) not in others
+
+
+def test_a_disk_that_cannot_be_written_only_stops_the_sharing(tmp_path: Path) -> None:
+    blocker = tmp_path / "disk"
+    blocker.write_text("a file where the folder should be")
+    encoder, store = Doubling(), FeatureStore(disk=FeatureDisk(blocker))
+    batch = images(["a", "b"])
+    with attached({encoder: store}), pytest.warns(UserWarning, match="no longer shared"):
+        assert torch.equal(encoder(batch), encoder.compute(batch))
+    with attached({encoder: store}):
+        assert torch.equal(encoder(batch), encoder.compute(batch))  # from memory, no warning

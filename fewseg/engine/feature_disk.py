@@ -14,6 +14,8 @@ on fewseg's code as well, which a later run may not share).
 from __future__ import annotations
 
 import hashlib
+import pickle
+import warnings
 import weakref
 from pathlib import Path
 
@@ -66,6 +68,7 @@ class FeatureDisk:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        self._failed = False
         self._identities: weakref.WeakKeyDictionary[Encoder, tuple[int, str]] = (
             weakref.WeakKeyDictionary()
         )
@@ -81,13 +84,22 @@ class FeatureDisk:
         return self.root / name[:2] / f"{name}.pt"
 
     def load(self, encoder: Encoder, key: ImageKey) -> Features | None:
-        """The features written for this encoder and image, or None."""
+        """The features written for this encoder and image, or None (none written, or
+        unreadable: computed again)."""
         try:
             loaded = torch.load(self._path(encoder, key), weights_only=True)
-        except FileNotFoundError:
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):
             return None
         return loaded if isinstance(loaded, torch.Tensor) else tuple(loaded)
 
     def save(self, encoder: Encoder, key: ImageKey, row: Features) -> None:
+        """Write the features (a disk that cannot take them, full say, stops sharing with
+        a warning: the features are in memory all the same)."""
+        if self._failed:
+            return
         stored = _detached(row)
-        atomic_write(self._path(encoder, key), lambda handle: torch.save(stored, handle))
+        try:
+            atomic_write(self._path(encoder, key), lambda handle: torch.save(stored, handle))
+        except OSError as error:
+            self._failed = True
+            warnings.warn(f"features no longer shared through {self.root}: {error}", stacklevel=2)

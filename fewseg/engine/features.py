@@ -73,7 +73,9 @@ def _stored_keys(
 class FeatureStore:
     """Features by image name for the encoders it is attached to (one store per encoder,
     or one per encoder function), least recently used out first beyond ``max_bytes``.
-    Thread-safe: a name being computed on one thread is waited for on another."""
+    Thread-safe: a name being computed on one thread is waited for on another. With a
+    ``disk`` (fewseg.engine.feature_disk) what it lacks is looked for there before it is
+    computed, and what it computes is written there for other processes."""
 
     def __init__(
         self, max_bytes: int = DEFAULT_BUDGET_BYTES, disk: FeatureDisk | None = None
