@@ -35,8 +35,8 @@ def encoder_identity(encoder: Encoder) -> str:
     digest = hashlib.sha256()
     output = encoder.output
     settings = {
-        name: value
-        for module in encoder.modules()
+        f"{prefix}.{name}": value
+        for prefix, module in encoder.named_modules()
         for name, value in vars(module).items()
         if name not in _NOT_SETTINGS and isinstance(value, bool | int | float | str | tuple)
     }

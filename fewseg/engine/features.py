@@ -146,14 +146,15 @@ class FeatureStore:
                     self._pending.pop(keys[i], None)
                     mine[i].set_exception(error)
             raise
+        computed_rows = list(zip(rows, _rows(computed), strict=True))
         with self._lock:
-            for i, row in zip(rows, _rows(computed), strict=True):
+            for i, row in computed_rows:
                 self._entries.put(keys[i], row)
                 self._pending.pop(keys[i], None)
-        for i, row in zip(rows, _rows(computed), strict=True):
+        for i, row in computed_rows:
             mine[i].set_result(row)
         if self._disk is not None:
-            for i, row in zip(rows, _rows(computed), strict=True):
+            for i, row in computed_rows:
                 self._disk.save(encoder, keys[i], row)
         return computed if len(rows) == len(mine) else None
 
