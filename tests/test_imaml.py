@@ -5,6 +5,7 @@ differences, the fit's pull towards θ₀, an initialised learner equal to ``lrd
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -16,7 +17,13 @@ from test_probe import newton_reference
 from fewseg.episodes.tensors import EpisodeTensors, LabelledImages
 from fewseg.errors import FewSegError
 from fewseg.learners import build_learner
-from fewseg.models.probe import fit_probe, probe_loss, probe_optimum
+from fewseg.models.probe import (
+    fit_probe,
+    labelled_cells,
+    probe_examples,
+    probe_loss,
+    probe_optimum,
+)
 
 
 def test_the_optimum_near_a_centre_differentiates_as_the_exact_solution() -> None:
@@ -105,3 +112,54 @@ def test_an_adapter_starts_as_the_identity_and_is_meta_learned_at_a_tenth_of_the
 def test_a_bad_adapter_option_is_one_line_error(options: dict, message: str) -> None:
     with pytest.raises(FewSegError, match=f"^{re.escape(message)}$"):
         build_learner("imaml", options)
+
+
+def test_a_prototype_centre_starts_at_theta0_and_its_gain_is_meta_learned() -> None:
+    """With the gain at zero it predicts as plain ``imaml``; with a gain and a decay so strong
+    that the fit stays at its centre, the fitted weights are θ₀ + g·(class-balanced mean
+    foreground cell − mean background cell) computed by hand; the meta-gradient reaches the
+    gain (at ten times the outer learning rate) and the loss falls."""
+    images = shots(4, 96)
+    support = LabelledImages(images.images[:3], images.masks[:3], images.ignore[:3])
+    query = LabelledImages(images.images[3:], images.masks[3:], images.ignore[3:])
+    centred = build_learner("imaml", {"prototype_centre": True, "outer_lr": 0.05}).eval()
+    plain = build_learner("imaml", {"outer_lr": 0.05}).eval()
+    assert float(centred.prototype_gain.detach()) == 0
+    assert torch.equal(centred.adapt(support)(query.images), plain.adapt(support)(query.images))
+
+    with torch.no_grad():
+        centred.prototype_gain.fill_(2.0)
+        centred.initial_weights.normal_(generator=torch.Generator().manual_seed(0))
+        cells = centred._scaled_cells(support.images)  # [K,C,h,w]
+        fraction, valid = labelled_cells(support.masks, support.ignore, cells.shape[-2:])
+        keep = (valid > 0.5)[:, None].expand_as(cells)
+        rows = cells.permute(0, 2, 3, 1)[keep.permute(0, 2, 3, 1)].view(-1, cells.shape[1])
+        fg = fraction[valid > 0.5]
+        prototype_difference = (fg[:, None] * rows).sum(0) / fg.sum() - (
+            (1 - fg)[:, None] * rows
+        ).sum(0) / (1 - fg).sum()
+        expected = centred.initial_weights + 2.0 * prototype_difference
+        weights, _ = centred.fitted_probe(*probe_examples(cells, support.masks, support.ignore), 3)
+        assert (expected - centred.initial_weights).abs().max() > 0.1
+        # the fit moves from its centre by about 1/decay of the loss's gradient (≤ 1)
+        centred.log_decay.fill_(math.log(1e5))
+        weights, _ = centred.fitted_probe(*probe_examples(cells, support.masks, support.ignore), 3)
+        torch.testing.assert_close(weights, expected, atol=1e-4, rtol=0)
+        centred.log_decay.fill_(math.log(1e-3))
+        centred.prototype_gain.zero_()
+        centred.initial_weights.zero_()
+
+    centred.train()
+    optimizer = centred.make_optimizer()
+    rates = [group["lr"] for group in optimizer.param_groups]
+    assert rates == pytest.approx([0.05, 0.5])
+    assert optimizer.param_groups[1]["params"] == [centred.prototype_gain]
+    episode = EpisodeTensors(0, support, query)
+    losses = []
+    for _ in range(5):
+        optimizer.zero_grad()
+        losses.append(centred.meta_gradients([episode])["loss"])
+        assert bool(centred.prototype_gain.grad.abs() > 0)
+        optimizer.step()
+    assert losses[-1] < losses[0]
+    assert float(centred.prototype_gain.detach()) != 0

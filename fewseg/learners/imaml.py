@@ -31,6 +31,9 @@ from fewseg.options import option
 
 ADAPTER_ACTIVATIONS = {"relu": torch.relu, "none": lambda hidden: hidden}
 ADAPTER_LR_FACTOR = 0.1  # the adapter's outer learning rate against the other meta-parameters'
+# the prototype gain's: a gain of a few units (logits of a few units from unit-length levels)
+# is then reached in a few hundred steps
+PROTOTYPE_LR_FACTOR = 10.0
 
 
 @dataclass
@@ -46,6 +49,12 @@ class IMAMLOptions(LRD2Options):
         "cells + B·act(Aᵀ·cells), B zero at first (0: none)",
     )
     adapter_activation: str = option("relu", "the adapter's activation: relu or none (linear)")
+    prototype_centre: bool = option(
+        False,
+        "the fit decays towards θ₀ + g·(mean foreground cell − mean background cell) of the "
+        "support (class-balanced), the gain g meta-learned from 0: a prototype classifier "
+        "the fit starts from",
+    )
     learner: ClassVar[str] = "imaml"
 
     def __post_init__(self) -> None:
@@ -78,15 +87,20 @@ class IMAML(LRD2):
             down = torch.randn(channels, rank, generator=generator) / math.sqrt(channels)
             self.adapter_down = nn.Parameter(down)
             self.adapter_up = nn.Parameter(torch.zeros(rank, channels))
+        if options.prototype_centre:
+            self.prototype_gain = nn.Parameter(torch.zeros(()))
 
     def make_optimizer(self) -> torch.optim.Optimizer:
         trained = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
-        adapter = [p for n, p in trained if n.startswith("adapter_")]
-        others = [p for n, p in trained if not n.startswith("adapter_")]
-        groups = [{"params": others}]
-        if adapter:
-            groups.append({"params": adapter, "lr": self.options.outer_lr * ADAPTER_LR_FACTOR})
-        return torch.optim.Adam(groups, lr=self.options.outer_lr)
+        factors = {"adapter_": ADAPTER_LR_FACTOR, "prototype_gain": PROTOTYPE_LR_FACTOR}
+        groups: dict[float, list[nn.Parameter]] = {}
+        for name, parameter in trained:
+            factor = next((f for prefix, f in factors.items() if name.startswith(prefix)), 1.0)
+            groups.setdefault(factor, []).append(parameter)
+        lr = self.options.outer_lr
+        return torch.optim.Adam(
+            [{"params": params, "lr": lr * factor} for factor, params in groups.items()], lr=lr
+        )
 
     def _scaled_cells(self, images: torch.Tensor) -> torch.Tensor:
         cells = super()._scaled_cells(images)
@@ -104,6 +118,7 @@ class IMAML(LRD2):
         log_decay = self.log_decay
         if self.options.shot_decay:
             log_decay = log_decay - self.decay_exponent * math.log(shots)
-        return probe_optimum(
-            cells, fg_weight, bg_weight, log_decay.exp(), centre=self.initial_weights
-        )
+        centre = self.initial_weights
+        if self.options.prototype_centre:
+            centre = centre + self.prototype_gain * (cells.T @ (fg_weight - bg_weight))
+        return probe_optimum(cells, fg_weight, bg_weight, log_decay.exp(), centre=centre)
