@@ -11,7 +11,9 @@ backbone cells, its L2 decay the proximal term, λ = 2 × decay), so the task's 
 (one weight per feature channel, the prior the one-shot fit starts from and stays near),
 the decay λ, and :mod:`fewseg.learners.lrd2`'s calibration (a scale and shift of the
 log-odds, a scale per channel); with ``shot_decay`` also how the decay shrinks with the
-number of shots. Initialised (θ₀ = 0), it predicts as ``lrd2`` and ``probe`` do.
+number of shots; with ``adapter`` a low-rank map of the cells; with ``prototype_centre`` a
+gain of the support's prototype difference added to θ₀. Initialised (θ₀ = 0), it predicts as
+``lrd2`` and ``probe`` do.
 """
 
 from __future__ import annotations
