@@ -103,13 +103,14 @@ def test_an_adapter_starts_as_the_identity_and_is_meta_learned_at_a_tenth_of_the
     ("options", "message"),
     [
         ({"adapter": -1}, "imaml: adapter must be >= 0, got -1"),
+        ({"transductive": -1}, "imaml: transductive must be >= 0, got -1"),
         (
             {"adapter_activation": "tanh"},
             "imaml: adapter_activation must be one of relu, none, got 'tanh'",
         ),
     ],
 )
-def test_a_bad_adapter_option_is_one_line_error(options: dict, message: str) -> None:
+def test_a_bad_option_is_one_line_error(options: dict, message: str) -> None:
     with pytest.raises(FewSegError, match=f"^{re.escape(message)}$"):
         build_learner("imaml", options)
 
@@ -161,3 +162,60 @@ def test_a_prototype_centre_starts_at_theta0_and_its_gain_is_meta_learned() -> N
         optimizer.step()
     assert losses[-1] < losses[0]
     assert float(centred.prototype_gain.detach()) != 0
+
+
+def support_and_query(support_count: int) -> tuple[LabelledImages, LabelledImages]:
+    images = shots(support_count + 1, 96)
+    support = LabelledImages(
+        images.images[:support_count], images.masks[:support_count], images.ignore[:support_count]
+    )
+    query = LabelledImages(
+        images.images[support_count:],
+        images.masks[support_count:],
+        images.ignore[support_count:],
+    )
+    return support, query
+
+
+def test_a_transductive_fit_adds_the_query_own_confident_cells() -> None:
+    """The second fit is the probe fitted, by hand here, on the support's examples and the
+    query's cells whose first prediction is confident (probability > 0.7 foreground, < 0.3
+    background), the query counting as one more shot (each class's query cells weigh one
+    half at one shot); with more shots than the option, in meta-training, or without a
+    confident cell it predicts as plain ``imaml``."""
+    support, query = support_and_query(1)
+    learner = build_learner("imaml", {"transductive": 1}).eval()
+    plain = build_learner("imaml").eval()
+    with torch.no_grad():
+        for model in (learner, plain):
+            model.initial_weights.normal_(generator=torch.Generator().manual_seed(0))
+        first = plain.cell_predictor(support)(query.images)[0]
+        cells = learner._scaled_cells(support.images)
+        rows = learner._scaled_cells(query.images)[0].flatten(1).T
+        examples, fg_weight, bg_weight = probe_examples(cells, support.masks, support.ignore)
+        probability = first.flatten().sigmoid()
+        foreground = (probability > 0.7).float()
+        background = (probability < 0.3).float()
+        assert 0 < foreground.sum() < len(rows) and background.sum() > 0
+        weights, bias = fit_probe(
+            torch.cat([examples, rows]),
+            torch.cat([0.5 * fg_weight, 0.5 * foreground / foreground.sum()]),
+            torch.cat([0.5 * bg_weight, 0.5 * background / background.sum()]),
+            float(learner.log_decay.exp()),
+            centre=learner.initial_weights,
+        )
+        expected = learner.calibrated(rows @ weights + bias).reshape(first.shape)
+        refitted = learner.cell_predictor(support)(query.images)[0]
+        torch.testing.assert_close(refitted, expected, atol=1e-4, rtol=0)
+        assert (refitted - first).abs().max() > 0.1
+
+        learner.train()
+        assert torch.equal(learner.cell_predictor(support)(query.images)[0], first)
+        learner.eval()
+        three, query_of_three = support_and_query(3)
+        assert torch.equal(
+            learner.adapt(three)(query_of_three.images), plain.adapt(three)(query_of_three.images)
+        )
+        for model in (learner, plain):
+            model.shift.fill_(-100.0)  # no cell above 0.7
+        assert torch.equal(learner.adapt(support)(query.images), plain.adapt(support)(query.images))

@@ -12,23 +12,27 @@ backbone cells, its L2 decay the proximal term, λ = 2 × decay), so the task's 
 the decay λ, and :mod:`fewseg.learners.lrd2`'s calibration (a scale and shift of the
 log-odds, a scale per channel); with ``shot_decay`` also how the decay shrinks with the
 number of shots; with ``adapter`` a low-rank map of the cells; with ``prototype_centre`` a
-gain of the support's prototype difference added to θ₀. Initialised (θ₀ = 0), it predicts as
+gain of the support's prototype difference added to θ₀. With ``transductive`` a prediction
+for a small support set fits the probe a second time, on the query's own confident cells
+as well (not meta-learned). Initialised (θ₀ = 0, no ``transductive``), it predicts as
 ``lrd2`` and ``probe`` do.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import nn
 
+from fewseg.episodes.tensors import LabelledImages
 from fewseg.errors import FewSegError
 from fewseg.learners.base import register_learner
 from fewseg.learners.lrd2 import LRD2, LRD2Options
-from fewseg.models.probe import probe_optimum
+from fewseg.models.probe import probe_examples, probe_optimum, read_probe
 from fewseg.options import option
 
 ADAPTER_ACTIVATIONS = {"relu": torch.relu, "none": lambda hidden: hidden}
@@ -36,6 +40,9 @@ ADAPTER_LR_FACTOR = 0.1  # the adapter's outer learning rate against the other m
 # the prototype gain's: a gain of a few units (logits of a few units from unit-length levels)
 # is then reached in a few hundred steps
 PROTOTYPE_LR_FACTOR = 10.0
+# a query cell joins the transductive fit as foreground above this probability, as
+# background below one minus it
+QUERY_CONFIDENCE = 0.7
 
 
 @dataclass
@@ -57,10 +64,20 @@ class IMAMLOptions(LRD2Options):
         "support (class-balanced), the gain g meta-learned from 0: a prototype classifier "
         "the fit starts from",
     )
+    transductive: int = option(
+        0,
+        "at prediction, with at most this many shots (0: never), the probe is fitted a "
+        "second time on the support's cells and the query's own confident cells (first "
+        f"prediction's probability above {QUERY_CONFIDENCE}: foreground, below "
+        f"{1 - QUERY_CONFIDENCE:.1f}: background), the query counting as one more shot "
+        "(each class's query cells weigh 1/(K+1)); meta-training predicts without it",
+    )
     learner: ClassVar[str] = "imaml"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.transductive < 0:
+            raise FewSegError(f"{self.learner}: transductive must be >= 0, got {self.transductive}")
         if self.adapter < 0:
             raise FewSegError(f"{self.learner}: adapter must be >= 0, got {self.adapter}")
         if self.adapter_activation not in ADAPTER_ACTIVATIONS:
@@ -112,6 +129,55 @@ class IMAML(LRD2):
         rows = cells.permute(0, 2, 3, 1)  # [B,h,w,C]
         adapted = rows + activation(rows @ self.adapter_down) @ self.adapter_up
         return adapted.permute(0, 3, 1, 2)
+
+    def cell_predictor(self, support: LabelledImages) -> Callable[[torch.Tensor], torch.Tensor]:
+        shots = len(support.images)
+        if self.training or shots > self.options.transductive:
+            return super().cell_predictor(support)
+        cells, fg_weight, bg_weight = probe_examples(
+            self._scaled_cells(support.images), support.masks, support.ignore
+        )
+        fitted = self.fitted_probe(cells, fg_weight, bg_weight, shots)
+        share = 1 / (shots + 1)
+
+        def predict(query_images: torch.Tensor) -> torch.Tensor:
+            query_cells = self._scaled_cells(query_images)
+            first = self.calibrated(read_probe(query_cells, fitted))
+            support_examples = (cells, fg_weight, bg_weight, shots)
+            refitted = [
+                self.query_refit(support_examples, share, query, log_odds)
+                for query, log_odds in zip(query_cells, first, strict=True)
+            ]
+            return torch.stack(refitted)
+
+        return predict
+
+    def query_refit(
+        self,
+        support_examples: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int],
+        share: float,
+        query_cells: torch.Tensor,
+        first: torch.Tensor,
+    ) -> torch.Tensor:
+        """One query's log-odds [h,w] from the probe fitted again on the support's examples
+        (cells, foreground and background weights, shots) and the query's cells [C,h,w]
+        whose ``first`` prediction is confident, each class's query cells weighing ``share``
+        and its support cells the rest; ``first`` itself where the query has no confident
+        cell of either class."""
+        cells, fg_weight, bg_weight, shots = support_examples
+        probability = first.detach().flatten().sigmoid()
+        foreground = (probability > QUERY_CONFIDENCE).to(cells.dtype)
+        background = (probability < 1 - QUERY_CONFIDENCE).to(cells.dtype)
+        if not (foreground.any() and background.any()):
+            return first
+        rows = query_cells.flatten(1).T  # [h·w, C]
+        fitted = self.fitted_probe(
+            torch.cat([cells, rows]),
+            torch.cat([(1 - share) * fg_weight, share * foreground / foreground.sum()]),
+            torch.cat([(1 - share) * bg_weight, share * background / background.sum()]),
+            shots,
+        )
+        return self.calibrated(read_probe(query_cells[None], fitted)[0])
 
     def fitted_probe(
         self, cells: torch.Tensor, fg_weight: torch.Tensor, bg_weight: torch.Tensor, shots: int

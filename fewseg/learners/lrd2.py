@@ -79,10 +79,13 @@ class LRD2(SupportProbe):
         fitted = self.fitted_probe(cells, fg_weight, bg_weight, len(support.images))
 
         def predict(query_images: torch.Tensor) -> torch.Tensor:
-            log_odds = read_probe(self._scaled_cells(query_images), fitted)
-            return log_odds * self.log_scale.exp() + self.shift
+            return self.calibrated(read_probe(self._scaled_cells(query_images), fitted))
 
         return predict
+
+    def calibrated(self, log_odds: torch.Tensor) -> torch.Tensor:
+        """The probe's log-odds scaled and shifted by the meta-learned calibration."""
+        return log_odds * self.log_scale.exp() + self.shift
 
     def fitted_probe(
         self, cells: torch.Tensor, fg_weight: torch.Tensor, bg_weight: torch.Tensor, shots: int
