@@ -131,6 +131,8 @@ class IMAML(LRD2):
         return adapted.permute(0, 3, 1, 2)
 
     def cell_predictor(self, support: LabelledImages) -> Callable[[torch.Tensor], torch.Tensor]:
+        """:meth:`LRD2.cell_predictor`, each query's log-odds then from :meth:`query_refit`
+        when predicting (not meta-training) from at most ``transductive`` shots."""
         shots = len(support.images)
         if self.training or shots > self.options.transductive:
             return super().cell_predictor(support)
