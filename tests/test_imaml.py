@@ -70,6 +70,12 @@ def test_an_initialised_imaml_predicts_as_lrd2() -> None:
     assert torch.equal(by_shots.adapt(support)(query), lrd2.adapt(support)(query))
 
 
+def support_and_query(support_count: int) -> tuple[LabelledImages, LabelledImages]:
+    """``support_count`` shots of the square object and one query of it."""
+    images = shots(support_count + 1, 96)
+    return images.select(range(support_count)), images.select([support_count])
+
+
 @pytest.mark.parametrize("activation", ["relu", "none"])
 def test_an_adapter_starts_as_the_identity_and_is_meta_learned_at_a_tenth_of_the_rate(
     activation: str,
@@ -77,9 +83,7 @@ def test_an_adapter_starts_as_the_identity_and_is_meta_learned_at_a_tenth_of_the
     """The residual map of the cells: with its up-projection zero it changes nothing; the
     first meta-gradient reaches the up-projection only, the next ones the down-projection
     too, and the loss falls."""
-    images = shots(4, 96)
-    support = LabelledImages(images.images[:3], images.masks[:3], images.ignore[:3])
-    query = LabelledImages(images.images[3:], images.masks[3:], images.ignore[3:])
+    support, query = support_and_query(3)
     options = {"adapter": 8, "adapter_activation": activation, "outer_lr": 0.05}
     adapted, plain = build_learner("imaml", options), build_learner("imaml", {"outer_lr": 0.05})
     adapted.eval(), plain.eval()
@@ -120,9 +124,7 @@ def test_a_prototype_centre_starts_at_theta0_and_its_gain_is_meta_learned() -> N
     that the fit stays at its centre, the fitted weights are θ₀ + g·(class-balanced mean
     foreground cell − mean background cell) computed by hand; the meta-gradient reaches the
     gain (at ten times the outer learning rate) and the loss falls."""
-    images = shots(4, 96)
-    support = LabelledImages(images.images[:3], images.masks[:3], images.ignore[:3])
-    query = LabelledImages(images.images[3:], images.masks[3:], images.ignore[3:])
+    support, query = support_and_query(3)
     centred = build_learner("imaml", {"prototype_centre": True, "outer_lr": 0.05}).eval()
     plain = build_learner("imaml", {"outer_lr": 0.05}).eval()
     assert float(centred.prototype_gain.detach()) == 0
@@ -162,19 +164,6 @@ def test_a_prototype_centre_starts_at_theta0_and_its_gain_is_meta_learned() -> N
         optimizer.step()
     assert losses[-1] < losses[0]
     assert float(centred.prototype_gain.detach()) != 0
-
-
-def support_and_query(support_count: int) -> tuple[LabelledImages, LabelledImages]:
-    images = shots(support_count + 1, 96)
-    support = LabelledImages(
-        images.images[:support_count], images.masks[:support_count], images.ignore[:support_count]
-    )
-    query = LabelledImages(
-        images.images[support_count:],
-        images.masks[support_count:],
-        images.ignore[support_count:],
-    )
-    return support, query
 
 
 def test_a_transductive_fit_adds_the_query_own_confident_cells() -> None:

@@ -32,7 +32,7 @@ from fewseg.episodes.tensors import LabelledImages
 from fewseg.errors import FewSegError
 from fewseg.learners.base import register_learner
 from fewseg.learners.lrd2 import LRD2, LRD2Options
-from fewseg.models.probe import probe_examples, probe_optimum, read_probe
+from fewseg.models.probe import probe_optimum, read_probe
 from fewseg.options import option
 
 ADAPTER_ACTIVATIONS = {"relu": torch.relu, "none": lambda hidden: hidden}
@@ -136,18 +136,15 @@ class IMAML(LRD2):
         shots = len(support.images)
         if self.training or shots > self.options.transductive:
             return super().cell_predictor(support)
-        cells, fg_weight, bg_weight = probe_examples(
-            self._scaled_cells(support.images), support.masks, support.ignore
-        )
-        fitted = self.fitted_probe(cells, fg_weight, bg_weight, shots)
+        examples = self.support_examples(support)
+        fitted = self.fitted_probe(*examples, shots)
         share = 1 / (shots + 1)
 
         def predict(query_images: torch.Tensor) -> torch.Tensor:
             query_cells = self._scaled_cells(query_images)
             first = self.calibrated(read_probe(query_cells, fitted))
-            support_examples = (cells, fg_weight, bg_weight, shots)
             refitted = [
-                self.query_refit(support_examples, share, query, log_odds)
+                self.query_refit(examples, shots, share, query, log_odds)
                 for query, log_odds in zip(query_cells, first, strict=True)
             ]
             return torch.stack(refitted)
@@ -156,17 +153,18 @@ class IMAML(LRD2):
 
     def query_refit(
         self,
-        support_examples: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int],
+        examples: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        shots: int,
         share: float,
         query_cells: torch.Tensor,
         first: torch.Tensor,
     ) -> torch.Tensor:
-        """One query's log-odds [h,w] from the probe fitted again on the support's examples
-        (cells, foreground and background weights, shots) and the query's cells [C,h,w]
-        whose ``first`` prediction is confident, each class's query cells weighing ``share``
-        and its support cells the rest; ``first`` itself where the query has no confident
-        cell of either class."""
-        cells, fg_weight, bg_weight, shots = support_examples
+        """One query's log-odds [h,w] from the probe fitted again on the ``shots``-image
+        support's examples (:meth:`support_examples`) and the query's cells [C,h,w] whose
+        ``first`` prediction is confident, each class's query cells weighing ``share`` and its
+        support cells the rest; ``first`` itself where the query has no confident cell of
+        either class."""
+        cells, fg_weight, bg_weight = examples
         probability = first.detach().flatten().sigmoid()
         foreground = (probability > QUERY_CONFIDENCE).to(cells.dtype)
         background = (probability < 1 - QUERY_CONFIDENCE).to(cells.dtype)

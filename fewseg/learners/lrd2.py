@@ -73,15 +73,19 @@ class LRD2(SupportProbe):
     def cell_predictor(self, support: LabelledImages) -> Callable[[torch.Tensor], torch.Tensor]:
         """Query images → foreground log-odds [B,h,w] at the cells' grid, differentiable
         with respect to the meta-parameters (``adapt`` reads it without gradients)."""
-        cells, fg_weight, bg_weight = probe_examples(
-            self._scaled_cells(support.images), support.masks, support.ignore
-        )
-        fitted = self.fitted_probe(cells, fg_weight, bg_weight, len(support.images))
+        fitted = self.fitted_probe(*self.support_examples(support), len(support.images))
 
         def predict(query_images: torch.Tensor) -> torch.Tensor:
             return self.calibrated(read_probe(self._scaled_cells(query_images), fitted))
 
         return predict
+
+    def support_examples(
+        self, support: LabelledImages
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:func:`probe_examples` of the support's scaled cells: (cells [n,C], foreground
+        weight [n], background weight [n])."""
+        return probe_examples(self._scaled_cells(support.images), support.masks, support.ignore)
 
     def calibrated(self, log_odds: torch.Tensor) -> torch.Tensor:
         """The probe's log-odds scaled and shifted by the meta-learned calibration."""
