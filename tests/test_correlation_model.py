@@ -162,6 +162,44 @@ def test_the_batched_statistics_equal_each_shots_block_statistics(shots: int) ->
         torch.testing.assert_close(combined[2:], each[:, 2:].mean(dim=0))
 
 
+@pytest.mark.parametrize("balanced", [False, True])
+def test_each_shots_own_statistics_are_those_of_the_shot_alone(balanced: bool) -> None:
+    """Bit for bit, on grids that do not divide the masks' size (pooled by matrix
+    products), with a shot without foreground."""
+    torch.manual_seed(5)
+    query = [torch.randn(5, 3, 3), torch.randn(7, 2, 2)]
+    support = [torch.randn(3, 5, 3, 3), torch.randn(3, 7, 2, 2)]
+    masks = (torch.rand(3, 100, 100) > 0.6).long()  # 100 → 3 rounds differently in a batch
+    masks[1] = 0
+    ignore = torch.rand(3, 100, 100) > 0.8
+    each = correlation_statistics(query, support, masks, ignore, (0, 1), balanced, per_shot=True)
+    for k in range(3):
+        alone = correlation_statistics(
+            query, [s[k : k + 1] for s in support], masks[k : k + 1], ignore[k : k + 1], (0, 1),
+            balanced,
+        )  # fmt: skip
+        for level, shot_level in zip(each, alone, strict=True):
+            assert torch.equal(level[k], shot_level)
+    combined = correlation_statistics(query, support, masks, ignore, (0, 1), balanced)
+    for level, joint in zip(each, combined, strict=True):
+        torch.testing.assert_close(joint[:2], level[:, :2].amax(dim=0))
+        torch.testing.assert_close(joint[2:], level[:, 2:].mean(dim=0))
+    assert torch.equal(each[0][1, 0], torch.zeros(3, 3))  # no foreground cell: 0
+
+
+def test_per_shot_inputs_are_each_shots_own_rows_shot_major(model: CorrelationModel) -> None:
+    support = shots(3)
+    query = torch.rand(2, 3, 32, 32)
+    groups, skip = model.inputs(query, support.images, support.masks, support.ignore, per_shot=True)
+    assert len(skip) == 6 and all(len(g) == 6 for g in groups)
+    for k in range(3):
+        shot = support.select([k])
+        alone, alone_skip = model.inputs(query, shot.images, shot.masks, shot.ignore)
+        for group, group_alone in zip(groups, alone, strict=True):
+            assert torch.equal(group[2 * k : 2 * k + 2], group_alone)
+        assert torch.equal(skip[2 * k : 2 * k + 2], alone_skip)
+
+
 def test_a_larger_query_is_compared_with_the_supports_own_cells() -> None:
     """A query at twice the support's size whose cells repeat the same-size query's in 2x2
     blocks gets those statistics repeated in 2x2 blocks."""

@@ -139,14 +139,14 @@ def test_each_shot_compared_alone_sees_the_probe_of_all_shots(model: Correlation
     support = shots(3, 64)
     query = torch.rand(1, 3, 64, 64)
     inputs = CorrelationTasks(model, shot_mean=True).inputs(query, support)
-    assert len(inputs) == 3
+    assert inputs.shots == 3 and len(inputs.groups[1]) == 3
     joint = model.probe_map(query, model.fit_probe(support.images, support.masks, support.ignore))
     alone = model.probe_map(
         query, model.fit_probe(support.images[:1], support.masks[:1], support.ignore[:1])
     )
     assert not torch.allclose(joint, alone)
-    for groups, _ in inputs:
-        torch.testing.assert_close(groups[1][:, -1], joint.sigmoid())
+    for row in inputs.groups[1]:
+        torch.testing.assert_close(row[None, -1], joint.sigmoid())
 
 
 def test_without_the_probe_the_decoder_is_as_before() -> None:

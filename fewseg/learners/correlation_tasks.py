@@ -11,6 +11,7 @@ time stays deterministic) is segmented from the shot.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -114,6 +115,17 @@ def augmented_copy(shot: LabelledImages, generator: torch.Generator) -> Labelled
     return shot
 
 
+@dataclass(frozen=True)
+class DecoderInputs:
+    """The decoder's inputs for B query images: stride groups and skip features with
+    ``shots`` · B rows (shot-major, :meth:`CorrelationModel.inputs`), each query compared
+    with each of ``shots`` support sets whose logits are averaged (1: one comparison)."""
+
+    groups: list[torch.Tensor]
+    skip: torch.Tensor
+    shots: int = 1
+
+
 class CorrelationTasks:
     """What a learner asks of its correlation model. With ``shot_mean`` a K-shot support
     set gives K predictions, one per shot, whose logits are averaged (HSNet's K-shot
@@ -130,40 +142,43 @@ class CorrelationTasks:
 
     def inputs(
         self, images: torch.Tensor, support: LabelledImages, probe: Probe | None = None
-    ) -> list[Any]:
-        """The decoder's inputs for ``images`` against the support set: one per shot with
-        ``shot_mean``, else one. The probe, when the model takes it, is fitted on all the
-        shots either way (``probe``: already fitted on this support set)."""
+    ) -> DecoderInputs:
+        """The decoder's inputs for ``images`` against the support set: each shot compared
+        alone with ``shot_mean`` (one batch of K · B rows), else the shots together. The
+        probe, when the model takes it, is fitted on all the shots either way (``probe``:
+        already fitted on this support set)."""
         probe_map = None
         if self.model.probe:
             probe = probe or self.model.fit_probe(support.images, support.masks, support.ignore)
             probe_map = self.model.probe_map(images, probe)
-        sets = [support]
-        if self.shot_mean and support.shots > 1:
-            sets = [support.select([k]) for k in range(support.shots)]
-        return [self.model.inputs(images, s.images, s.masks, s.ignore, probe_map) for s in sets]
+        per_shot = self.shot_mean and support.shots > 1
+        groups, skip = self.model.inputs(
+            images, support.images, support.masks, support.ignore, probe_map, per_shot
+        )
+        return DecoderInputs(groups, skip, support.shots if per_shot else 1)
 
     def logits(
         self,
         params: Mapping[str, torch.Tensor],
-        inputs: list[Any],
+        inputs: DecoderInputs,
         size: tuple[int, int] | torch.Size,
     ) -> torch.Tensor:
-        """Foreground logits [B,1,H,W] at ``size`` (the mean over ``inputs``), the decoder's
-        ``params`` (names relative to the decoder, e.g. ``head.0.weight``) substituted."""
-        each = [functional_call(self.model.decoder, dict(params), tuple(i)) for i in inputs]
-        logits = each[0] if len(each) == 1 else torch.stack(each).mean(dim=0)
+        """Foreground logits [B,1,H,W] at ``size`` (the mean over the compared support
+        sets), the decoder's ``params`` (names relative to the decoder, e.g.
+        ``head.0.weight``) substituted."""
+        logits = functional_call(self.model.decoder, dict(params), (inputs.groups, inputs.skip))
+        if inputs.shots > 1:
+            logits = logits.view(inputs.shots, -1, *logits.shape[1:]).mean(dim=0)
         return bilinear_resize(logits, size)
 
     def loss_function(
-        self, inputs: list[Any], masks: torch.Tensor, ignore: torch.Tensor
+        self, inputs: DecoderInputs, masks: torch.Tensor, ignore: torch.Tensor
     ) -> Callable[[Mapping[str, torch.Tensor]], torch.Tensor]:
         """params → the class-balanced BCE (``foreground_bce``) of the decoder's logits at
         its own grid (stride 4) against ``masks`` subsampled there (nearest pixel)."""
-        skip = inputs[0][1]
-        grid = skip.shape[-2:]
+        grid = inputs.skip.shape[-2:]
         _, masks, ignore = subsample_masks(masks, ignore, max(grid))
-        target, weights = balanced_pixel_weights(masks, ignore, skip.dtype)
+        target, weights = balanced_pixel_weights(masks, ignore, inputs.skip.dtype)
 
         def loss(params: Mapping[str, torch.Tensor]) -> torch.Tensor:
             return weighted_bce(self.logits(params, inputs, grid), target, weights)
@@ -203,7 +218,9 @@ class CorrelationTasks:
 
         return predict
 
-    def support_examples(self, support: LabelledImages) -> list[tuple[list[Any], LabelledImages]]:
+    def support_examples(
+        self, support: LabelledImages
+    ) -> list[tuple[DecoderInputs, LabelledImages]]:
         """(inputs, the labelled query they segment) of the support-only loss."""
         if support.shots == 1:
             generator = torch.Generator().manual_seed(COPY_SEED)

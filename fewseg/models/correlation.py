@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -113,6 +114,39 @@ def block_statistics(
     return stats.view(STATISTICS, height, width)
 
 
+class SupportCells(NamedTuple):
+    """A support set's cells on one grid ([K, n]: K shots, n cells): the foreground and
+    background fractions of each cell, and which cells count as each class (as in
+    :func:`block_statistics`) as positions among the K · n shot-major columns, with how
+    many each shot has."""
+
+    fg_weight: torch.Tensor
+    bg_weight: torch.Tensor
+    columns: tuple[torch.Tensor, torch.Tensor]  # foreground, background
+    counts: tuple[list[int], list[int]]
+
+    @classmethod
+    def pooled(
+        cls, foreground: torch.Tensor, valid: torch.Tensor, size: tuple[int, int]
+    ) -> SupportCells:
+        """From the shots' foreground and valid pixels [K,H,W], pooled to ``size``. Each
+        shot is pooled alone: the pooling's matrix products round differently with the
+        number of shots, and a shot compared alone (``per_shot``) must find the cells it
+        finds on its own."""
+
+        def pool(pixels: torch.Tensor) -> torch.Tensor:
+            return torch.cat([adaptive_average_pool(shot[None], size) for shot in pixels])
+
+        fg_weight = pool(foreground).flatten(1)
+        bg_weight = pool(valid).flatten(1) - fg_weight
+        half = bg_weight > 0.5
+        bg_cells = torch.where(half.any(dim=1, keepdim=True), half, bg_weight > 0)
+        classes = (fg_weight > 0, bg_cells)
+        columns = tuple(cells.flatten().nonzero().squeeze(1) for cells in classes)
+        counts = tuple(cells.sum(dim=1).tolist() for cells in classes)
+        return cls(fg_weight, bg_weight, columns, counts)  # type: ignore[arg-type]
+
+
 def correlation_statistics(
     query: Sequence[torch.Tensor],
     support: Sequence[torch.Tensor],
@@ -120,37 +154,46 @@ def correlation_statistics(
     ignore: torch.Tensor,
     correlated: Sequence[int],
     balanced: bool = False,
+    per_shot: bool = False,
 ) -> list[torch.Tensor]:
     """The statistics of one query against a K-shot support set, for each correlated level:
     ``query`` levels [C,h,w], ``support`` levels [K,C,h,w], ``masks``/``ignore`` [K,H,W] →
-    one [4,h,w] map per level: :func:`block_statistics` of each shot, the maxima over shots
-    and the prototype similarities averaged (computed for all shots at once). With
-    ``balanced`` the foreground and background maxima are class-balanced: each shot's mean
-    over the same fraction of each class's cells (:func:`balanced_over`)."""
+    one [4,h,w] map per level: :func:`block_statistics` of each shot (computed for all
+    shots at once), the maxima over shots and the prototype similarities averaged; with
+    ``per_shot`` each shot's own, [K,4,h,w]. With ``balanced`` the foreground and background
+    maxima are class-balanced: each shot's mean of the query cell's
+    :func:`balanced_neighbours` most similar cells of each class instead of the largest."""
     valid = (~ignore).float()
     foreground = masks.float() * valid
-    pooled: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+    pooled: dict[tuple[int, int], SupportCells] = {}
     out = []
     for level in correlated:
         height, width = query[level].shape[-2:]
         # the support's own grid: the query's, or smaller (a query enlarged at test time)
         size = (int(support[level].shape[-2]), int(support[level].shape[-1]))
         if size not in pooled:
-            fg = adaptive_average_pool(foreground, size).flatten(1)  # [K, n]
-            pooled[size] = (fg, adaptive_average_pool(valid, size).flatten(1) - fg)
-        fg_weight, bg_weight = pooled[size]
+            pooled[size] = SupportCells.pooled(foreground, valid, size)
+        cells = pooled[size]
         features = support[level].flatten(2)  # [K, C, n]
         q = unit(query[level].flatten(1)).T  # [hw, C]
-        cosines = q @ unit_columns(features)  # [K, hw, n]
-        half = bg_weight > 0.5
-        bg_cells = torch.where(half.any(dim=1, keepdim=True), half, bg_weight > 0)
-        if balanced:
-            maxima = list(balanced_over(cosines, fg_weight > 0, bg_cells))
+        # only the columns of each class's cells are compared: no [hw, K·n] copy to gather
+        columns = unit_columns(features).transpose(0, 1).flatten(1)  # [C, K·n]
+        maxima = []  # foreground, background: [K, hw] each
+        for c, (chosen, counts) in enumerate(zip(cells.columns, cells.counts, strict=True)):
+            cosines = q @ columns.index_select(1, chosen)  # [hw, this class's cells]
+            nearest = None
+            if balanced:
+                nearest = [balanced_neighbours(*n)[c] for n in zip(*cells.counts, strict=True)]
+            maxima.append(best_of_each_shot(cosines, counts, nearest))
+        weights = torch.stack([cells.fg_weight, cells.bg_weight], 2)
+        prototypes = unit_columns(features @ weights)  # [K, C, 2]
+        similarity = q @ prototypes  # [K, hw, 2]
+        if per_shot:
+            stats = torch.cat([torch.stack(maxima, 1), similarity.transpose(1, 2)], 1)
+            out.append(stats.view(len(features), STATISTICS, height, width))
         else:
-            maxima = [largest_over(cosines, cells) for cells in (fg_weight > 0, bg_cells)]
-        prototypes = unit_columns(features @ torch.stack([fg_weight, bg_weight], 2))  # [K,C,2]
-        similarity = (q @ prototypes).mean(dim=0).T  # [2, hw]
-        out.append(torch.stack([*maxima, *similarity]).view(STATISTICS, height, width))
+            combined = [m.amax(dim=0) for m in maxima] + [*similarity.mean(dim=0).T]
+            out.append(torch.stack(combined).view(STATISTICS, height, width))
     return out
 
 
@@ -159,40 +202,22 @@ def unit_columns(features: torch.Tensor) -> torch.Tensor:
     return features / features.norm(dim=1, keepdim=True).clamp_min(1e-6)
 
 
-def largest_over(cosines: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
-    """cosines [K, hw, n], cells [K, n] → the largest cosine to a cell of any shot [hw]; a
-    shot without such cells counts as 0 (:func:`block_statistics`)."""
-    largest = []
-    for shot, shot_cells in zip(cosines, cells, strict=True):
-        # the chosen columns gathered, not the others masked: a third of the memory traffic
-        chosen = shot_cells.nonzero().squeeze(1)
-        if len(chosen) == 0:
-            largest.append(shot.new_zeros(len(shot)))
+def best_of_each_shot(
+    cosines: torch.Tensor, counts: Sequence[int], nearest: Sequence[int] | None = None
+) -> torch.Tensor:
+    """cosines [hw, Σ counts] (each shot's columns in turn, ``counts[k]`` of shot k) → each
+    shot's largest cosine [K, hw], or with ``nearest`` the mean of its ``nearest[k]``
+    largest (:func:`nearest_mean`); a shot without columns gives 0."""
+    best = []
+    parts = cosines.split(list(counts), dim=1)
+    for k, (part, count) in enumerate(zip(parts, counts, strict=True)):
+        if count == 0:
+            best.append(cosines.new_zeros(len(cosines)))
+        elif nearest is None:
+            best.append(part.amax(dim=1))
         else:
-            largest.append(shot.index_select(1, chosen).amax(dim=1))
-    return torch.stack(largest).amax(dim=0)
-
-
-def balanced_over(
-    cosines: torch.Tensor, fg_cells: torch.Tensor, bg_cells: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """cosines [K, hw, n], cells [K, n] → (foreground, background) [hw] each: per shot the
-    mean of the query cell's :func:`balanced_neighbours` most similar cells of each class,
-    then the largest over shots; a shot without a class's cells counts as 0 for it, as in
-    :func:`largest_over`."""
-    fg_out, bg_out = [], []
-    for shot, fg, bg in zip(cosines, fg_cells, bg_cells, strict=True):
-        k_fg, k_bg = balanced_neighbours(int(fg.sum()), int(bg.sum()))
-        fg_out.append(_nearest_among(shot, fg, k_fg))
-        bg_out.append(_nearest_among(shot, bg, k_bg))
-    return torch.stack(fg_out).amax(dim=0), torch.stack(bg_out).amax(dim=0)
-
-
-def _nearest_among(cosines: torch.Tensor, cells: torch.Tensor, k: int) -> torch.Tensor:
-    """cosines [hw, n], cells [n] → :func:`nearest_mean` over ``cells`` (0 without any)."""
-    if not cells.any():
-        return cosines.new_zeros(len(cosines))
-    return nearest_mean(cosines[:, cells], k)
+            best.append(nearest_mean(part, nearest[k]))
+    return torch.stack(best)
 
 
 def prior_map(foreground_maximum: torch.Tensor) -> torch.Tensor:
@@ -316,37 +341,48 @@ class CorrelationModel(nn.Module):
         masks: torch.Tensor,
         ignore: torch.Tensor,
         probe: torch.Tensor | None = None,
+        per_shot: bool = False,
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """(stride groups [B,c,h,w] coarsest first, query skip features [B,C,h4,w4]) for
         query images [B,3,H,W] against one support set (images [K,3,H,W], masks and ignore
-        [K,H,W]). No gradient flows into them: the encoder is frozen. With the probe on,
-        ``probe`` is its log-odds for these queries ([B,h,w], :meth:`probe_map`: a K-shot model
-        that compares each shot alone passes the probe fitted on all shots), else fitted on
-        this support set."""
+        [K,H,W]). With ``per_shot`` the queries are compared with each shot alone: K·B
+        rows, shot-major (row k·B + b: query b against shot k), the skip features repeated.
+        No gradient flows into them: the encoder is frozen. With the probe on, ``probe`` is
+        its log-odds for these queries ([B,h,w], :meth:`probe_map`: a K-shot model that
+        compares each shot alone passes the probe fitted on all shots), else fitted on this
+        support set."""
         with torch.no_grad():
             queries = self.encoder(query_images)
             support = self.encoder(support_images)
             if self.probe and probe is None:
                 fitted = fit_support_probe(self._probe_cells(support), masks, ignore)
                 probe = read_probe(self._probe_cells(queries), fitted)
-            per_query = []
+            shots = len(support_images) if per_shot else 1
+            rows: dict[tuple[int, int], list[torch.Tensor]] = {}
             for b in range(len(query_images)):
                 query = [level[b] for level in queries]
                 levels = correlation_statistics(
-                    query, support, masks, ignore, self.correlated, self.balanced
+                    query, support, masks, ignore, self.correlated, self.balanced, per_shot
                 )
-                prior = None
+                levels = levels if per_shot else [level[None] for level in levels]  # [S,4,h,w]
+                maxima = None  # [S,h,w]
                 if self.prior_level in self.correlated:
-                    prior = prior_map(levels[self.correlated.index(self.prior_level)][0])
+                    maxima = levels[self.correlated.index(self.prior_level)][:, 0]
                 elif self.prior_level is not None:
-                    maxima = correlation_statistics(
-                        query, support, masks, ignore, (self.prior_level,)
-                    )[0][0]
-                    prior = prior_map(maxima)
+                    at_prior = correlation_statistics(
+                        query, support, masks, ignore, (self.prior_level,), per_shot=per_shot
+                    )[0]
+                    maxima = at_prior[:, 0] if per_shot else at_prior[None, 0]
                 probe_b = probe[b].sigmoid() if self.probe and probe is not None else None
-                per_query.append(group_statistics(levels, self.groups, prior, probe_b))
-            groups = [torch.stack(maps) for maps in zip(*per_query, strict=True)]
-        return groups, queries[self.skip_level]
+                for k in range(shots):
+                    prior = None if maxima is None else prior_map(maxima[k])
+                    shot_levels = [level[k] for level in levels]
+                    rows[k, b] = group_statistics(shot_levels, self.groups, prior, probe_b)
+            ordered = [rows[k, b] for k in range(shots) for b in range(len(query_images))]
+            groups = [torch.stack(maps) for maps in zip(*ordered, strict=True)]
+            skip = queries[self.skip_level]
+            skip = skip.repeat(shots, 1, 1, 1) if shots > 1 else skip
+        return groups, skip
 
     def fit_probe(
         self, support_images: torch.Tensor, masks: torch.Tensor, ignore: torch.Tensor
