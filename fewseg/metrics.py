@@ -154,6 +154,22 @@ class GroundTruth:
         )
 
 
+@dataclass(frozen=True)
+class QueryCounts:
+    """What one query adds to :class:`SegmentationScores`: its pixel counts (intersection
+    and union [bg, fg]) and its boundary counts (intersection, union)."""
+
+    intersection: torch.Tensor
+    union: torch.Tensor
+    boundary: tuple[float, float]
+
+    @classmethod
+    def of(cls, prediction: torch.Tensor, truth: GroundTruth) -> QueryCounts:
+        """A boolean foreground ``prediction`` (on the CPU) against a prepared truth."""
+        intersection, union = truth.intersection_union(prediction)
+        return cls(intersection, union, truth.boundary.intersection_union(prediction))
+
+
 class SegmentationScores:
     """Accumulates per-class intersection/union and boundary intersection/union over
     episodes."""
@@ -183,11 +199,11 @@ class SegmentationScores:
 
     def update_with(self, class_index: int, prediction: torch.Tensor, truth: GroundTruth) -> None:
         """:meth:`update` against a prepared ground truth."""
-        self._add_counts(
-            class_index,
-            *truth.intersection_union(prediction),
-            truth.boundary.intersection_union(prediction),
-        )
+        self.add_query(class_index, QueryCounts.of(prediction, truth))
+
+    def add_query(self, class_index: int, counts: QueryCounts) -> None:
+        """Adds one query's counts (:meth:`QueryCounts.of`)."""
+        self._add_counts(class_index, counts.intersection, counts.union, counts.boundary)
 
     def _add_counts(
         self,

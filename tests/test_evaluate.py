@@ -92,6 +92,36 @@ def test_the_encoder_of_a_protonet_is_its_embedding_network_kept_per_image() -> 
     assert sum(calls) == len(images)
 
 
+def test_an_episode_met_again_is_neither_predicted_nor_scored_again() -> None:
+    """Three seeds' 1-shot lists share whole episodes (class, support, query): the learner
+    predicts each distinct one once, and the scores are the reference loop's."""
+    source = open_source(SOURCE)
+    learner = tiny_learner("baseline", "mobilenet_v2_s8")
+    settings = EvaluationSettings("0", 1, 30, 64, progress=False)
+    predicted: list[int] = []
+    adapt = learner.adapt
+
+    def counted(support):
+        predict = adapt(support)
+
+        def predict_counted(images):
+            predicted.append(len(images))
+            return predict(images)
+
+        return predict_counted
+
+    learner.adapt = counted  # type: ignore[method-assign]
+    seeds = [0, 1, 2]
+    fast = evaluate(learner, source, SOURCE, settings, seeds)
+    test = source.fold_split("0").test
+    plans = [episode_plan(source, test, 1, 30, seed) for seed in seeds]
+    episodes = [(e.class_index, e.support, e.query) for p in plans for e in p.episodes]
+    assert len(set(episodes)) < len(episodes)  # the lists do share episodes
+    assert sum(predicted) == len(set(episodes))
+    reference = evaluate(learner, source, SOURCE, settings, seeds, scorer=score_plan_reference)
+    assert without_times(fast) == without_times(reference)
+
+
 def test_the_report_round_trips_through_its_json(tmp_path: Path) -> None:
     source: SegmentationSource = open_source(SOURCE)
     learner = tiny_learner("baseline")

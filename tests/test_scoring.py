@@ -1,9 +1,11 @@
 """The scoring queue: the same counts as scoring in order, whichever thread scores."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
-from fewseg.engine.scoring import ScoredQuery, ScoringQueue, foreground_prediction
+from fewseg.engine.scoring import OutcomeMemo, ScoredQuery, ScoringQueue, foreground_prediction
 from fewseg.errors import FewSegError
 from fewseg.metrics import SegmentationScores
 
@@ -117,3 +119,26 @@ def test_a_query_met_again_is_scored_with_its_prepared_ground_truth() -> None:
         scores = queue.finish()
         assert len(queue._truths) == 4
     assert_same_scores(scores, in_order(queries + again))
+
+
+def test_an_outcome_memo_keeps_the_counts_of_keyed_queries_and_forgets_the_oldest() -> None:
+    queries = random_queries(3)
+    memo = OutcomeMemo(capacity=2)
+    with ScoringQueue(CLASSES, backlog=2, outcomes=memo) as queue:
+        for i, q in enumerate(queries):
+            queue.put(replace(q, outcome_key=("episode", i)))
+        assert_same_scores(queue.finish(), in_order(queries))
+    assert len(memo) == 2 and memo.get(("episode", 0)) is None
+    known = memo.get(("episode", 2))
+    assert known is not None and memo.hits == 1
+    by_hand = SegmentationScores(CLASSES)
+    by_hand.update(
+        queries[2].class_index,
+        foreground_prediction(queries[2].logits)[0],
+        queries[2].mask,
+        queries[2].ignore,
+    )
+    # a query put with the counts it gave before is scored without logits
+    with ScoringQueue(CLASSES, backlog=2) as queue:
+        queue.put(replace(queries[2], logits=None, known=known))
+        assert_same_scores(queue.finish(), by_hand)

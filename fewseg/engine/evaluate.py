@@ -18,6 +18,7 @@ from fewseg.engine.adaptation_memo import DEFAULT_CAPACITY, AdaptationMemo
 from fewseg.engine.precision import check_precision
 from fewseg.engine.report import EvaluationReport, ReportSettings, SeedResult
 from fewseg.engine.runner import score_plan
+from fewseg.engine.scoring import OutcomeMemo
 from fewseg.engine.settings import EvaluationSettings
 from fewseg.episodes.sampler import EpisodePlan, episode_plan
 from fewseg.learners.base import Learner
@@ -79,16 +80,18 @@ def scored_at(settings: EvaluationSettings) -> str:
 
 
 def _fast_scorer(settings: EvaluationSettings) -> PlanScorer:
-    """The runner, sharing one adaptation memo across the seeds' lists (they share support
-    sets, mostly at 1-shot). Predictors that keep their support set (refinements, a presence
-    threshold) are kept fewer: each holds the support images and their features."""
+    """The runner, sharing one adaptation memo and one outcome memo across the seeds' lists
+    (they share support sets and whole episodes, mostly at 1-shot). Predictors that keep
+    their support set (refinements, a presence threshold) are kept fewer: each holds the
+    support images and their features."""
     holds_support = settings.inference is not None and settings.inference.needs_support
     memo = AdaptationMemo(SUPPORT_HOLDING_CAPACITY if holds_support else DEFAULT_CAPACITY)
+    outcomes = OutcomeMemo()
 
     def scorer(
         learner: Learner, source: SegmentationSource, plan: EpisodePlan, s: EvaluationSettings
     ) -> SegmentationScores:
-        return score_plan(learner, source, plan, s, f"seed {plan.seed}", memo)
+        return score_plan(learner, source, plan, s, f"seed {plan.seed}", memo, outcomes)
 
     return scorer
 

@@ -5,7 +5,8 @@ exactly (tests/test_evaluate.py): a loading thread decodes and resizes the next 
 (or DataLoader processes); encoder threads put the features of their images in a feature
 store attached to the learner's encoder (fewseg.engine.features) ahead of the learner;
 the calling thread runs the learner, adapting to each support set (once per distinct
-support set: :class:`AdaptationMemo`) and predicting the query; a scoring thread counts.
+support set: :class:`AdaptationMemo`) and predicting the query (once per distinct
+episode: :class:`OutcomeMemo`); a scoring thread counts.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from fewseg.engine.features import FeatureStore, attached, evaluation_stores
 from fewseg.engine.inference import evaluation_predictor
 from fewseg.engine.precision import autocast
 from fewseg.engine.region_memo import RegionMemo
-from fewseg.engine.scoring import ScoredQuery, ScoringQueue
+from fewseg.engine.scoring import OutcomeMemo, ScoredQuery, ScoringQueue
 from fewseg.engine.settings import EvaluationSettings
 from fewseg.episodes.prefetch import prefetched
 from fewseg.episodes.sampler import Episode, EpisodePlan
@@ -50,10 +51,12 @@ def score_plan(
     settings: EvaluationSettings,
     description: str = "evaluate",
     memo: AdaptationMemo | None = None,
+    outcomes: OutcomeMemo | None = None,
 ) -> SegmentationScores:
     """:func:`fewseg.engine.protocol.score_plan_reference`, fast. ``memo`` (one per
     learner state, source and image size) lends the predictor of a support set met before
-    instead of adapting again."""
+    instead of adapting again; ``outcomes`` (the same) the counts of an episode met before
+    (same class, support and query images) instead of predicting and scoring again."""
     memo = memo if memo is not None else AdaptationMemo(capacity=0)
     dataset = EpisodeDataset(
         source,
@@ -84,11 +87,21 @@ def score_plan(
             # the learner's own operations on one thread too, beside the encoder threads:
             # an idle OpenMP team spins on a core for a while
             stack.enter_context(torch_threads(1))
-        queue = stack.enter_context(ScoringQueue(plan.classes_used, SCORING_BACKLOG))
+        queue = stack.enter_context(ScoringQueue(plan.classes_used, SCORING_BACKLOG, outcomes))
         episodes = zip(dataset.episodes, loader, strict=True)
         bar = tqdm(total=len(dataset), desc=description, unit="ep", disable=quiet, leave=False)
         with bar:
             for planned, episode in _encoded_ahead(episodes, ahead, device):
+                mask, ignore = episode.scored_truth()
+                truth_key = (planned.query, planned.class_index)
+                outcome_key = (planned.class_index, planned.support, planned.query)
+                known = outcomes.get(outcome_key) if outcomes is not None else None
+                if known is not None:
+                    queue.put(
+                        ScoredQuery(planned.class_index, None, mask, ignore, truth_key, known=known)
+                    )
+                    bar.update()
+                    continue
                 with autocast(settings.precision, device):
                     predict = memo.predictor(
                         (planned.class_index, planned.support),
@@ -96,11 +109,15 @@ def score_plan(
                     )
                     with torch.no_grad():
                         logits = predict(episode.query.images)
-                mask, ignore = episode.scored_truth()
-                truth_key = (planned.query, planned.class_index)
                 queue.put(
                     ScoredQuery(
-                        planned.class_index, logits, mask, ignore, truth_key, settings.resize
+                        planned.class_index,
+                        logits,
+                        mask,
+                        ignore,
+                        truth_key,
+                        settings.resize,
+                        outcome_key,
                     )
                 )
                 bar.update()

@@ -1,4 +1,5 @@
-"""Scoring predictions on a thread of its own, behind the thread that runs the learner."""
+"""Scoring predictions on a thread of its own, behind the thread that runs the learner,
+and remembering what each query scored (:class:`OutcomeMemo`)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from fewseg.episodes.transforms import unpadded
-from fewseg.metrics import GroundTruth, SegmentationScores
+from fewseg.metrics import GroundTruth, QueryCounts, SegmentationScores
 from fewseg.models.segmenter import foreground_logit
 from fewseg.threads import set_up_helper_thread
 
 GROUND_TRUTHS_KEPT = 256
+OUTCOMES_KEPT = 1 << 16  # a query's counts are a few dozen bytes
 
 
 def foreground_prediction(
@@ -46,26 +48,66 @@ def foreground_prediction(
 @dataclass(frozen=True)
 class ScoredQuery:
     """One episode's prediction and its query's ground truth (prepared once per
-    ``truth_key``: an evaluation queries each image with each of its classes many times)."""
+    ``truth_key``: an evaluation queries each image with each of its classes many times).
+    ``outcome_key`` names the episode for an :class:`OutcomeMemo`; ``known``: the counts
+    it gave before, when met again (no logits then)."""
 
     class_index: int
-    logits: torch.Tensor  # [1,1,H,W] or [1,2,H,W]
+    logits: torch.Tensor | None  # [1,1,H,W] or [1,2,H,W]
     mask: torch.Tensor  # [H,W]
     ignore: torch.Tensor  # [H,W] bool
     truth_key: Hashable
     resize: str = "squash"  # how the query reached the model's size (squash or pad)
+    outcome_key: Hashable | None = None
+    known: QueryCounts | None = None
+
+
+class OutcomeMemo:
+    """The counts each scored episode gave, by its key (class, support images, query image),
+    least recently used out first beyond ``capacity``. At test time a prediction is a
+    deterministic function of the support set and the query, so an episode met again (at
+    1-shot the seeds' lists share about half their episodes) needs neither the learner nor
+    the scoring: its counts are added again. Written by the scoring thread, read by the
+    runner's."""
+
+    def __init__(self, capacity: int = OUTCOMES_KEPT) -> None:
+        self.capacity = capacity
+        self._counts: OrderedDict[Hashable, QueryCounts] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+    def get(self, key: Hashable) -> QueryCounts | None:
+        with self._lock:
+            found = self._counts.get(key)
+            if found is not None:
+                self._counts.move_to_end(key)
+                self.hits += 1
+            return found
+
+    def put(self, key: Hashable, counts: QueryCounts) -> None:
+        with self._lock:
+            self._counts[key] = counts
+            self._counts.move_to_end(key)
+            while len(self._counts) > self.capacity:
+                self._counts.popitem(last=False)
 
 
 class ScoringQueue:
     """Use as a context manager: :meth:`put` queues a query for the scoring thread (waiting
     while ``backlog`` are queued, which bounds the memory they hold); :meth:`finish`
-    returns the scores of every query put. An error raised while scoring is raised by the
-    next :meth:`put` or by :meth:`finish`."""
+    returns the scores of every query put; ``outcomes`` receives each keyed query's
+    counts. An error raised while scoring is raised by the next :meth:`put` or by :meth:`finish`."""
 
-    def __init__(self, classes: Sequence[int], backlog: int) -> None:
+    def __init__(
+        self, classes: Sequence[int], backlog: int, outcomes: OutcomeMemo | None = None
+    ) -> None:
         if backlog < 1:
             raise ValueError(f"backlog must be >= 1, got {backlog}")
         self._scores = SegmentationScores(classes)
+        self._outcomes = outcomes
         self._queries: queue.Queue[ScoredQuery | None] = queue.Queue(backlog)
         self._truths: OrderedDict[Hashable, GroundTruth] = OrderedDict()
         self._error: BaseException | None = None
@@ -112,12 +154,19 @@ class ScoringQueue:
             if self._error is not None:
                 continue  # drain after an error, so that a waiting put returns
             try:
-                prediction = foreground_prediction(
-                    query.logits, query.mask.shape[-2:], query.resize
-                )[0]
-                self._scores.update_with(query.class_index, prediction, self._truth(query))
+                self._scores.add_query(query.class_index, self._counts(query))
             except BaseException as exc:  # handed to the thread that puts or finishes
                 self._error = exc
+
+    def _counts(self, query: ScoredQuery) -> QueryCounts:
+        if query.known is not None:
+            return query.known
+        assert query.logits is not None
+        prediction = foreground_prediction(query.logits, query.mask.shape[-2:], query.resize)
+        counts = QueryCounts.of(prediction[0], self._truth(query))
+        if self._outcomes is not None and query.outcome_key is not None:
+            self._outcomes.put(query.outcome_key, counts)
+        return counts
 
     def _raise_error(self) -> None:
         if self._error is not None:
