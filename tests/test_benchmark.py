@@ -13,7 +13,10 @@ from fewseg.engine.feature_disk import FeatureDisk
 from fewseg.errors import FewSegError
 from fewseg.experiments.benchmark import (
     FEATURES_DIR,
+    BenchTask,
+    bench_tasks,
     read_bench_plan,
+    recorded_seconds,
     run_benchmark,
     summarize_folds,
 )
@@ -86,6 +89,43 @@ def test_the_repository_plans_read_with_every_entry_checked(plan: str) -> None:
     for quick in (False, True):
         read = read_bench_plan(path, quick=quick)
         assert read.learners and read.shots == [1, 5]
+
+
+def test_tasks_start_longest_first_by_the_seconds_an_earlier_run_recorded(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "bench.yaml"
+    path.write_text(PLAN.replace("  finetune: {}", "  finetune: {}\n  reptile: {inner_steps: 1}"))
+    plan = read_bench_plan(path)
+    work = {
+        "protonet": {"0": 30.0, "1": 5.0},
+        "finetune": {"0": 20.0, "1": 40.0},
+        "reptile": {"0": 10.0, "1": 25.0},
+    }
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"work_seconds": work, "results": {}}))
+    recorded = recorded_seconds(results)
+    assert recorded == work
+    assert bench_tasks(plan, recorded) == [
+        BenchTask(*t)
+        for t in [
+            ("1", "finetune"),
+            ("0", "protonet"),
+            ("1", "reptile"),
+            ("0", "finetune"),
+            ("0", "reptile"),
+            ("1", "protonet"),
+        ]
+    ]
+    # a task without a recorded time (a new entry or fold): entries with their own inner
+    # steps after those on the correlation model (none here), the rest in plan order
+    work["protonet"]["1"] = None  # type: ignore[assignment]
+    family = [(t.learner, t.fold) for t in bench_tasks(plan, work)]
+    assert family == [(n, f) for n in ("reptile", "protonet", "finetune") for f in ("0", "1")]
+    assert bench_tasks(plan, None) == bench_tasks(plan, work)
+    results.write_text("{not json")
+    assert recorded_seconds(results) is None
+    assert recorded_seconds(tmp_path / "absent.json") is None
 
 
 def test_a_bad_entry_is_an_error_when_the_plan_is_read(tmp_path: Path) -> None:

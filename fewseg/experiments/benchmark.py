@@ -12,6 +12,7 @@ import signal
 import statistics
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,17 +184,33 @@ class BenchTask:
     learner: str
 
 
-def bench_tasks(plan: BenchPlan) -> list[BenchTask]:
-    """Every (fold, entry) pair; entries on the correlation model first, then those that
-    adapt by inner-loop steps, since their evaluations take longest (the parallel schedule
-    then ends with the short ones)."""
+def bench_tasks(
+    plan: BenchPlan, recorded: Mapping[str, Mapping[str, float | None]] | None = None
+) -> list[BenchTask]:
+    """Every (fold, entry) pair, longest first, so that the parallel schedule ends with
+    the short ones: by ``recorded`` seconds (entry → fold → seconds, the ``work_seconds``
+    of an earlier results.json) when it has every task's, else entries on the correlation
+    model first, then those that adapt by inner-loop steps (their evaluations take longest)."""
     tasks = [BenchTask(fold, name) for name in plan.learners for fold in plan.folds]
+    seconds = {t: (recorded or {}).get(t.learner, {}).get(t.fold) for t in tasks}
+    if all(isinstance(s, int | float) for s in seconds.values()):
+        return sorted(tasks, key=lambda t: -float(seconds[t] or 0.0))
 
-    def cost(task: BenchTask) -> tuple[bool, bool]:
+    def family(task: BenchTask) -> tuple[bool, bool]:
         options = plan.learners[task.learner]
         return options.get("model") != "correlation", "inner_steps" not in options
 
-    return sorted(tasks, key=cost)
+    return sorted(tasks, key=family)
+
+
+def recorded_seconds(results_json: Path) -> dict[str, dict[str, float | None]] | None:
+    """The ``work_seconds`` of an earlier results.json (for :func:`bench_tasks`); None
+    when there is none or it cannot be read."""
+    try:
+        work = json.loads(results_json.read_text()).get("work_seconds")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return work if isinstance(work, dict) else None
 
 
 _SOURCES: dict[str, SegmentationSource] = {}
@@ -402,15 +419,20 @@ def _announce(result: dict[str, Any], index: int, total: int) -> dict[str, Any]:
 
 
 def run_benchmark(
-    plan: BenchPlan, out: str | Path, progress: bool = True, jobs: int = 1
+    plan: BenchPlan,
+    out: str | Path,
+    progress: bool = True,
+    jobs: int = 1,
+    recorded: Mapping[str, Mapping[str, float | None]] | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate everything; returns learner → dataset → shots → results, the
-    training seconds per learner and fold, example overlays and the wall-clock seconds."""
+    training seconds per learner and fold, example overlays and the wall-clock seconds.
+    ``recorded``: each task's seconds in an earlier run, to start the longest first."""
     start = time.perf_counter()
     out = Path(out)
     for spec in plan.datasets.values():
         _source(spec)  # a bad spec fails here, before any training
-    tasks = bench_tasks(plan)
+    tasks = bench_tasks(plan, recorded)
     # features belong to this run's code: never left for a later run
     features = out / FEATURES_DIR
     shutil.rmtree(features, ignore_errors=True)
