@@ -13,6 +13,7 @@ from fewseg.engine.feature_disk import FeatureDisk
 from fewseg.errors import FewSegError
 from fewseg.experiments.benchmark import (
     FEATURES_DIR,
+    BenchPlan,
     BenchTask,
     bench_tasks,
     read_bench_plan,
@@ -35,6 +36,13 @@ learners:
 evaluate: {shots: [1, 2], episodes: 4, seeds: [0, 1], min_class_images: 3}
 quick: {folds: ["1"], episodes: 2, seeds: [3], steps: 1}
 """
+
+
+def plan_with_entry(tmp_path: Path, entry: str) -> BenchPlan:
+    """:data:`PLAN` with one more learner entry (``name: {options}``), read."""
+    path = tmp_path / "bench.yaml"
+    path.write_text(PLAN.replace("  finetune: {}", "  finetune: {}\n  " + entry))
+    return read_bench_plan(path)
 
 
 def scores(outcome: dict) -> dict:
@@ -94,9 +102,7 @@ def test_the_repository_plans_read_with_every_entry_checked(plan: str) -> None:
 def test_tasks_start_longest_first_by_the_seconds_an_earlier_run_recorded(
     tmp_path: Path,
 ) -> None:
-    path = tmp_path / "bench.yaml"
-    path.write_text(PLAN.replace("  finetune: {}", "  finetune: {}\n  reptile: {inner_steps: 1}"))
-    plan = read_bench_plan(path)
+    plan = plan_with_entry(tmp_path, "reptile: {inner_steps: 1}")
     work = {
         "protonet": {"0": 30.0, "1": 5.0},
         "finetune": {"0": 20.0, "1": 40.0},
@@ -200,9 +206,7 @@ def test_two_jobs_give_the_results_of_one(tmp_path: Path) -> None:
 def test_a_training_free_entry_is_evaluated_cross_domain_once_for_every_fold(
     tmp_path: Path,
 ) -> None:
-    path = tmp_path / "bench.yaml"
-    path.write_text(PLAN.replace("  finetune: {}", "  finetune: {}\n  baseline: {}"))
-    plan = read_bench_plan(path)
+    plan = plan_with_entry(tmp_path, "baseline: {}")
     outcome = run_benchmark(plan, tmp_path / "runs", progress=False)
     assert not (tmp_path / "runs/fold1/eval/baseline-other-1shot").exists()
     assert (tmp_path / "runs/fold1/eval/protonet-other-1shot/report.json").is_file()
