@@ -358,21 +358,26 @@ class CorrelationModel(nn.Module):
                 fitted = fit_support_probe(self._probe_cells(support), masks, ignore)
                 probe = read_probe(self._probe_cells(queries), fitted)
             shots = len(support_images) if per_shot else 1
+
+            def statistics(
+                query: list[torch.Tensor], levels: Sequence[int], balanced: bool
+            ) -> list[torch.Tensor]:
+                """[S,4,h,w] per level: each shot's, or (S = 1) the shots' together."""
+                each = correlation_statistics(
+                    query, support, masks, ignore, levels, balanced, per_shot
+                )
+                return each if per_shot else [level[None] for level in each]
+
             rows: dict[tuple[int, int], list[torch.Tensor]] = {}
             for b in range(len(query_images)):
                 query = [level[b] for level in queries]
-                levels = correlation_statistics(
-                    query, support, masks, ignore, self.correlated, self.balanced, per_shot
-                )
-                levels = levels if per_shot else [level[None] for level in levels]  # [S,4,h,w]
+                levels = statistics(query, self.correlated, self.balanced)
                 maxima = None  # [S,h,w]
                 if self.prior_level in self.correlated:
                     maxima = levels[self.correlated.index(self.prior_level)][:, 0]
                 elif self.prior_level is not None:
-                    at_prior = correlation_statistics(
-                        query, support, masks, ignore, (self.prior_level,), per_shot=per_shot
-                    )[0]
-                    maxima = at_prior[:, 0] if per_shot else at_prior[None, 0]
+                    # the prior is the plain maximum, balanced statistics or not
+                    maxima = statistics(query, (self.prior_level,), False)[0][:, 0]
                 probe_b = probe[b].sigmoid() if self.probe and probe is not None else None
                 for k in range(shots):
                     prior = None if maxima is None else prior_map(maxima[k])
