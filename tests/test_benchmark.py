@@ -131,6 +131,8 @@ def test_tasks_start_longest_first_by_the_seconds_an_earlier_run_recorded(
     assert bench_tasks(plan, None) == bench_tasks(plan, work)
     results.write_text("{not json")
     assert recorded_seconds(results) is None
+    results.write_text(json.dumps({"work_seconds": {"protonet": 30.0}}))
+    assert recorded_seconds(results) is None
     assert recorded_seconds(tmp_path / "absent.json") is None
 
 

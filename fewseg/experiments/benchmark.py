@@ -205,12 +205,15 @@ def bench_tasks(
 
 def recorded_seconds(results_json: Path) -> dict[str, dict[str, float | None]] | None:
     """The ``work_seconds`` of an earlier results.json (for :func:`bench_tasks`); None
-    when there is none or it cannot be read."""
+    when there is none or it cannot be read as entry → fold → seconds (only an ordering
+    hint: a damaged page must not stop the benchmark)."""
     try:
         work = json.loads(results_json.read_text()).get("work_seconds")
     except (OSError, ValueError, AttributeError):
         return None
-    return work if isinstance(work, dict) else None
+    if not isinstance(work, dict) or not all(isinstance(f, dict) for f in work.values()):
+        return None
+    return work
 
 
 _SOURCES: dict[str, SegmentationSource] = {}
