@@ -17,6 +17,7 @@ from fewseg.engine.evaluate import EvaluationSettings, evaluate
 from fewseg.engine.protocol import score_plan_reference
 from fewseg.engine.report import EvaluationReport, read_report, write_report
 from fewseg.engine.runner import score_plan
+from fewseg.engine.scoring import OutcomeMemo
 from fewseg.episodes.sampler import episode_plan
 from fewseg.learners import LEARNERS, Learner, build_learner
 from fewseg.models.backbones import Backbone
@@ -120,6 +121,33 @@ def test_an_episode_met_again_is_neither_predicted_nor_scored_again() -> None:
     assert sum(predicted) == len(set(episodes))
     reference = evaluate(learner, source, SOURCE, settings, seeds, scorer=score_plan_reference)
     assert without_times(fast) == without_times(reference)
+
+
+def test_a_list_scored_before_is_neither_encoded_nor_predicted_again() -> None:
+    """protonet's neck is trained, so its features are kept for one list only: a second
+    pass would encode every image again, were its episodes' counts not known."""
+    source = open_source(SOURCE)
+    learner = tiny_learner("protonet")
+    plan = episode_plan(source, source.fold_split("0").test, 1, 30, seed=1)
+    settings = EvaluationSettings("0", 1, 30, 64, progress=False)
+    outcomes = OutcomeMemo()
+    first = score_plan(learner, source, plan, settings, outcomes=outcomes)
+    encoded: list[int] = []
+    learner.encoder.neck.register_forward_hook(lambda _, inputs, __: encoded.append(1))
+    adapted: list[int] = []
+    adapt = learner.adapt
+
+    def recorded(support):
+        adapted.append(1)
+        return adapt(support)
+
+    learner.adapt = recorded  # type: ignore[method-assign]
+    again = score_plan(learner, source, plan, settings, outcomes=outcomes)
+    assert encoded == [] and adapted == []
+    assert torch.equal(again.intersection, first.intersection)
+    assert torch.equal(again.union, first.union)
+    assert torch.equal(again.boundary_union, first.boundary_union)
+    assert torch.equal(again.episodes, first.episodes) and again.episodes.sum() == 30
 
 
 def test_the_report_round_trips_through_its_json(tmp_path: Path) -> None:

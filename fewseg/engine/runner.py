@@ -12,7 +12,7 @@ episode: :class:`OutcomeMemo`); a scoring thread counts.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 
 import torch
@@ -58,6 +58,10 @@ def score_plan(
     instead of adapting again; ``outcomes`` (the same) the counts of an episode met before
     (same class, support and query images) instead of predicting and scoring again."""
     memo = memo if memo is not None else AdaptationMemo(capacity=0)
+
+    def scored_before(planned: Episode) -> bool:
+        return outcomes is not None and outcome_key(planned) in outcomes
+
     dataset = EpisodeDataset(
         source,
         tuple(distributed.shard(plan.episodes)),
@@ -91,11 +95,10 @@ def score_plan(
         episodes = zip(dataset.episodes, loader, strict=True)
         bar = tqdm(total=len(dataset), desc=description, unit="ep", disable=quiet, leave=False)
         with bar:
-            for planned, episode in _encoded_ahead(episodes, ahead, device):
+            for planned, episode in _encoded_ahead(episodes, ahead, device, scored_before):
                 mask, ignore = episode.scored_truth()
                 truth_key = (planned.query, planned.class_index)
-                outcome_key = (planned.class_index, planned.support, planned.query)
-                known = outcomes.get(outcome_key) if outcomes is not None else None
+                known = outcomes.get(outcome_key(planned)) if outcomes is not None else None
                 if known is not None:
                     queue.put(
                         ScoredQuery(planned.class_index, None, mask, ignore, truth_key, known=known)
@@ -117,12 +120,17 @@ def score_plan(
                         ignore,
                         truth_key,
                         settings.resize,
-                        outcome_key,
+                        outcome_key(planned),
                     )
                 )
                 bar.update()
         scores = queue.finish()
     return distributed.all_reduce_scores(scores)
+
+
+def outcome_key(planned: Episode) -> tuple[int, tuple[str, ...], str]:
+    """An episode's key in an :class:`OutcomeMemo`: class, support images, query image."""
+    return planned.class_index, planned.support, planned.query
 
 
 def _region_memo(settings: EvaluationSettings) -> RegionMemo | None:
@@ -147,13 +155,16 @@ def _encoded_ahead(
     episodes: Iterator[tuple[Episode, EpisodeTensors]],
     stores: dict[Encoder, FeatureStore],
     device: torch.device,
+    scored_before: Callable[[Episode], bool],
 ) -> Iterator[tuple[Episode, EpisodeTensors]]:
     """The episodes on ``device``, each handed out once the encodings of the next
-    ``ENCODING_AHEAD`` episodes' images have been asked for."""
+    ``ENCODING_AHEAD`` episodes' images have been asked for (none for an episode
+    ``scored_before``: its counts are known, its images will not be read)."""
     waiting: deque[tuple[Episode, EpisodeTensors]] = deque()
     for planned, episode in episodes:
         episode = episode.to(device)
-        for encoder, store in stores.items():
+        encoding = {} if scored_before(planned) else stores
+        for encoder, store in encoding.items():
             store.encode_ahead(encoder, episode.support.images)
             store.encode_ahead(encoder, episode.query.images)
         waiting.append((planned, episode))

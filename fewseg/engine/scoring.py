@@ -79,6 +79,10 @@ class OutcomeMemo:
     def __len__(self) -> int:
         return len(self._counts)
 
+    def __contains__(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._counts
+
     def get(self, key: Hashable) -> QueryCounts | None:
         with self._lock:
             found = self._counts.get(key)
