@@ -10,6 +10,7 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 from test_correlation_model import shots
 from test_lrd2 import separable_cells
 from test_probe import newton_reference
@@ -108,6 +109,15 @@ def test_an_adapter_starts_as_the_identity_and_is_meta_learned_at_a_tenth_of_the
     [
         ({"adapter": -1}, "imaml: adapter must be >= 0, got -1"),
         ({"transductive": -1}, "imaml: transductive must be >= 0, got -1"),
+        ({"view_shots": -1}, "imaml: view_shots must be >= 0, got -1"),
+        (
+            {"support_views": "mirror,flip"},
+            "imaml: support_views takes mirror or a scale in [0.25, 4] other than 1, got 'flip'",
+        ),
+        (
+            {"support_views": "1"},
+            "imaml: support_views takes mirror or a scale in [0.25, 4] other than 1, got '1'",
+        ),
         (
             {"adapter_activation": "tanh"},
             "imaml: adapter_activation must be one of relu, none, got 'tanh'",
@@ -208,3 +218,50 @@ def test_a_transductive_fit_adds_the_query_own_confident_cells() -> None:
         for model in (learner, plain):
             model.shift.fill_(-100.0)  # no cell above 0.7
         assert torch.equal(learner.adapt(support)(query.images), plain.adapt(support)(query.images))
+
+
+def test_support_views_join_the_fit_each_weighing_as_much_as_the_images_given() -> None:
+    """With a mirror and a 0.5 view the fit is the probe fitted, by hand here, on the cells of
+    the support as given, mirrored left-right and at half size, each class's weights of each
+    view a third; with more shots than ``view_shots`` or in meta-training it predicts as plain
+    ``imaml``."""
+    support, query = support_and_query(1)
+    learner = build_learner("imaml", {"support_views": "mirror, 0.5"}).eval()
+    plain = build_learner("imaml").eval()
+    with torch.no_grad():
+        for model in (learner, plain):
+            model.initial_weights.normal_(generator=torch.Generator().manual_seed(0))
+        views = [
+            (support.images, support.masks, support.ignore),
+            (support.images.flip(-1), support.masks.flip(-1), support.ignore.flip(-1)),
+            (
+                F.interpolate(support.images, size=(48, 48), mode="bilinear"),
+                support.masks,
+                support.ignore,
+            ),
+        ]
+        examples = [probe_examples(learner._scaled_cells(v[0]), v[1], v[2]) for v in views]
+        assert len(examples[2][0]) < len(examples[0][0])  # a coarser grid of cells
+        cells, fg_weight, bg_weight = (torch.cat(parts) for parts in zip(*examples, strict=True))
+        weights, bias = fit_probe(
+            cells,
+            fg_weight / 3,
+            bg_weight / 3,
+            float(learner.log_decay.exp()),
+            centre=learner.initial_weights,
+        )
+        rows = learner._scaled_cells(query.images)[0]
+        expected = learner.calibrated(torch.einsum("chw,c->hw", rows, weights) + bias)
+        viewed = learner.cell_predictor(support)(query.images)[0]
+        # L-BFGS stops at its tolerance: inputs equal to rounding give log-odds within 1e-3
+        torch.testing.assert_close(viewed, expected, atol=2e-3, rtol=0)
+        first = plain.cell_predictor(support)(query.images)[0]
+        assert (viewed - first).abs().max() > 0.1
+
+        learner.train()
+        assert torch.equal(learner.cell_predictor(support)(query.images)[0], first)
+        learner.eval()
+        three, query_of_three = support_and_query(3)
+        assert torch.equal(
+            learner.adapt(three)(query_of_three.images), plain.adapt(three)(query_of_three.images)
+        )

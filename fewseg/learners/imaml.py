@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import ClassVar
 
 import torch
@@ -33,6 +34,7 @@ from fewseg.errors import FewSegError
 from fewseg.learners.base import register_learner
 from fewseg.learners.lrd2 import LRD2, LRD2Options
 from fewseg.models.probe import probe_optimum, read_probe
+from fewseg.models.upsample import bilinear_resize
 from fewseg.options import option
 
 ADAPTER_ACTIVATIONS = {"relu": torch.relu, "none": lambda hidden: hidden}
@@ -72,10 +74,21 @@ class IMAMLOptions(LRD2Options):
         f"{1 - QUERY_CONFIDENCE:.1f}: background), the query counting as one more shot "
         "(each class's query cells weigh 1/(K+1)); meta-training predicts without it",
     )
+    support_views: str = option(
+        "",
+        "at prediction, with at most view_shots shots, the fit also reads other views of each "
+        "support image, comma-separated: mirror (flipped left-right) or a scale such as 0.7 "
+        "(the image resized by it); each view weighs as much as the images as given "
+        "(meta-training reads the images as given)",
+    )
+    view_shots: int = option(1, "support_views apply to support sets of at most this many shots")
     learner: ClassVar[str] = "imaml"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        support_views(self.support_views, self.learner)
+        if self.view_shots < 0:
+            raise FewSegError(f"{self.learner}: view_shots must be >= 0, got {self.view_shots}")
         if self.transductive < 0:
             raise FewSegError(f"{self.learner}: transductive must be >= 0, got {self.transductive}")
         if self.adapter < 0:
@@ -86,6 +99,40 @@ class IMAMLOptions(LRD2Options):
                 f"{self.learner}: adapter_activation must be one of {choices}, "
                 f"got {self.adapter_activation!r}"
             )
+
+
+def support_views(
+    spec: str, learner: str = "imaml"
+) -> list[Callable[[LabelledImages], LabelledImages]]:
+    """The views named by ``support_views``: each maps a support set to another view of it
+    (the masks stay at their size: :func:`fewseg.models.probe.labelled_cells` pools them to
+    whatever grid the view's cells have)."""
+    views = []
+    for name in filter(None, (part.strip() for part in spec.split(","))):
+        if name == "mirror":
+            views.append(mirrored)
+            continue
+        try:
+            scale = float(name)
+        except ValueError:
+            scale = 0.0
+        if not 0.25 <= scale <= 4 or scale == 1:
+            raise FewSegError(
+                f"{learner}: support_views takes mirror or a scale in [0.25, 4] other than 1, "
+                f"got {name!r}"
+            )
+        views.append(partial(rescaled, scale=scale))
+    return views
+
+
+def mirrored(support: LabelledImages) -> LabelledImages:
+    return LabelledImages(support.images.flip(-1), support.masks.flip(-1), support.ignore.flip(-1))
+
+
+def rescaled(support: LabelledImages, scale: float) -> LabelledImages:
+    height, width = support.images.shape[-2:]
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    return LabelledImages(bilinear_resize(support.images, size), support.masks, support.ignore)
 
 
 @register_learner("imaml", "iMAML: the probe's fit pulled towards a meta-learned initialisation")
@@ -129,6 +176,27 @@ class IMAML(LRD2):
         rows = cells.permute(0, 2, 3, 1)  # [B,h,w,C]
         adapted = rows + activation(rows @ self.adapter_down) @ self.adapter_up
         return adapted.permute(0, 3, 1, 2)
+
+    def support_examples(
+        self, support: LabelledImages
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`LRD2.support_examples`; when predicting from at most ``view_shots`` shots,
+        those of every view in ``support_views`` too, each class weighing 1 spread evenly over
+        the views that have cells of it."""
+        examples_of = super().support_examples
+        given = examples_of(support)
+        if self.training or len(support) > self.options.view_shots:
+            return given
+        views = support_views(self.options.support_views)
+        if not views:
+            return given
+        examples = [given, *(examples_of(view(support)) for view in views)]
+        cells, fg_weight, bg_weight = (torch.cat(parts) for parts in zip(*examples, strict=True))
+        return (
+            cells,
+            fg_weight / fg_weight.sum().clamp_min(1),
+            bg_weight / bg_weight.sum().clamp_min(1),
+        )
 
     def cell_predictor(self, support: LabelledImages) -> Callable[[torch.Tensor], torch.Tensor]:
         """:meth:`LRD2.cell_predictor`, each query's log-odds then from :meth:`query_refit`
