@@ -176,6 +176,24 @@ def test_a_prototype_centre_starts_at_theta0_and_its_gain_is_meta_learned() -> N
     assert float(centred.prototype_gain.detach()) != 0
 
 
+def assert_plain_in_training_and_at_three_shots(
+    learner: torch.nn.Module,
+    plain: torch.nn.Module,
+    support: LabelledImages,
+    query: LabelledImages,
+    first: torch.Tensor,
+) -> None:
+    """A prediction-only option at one shot: meta-training predicts ``first`` (plain
+    ``imaml``'s log-odds of ``query``), and so does a three-shot support set."""
+    learner.train()
+    assert torch.equal(learner.cell_predictor(support)(query.images)[0], first)
+    learner.eval()
+    three, query_of_three = support_and_query(3)
+    assert torch.equal(
+        learner.adapt(three)(query_of_three.images), plain.adapt(three)(query_of_three.images)
+    )
+
+
 def test_a_transductive_fit_adds_the_query_own_confident_cells() -> None:
     """The second fit is the probe fitted, by hand here, on the support's examples and the
     query's cells whose first prediction is confident (probability > 0.7 foreground, < 0.3
@@ -208,13 +226,7 @@ def test_a_transductive_fit_adds_the_query_own_confident_cells() -> None:
         torch.testing.assert_close(refitted, expected, atol=1e-4, rtol=0)
         assert (refitted - first).abs().max() > 0.1
 
-        learner.train()
-        assert torch.equal(learner.cell_predictor(support)(query.images)[0], first)
-        learner.eval()
-        three, query_of_three = support_and_query(3)
-        assert torch.equal(
-            learner.adapt(three)(query_of_three.images), plain.adapt(three)(query_of_three.images)
-        )
+        assert_plain_in_training_and_at_three_shots(learner, plain, support, query, first)
         for model in (learner, plain):
             model.shift.fill_(-100.0)  # no cell above 0.7
         assert torch.equal(learner.adapt(support)(query.images), plain.adapt(support)(query.images))
@@ -258,10 +270,4 @@ def test_support_views_join_the_fit_each_weighing_as_much_as_the_images_given() 
         first = plain.cell_predictor(support)(query.images)[0]
         assert (viewed - first).abs().max() > 0.1
 
-        learner.train()
-        assert torch.equal(learner.cell_predictor(support)(query.images)[0], first)
-        learner.eval()
-        three, query_of_three = support_and_query(3)
-        assert torch.equal(
-            learner.adapt(three)(query_of_three.images), plain.adapt(three)(query_of_three.images)
-        )
+        assert_plain_in_training_and_at_three_shots(learner, plain, support, query, first)

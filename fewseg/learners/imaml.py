@@ -14,7 +14,8 @@ log-odds, a scale per channel); with ``shot_decay`` also how the decay shrinks w
 number of shots; with ``adapter`` a low-rank map of the cells; with ``prototype_centre`` a
 gain of the support's prototype difference added to θ₀. With ``transductive`` a prediction
 for a small support set fits the probe a second time, on the query's own confident cells
-as well (not meta-learned). Initialised (θ₀ = 0, no ``transductive``), it predicts as
+as well (not meta-learned); with ``support_views`` it also fits on other views of the
+support images (mirrored, rescaled). Initialised (θ₀ = 0, no ``transductive``), it predicts as
 ``lrd2`` and ``probe`` do.
 """
 
