@@ -13,12 +13,13 @@ from fewseg.data.spec import open_source
 from fewseg.engine.evaluate import EvaluationSettings, evaluate
 from fewseg.engine.protocol import score_plan_reference
 from fewseg.episodes.image_keys import image_keys, name_images
+from fewseg.episodes.image_views import mirror_images, zoomed_images
 from fewseg.episodes.tensors import LabelledImages
 from fewseg.errors import FewSegError
 from fewseg.learners import build_learner
 from fewseg.learners.base import Predictor
 from fewseg.refinement.options import InferenceOptions
-from fewseg.refinement.pipeline import mirror_images, refined_adapt, zoomed_images
+from fewseg.refinement.pipeline import refined_adapt
 
 SLOPE = 0.1  # the learner adds SLOPE x the column index to its log-odds
 

@@ -98,7 +98,8 @@ def score_plan(
             for planned, episode in _encoded_ahead(episodes, ahead, device, scored_before):
                 mask, ignore = episode.scored_truth()
                 truth_key = (planned.query, planned.class_index)
-                known = outcomes.get(outcome_key(planned)) if outcomes is not None else None
+                episode_key = outcome_key(planned)
+                known = outcomes.get(episode_key) if outcomes is not None else None
                 if known is not None:
                     queue.put(
                         ScoredQuery(planned.class_index, None, mask, ignore, truth_key, known=known)
@@ -120,7 +121,7 @@ def score_plan(
                         ignore,
                         truth_key,
                         settings.resize,
-                        outcome_key(planned),
+                        episode_key,
                     )
                 )
                 bar.update()

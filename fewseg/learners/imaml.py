@@ -30,12 +30,12 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from fewseg.episodes.image_views import mirror_images, zoomed_images
 from fewseg.episodes.tensors import LabelledImages
 from fewseg.errors import FewSegError
 from fewseg.learners.base import register_learner
 from fewseg.learners.lrd2 import LRD2, LRD2Options
 from fewseg.models.probe import probe_optimum, read_probe
-from fewseg.models.upsample import bilinear_resize
 from fewseg.options import option
 
 ADAPTER_ACTIVATIONS = {"relu": torch.relu, "none": lambda hidden: hidden}
@@ -127,13 +127,12 @@ def support_views(
 
 
 def mirrored(support: LabelledImages) -> LabelledImages:
-    return LabelledImages(support.images.flip(-1), support.masks.flip(-1), support.ignore.flip(-1))
+    flipped = support.masks.flip(-1), support.ignore.flip(-1)
+    return LabelledImages(mirror_images(support.images), *flipped)
 
 
 def rescaled(support: LabelledImages, scale: float) -> LabelledImages:
-    height, width = support.images.shape[-2:]
-    size = (max(1, round(height * scale)), max(1, round(width * scale)))
-    return LabelledImages(bilinear_resize(support.images, size), support.masks, support.ignore)
+    return LabelledImages(zoomed_images(support.images, scale), support.masks, support.ignore)
 
 
 @register_learner("imaml", "iMAML: the probe's fit pulled towards a meta-learned initialisation")
@@ -146,6 +145,7 @@ class IMAML(LRD2):
     def __init__(self, options: IMAMLOptions) -> None:
         super().__init__(options)
         self.initial_weights = nn.Parameter(torch.zeros(self.encoder.out_channels))
+        self.views = support_views(options.support_views)
         if options.shot_decay:
             self.decay_exponent = nn.Parameter(torch.zeros(()))
         if options.adapter:
@@ -188,10 +188,9 @@ class IMAML(LRD2):
         given = examples_of(support)
         if self.training or len(support) > self.options.view_shots:
             return given
-        views = support_views(self.options.support_views)
-        if not views:
+        if not self.views:
             return given
-        examples = [given, *(examples_of(view(support)) for view in views)]
+        examples = [given, *(examples_of(view(support)) for view in self.views)]
         cells, fg_weight, bg_weight = (torch.cat(parts) for parts in zip(*examples, strict=True))
         return (
             cells,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fewseg.episodes.image_keys import image_keys, name_images
+from fewseg.episodes.image_views import mirror_images, zoomed_images
 from fewseg.episodes.tensors import LabelledImages
 from fewseg.episodes.transforms import IMAGENET_MEAN, IMAGENET_STD
 from fewseg.errors import FewSegError
@@ -295,26 +295,6 @@ class RefinedPredictor:
             regions = self.regions(images, self.options.superpixel_scale)
         log_odds = self.refined_log_odds(images)
         return finished(log_odds, rgb(images), self.options, regions=regions)
-
-
-def mirror_images(images: torch.Tensor) -> torch.Tensor:
-    """Images [B,3,H,W] mirrored left to right, named apart (:func:`_named_view`)."""
-    return _named_view(images.flip(-1), images, ("mirrored",))
-
-
-def zoomed_images(images: torch.Tensor, zoom: float) -> torch.Tensor:
-    """Images [B,3,H,W] enlarged ``zoom`` times (bilinear), named apart."""
-    size = (round(images.shape[-2] * zoom), round(images.shape[-1] * zoom))
-    return _named_view(bilinear_resize(images, size), images, ("zoomed", zoom))
-
-
-def _named_view(view: torch.Tensor, images: torch.Tensor, tag: tuple) -> torch.Tensor:
-    """``view`` of named ``images`` named ``(*tag, key)`` row by row, so that an
-    evaluation's feature store encodes each view of an image once; unnamed stays unnamed."""
-    keys = image_keys(images)
-    if keys is not None:
-        name_images(view, [(*tag, key) for key in keys])
-    return view
 
 
 def refined_adapt(
