@@ -186,9 +186,7 @@ class IMAML(LRD2):
         the views that have cells of it."""
         examples_of = super().support_examples
         given = examples_of(support)
-        if self.training or len(support) > self.options.view_shots:
-            return given
-        if not self.views:
+        if self.training or not self.views or len(support) > self.options.view_shots:
             return given
         examples = [given, *(examples_of(view(support)) for view in self.views)]
         cells, fg_weight, bg_weight = (torch.cat(parts) for parts in zip(*examples, strict=True))
