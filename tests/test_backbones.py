@@ -4,7 +4,7 @@ import torch
 from fewseg.models.backbones import BACKBONES
 
 
-@pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v2_s8"])
+@pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v2_s8", "efficientnet_lite2"])
 def test_early_blocks_one_image_at_a_time_give_the_batched_features_bitwise(name: str) -> None:
     torch.manual_seed(0)
     backbone = BACKBONES.get(name)(pretrained=False, frozen=True).eval()
@@ -55,17 +55,40 @@ def test_small_images_go_through_the_early_blocks_in_groups_with_the_same_featur
         assert torch.equal(one_by_one, backbone(large))
 
 
-@pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_lite0"])
+BACKBONE_NAMES = ["mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+
+
+@pytest.mark.parametrize("name", BACKBONE_NAMES)
+def test_the_declared_block_strides_are_those_of_the_network(name: str) -> None:
+    """``STRIDES`` (each block's output stride) and ``PER_IMAGE_BLOCKS`` (the blocks whose
+    input stride is below 8) as the blocks give them on a 64x64 image."""
+    kind = type(BACKBONES.get(name)(pretrained=False, frozen=True))
+    every_block = kind(pretrained=False, taps=(len(kind.STRIDES) - 1,)).eval()
+    x, strides = torch.zeros(1, 3, 64, 64), []
+    with torch.no_grad():
+        for block in every_block.blocks:
+            x = block(x)
+            strides.append(64 // x.shape[-1])
+    assert tuple(strides) == kind.STRIDES
+    assert sum(s < 8 for s in (1, *strides[:-1])) == kind.PER_IMAGE_BLOCKS
+
+
+@pytest.mark.parametrize("name", BACKBONE_NAMES)
 def test_a_pyramid_gives_each_tap_at_its_own_stride_and_equals_the_concatenation(
     name: str,
 ) -> None:
     import torch.nn.functional as F
 
+    from fewseg.models import efficientnet
     from fewseg.models.backbones import MobileNetV2Features
-    from fewseg.models.efficientnet import EfficientNetLite0Features
 
-    kind = {"mobilenet_v2": MobileNetV2Features, "efficientnet_lite0": EfficientNetLite0Features}
-    taps = (3, 6, 13) if name == "mobilenet_v2" else (2, 4, 11)
+    kind = {
+        "mobilenet_v2": MobileNetV2Features,
+        "efficientnet_lite0": efficientnet.EfficientNetLite0Features,
+        "efficientnet_lite1": efficientnet.EfficientNetLite1Features,
+        "efficientnet_lite2": efficientnet.EfficientNetLite2Features,
+    }
+    taps = {"mobilenet_v2": (3, 6, 13), "efficientnet_lite0": (2, 4, 11)}.get(name, (2, 5, 15))
     torch.manual_seed(0)
     pyramid = kind[name](pretrained=False, taps=taps, pyramid=True).eval()
     joined = kind[name](pretrained=False, taps=taps).eval()
@@ -89,13 +112,13 @@ COCO_MINI = (
 
 
 @pytest.mark.skipif(not COCO_MINI.is_dir(), reason="needs ../shared/data/coco-mini")
-@pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_lite0"])
+@pytest.mark.parametrize("name", BACKBONE_NAMES)
 def test_each_backbone_gets_the_input_normalisation_its_weights_were_trained_with(
     name: str,
 ) -> None:
     """On real photos a backbone's first BatchNorm sees the variances it was trained with
     when the images are prepared for it (MobileNetV2: ImageNet mean/std, fewseg's own;
-    EfficientNet-Lite0: TensorFlow's (x - 127) / 128), and not under the other scaling."""
+    EfficientNet-Lite0/1/2: TensorFlow's (x - 127) / 128), and not under the other scaling."""
     import numpy as np
     from PIL import Image
 
@@ -127,3 +150,27 @@ def test_each_backbone_gets_the_input_normalisation_its_weights_were_trained_wit
 
     other = tensorflow if name == "mobilenet_v2" else imagenet
     assert variance_mismatch(backbone.prepare(imagenet)) < 0.3 < 1.0 < variance_mismatch(other)
+
+
+def test_another_variants_weights_file_gets_a_one_line_error_naming_it() -> None:
+    import re
+
+    from fewseg.errors import FewSegError
+    from fewseg.models.efficientnet import lite_weights_file
+
+    lite0 = lite_weights_file("lite0")
+    with pytest.raises(FewSegError, match=rf"^{re.escape(lite0)}: not EfficientNet-Lite1 weights$"):
+        BACKBONES.get("efficientnet_lite1")(weights_path=lite0)
+    with pytest.raises(FewSegError, match=r"missing\.pth: weights file not found"):
+        BACKBONES.get("efficientnet_lite2")(weights_path="missing.pth")
+
+
+def test_each_variants_local_weights_file_gives_the_packaged_weights() -> None:
+    from fewseg.models.efficientnet import lite_weights_file
+
+    for name, variant in (("efficientnet_lite1", "lite1"), ("efficientnet_lite2", "lite2")):
+        packaged = BACKBONES.get(name)(pretrained=True)
+        local = BACKBONES.get(name)(weights_path=lite_weights_file(variant))
+        assert local.weights_source.endswith(".pth") and packaged.weights_source == "imagenet"
+        for a, b in zip(packaged.state_dict().values(), local.state_dict().values(), strict=True):
+            assert torch.equal(a, b)

