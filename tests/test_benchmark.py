@@ -425,3 +425,48 @@ def test_tasks_read_the_features_of_a_frozen_backbone_an_earlier_task_computed(
     monkeypatch.setattr(FeatureDisk, "load", lambda self, encoder, key: None)
     alone = run_benchmark(plan, tmp_path / "alone", progress=False, jobs=1)
     assert scores(shared) == scores(alone)
+
+
+def test_an_entry_with_a_model_per_shot_count_scores_as_the_entries_it_combines(
+    tmp_path: Path,
+) -> None:
+    """``shot_models: {1: {...}}``: 1-shot episodes are scored by a model trained with those
+    options overridden, the other shot counts by the entry's own; each equals the plain entry
+    trained with the same options."""
+    path = tmp_path / "bench.yaml"
+    entries = (
+        "  finetune: {}\n"
+        "  finetune-k: {learner: finetune, shot_models: {1: {inner_lr: 0.1}}}\n"
+        "  finetune-a: {learner: finetune, inner_lr: 0.1}"
+    )
+    path.write_text(PLAN.replace("  protonet: {}\n", "").replace("  finetune: {}", entries))
+    plan = read_bench_plan(path)
+    assert plan.shot_models == {"finetune-k": {1: {"inner_lr": 0.1}}}
+    assert "shot_models" not in plan.learners["finetune-k"]
+    assert plan.entry_settings("finetune-k")["shot_models"] == {1: {"inner_lr": 0.1}}
+    assert [plan.model_entry("finetune-k", k) for k in (1, 2)] == ["finetune-k@1shot", "finetune-k"]
+    outcome = run_benchmark(plan, tmp_path / "runs", progress=False)
+    got = scores(outcome)
+    for name in (plan.dataset_name, "other"):
+        for fold in ("0", "1"):
+            assert got["finetune-k", name, "1shot", fold] == got["finetune-a", name, "1shot", fold]
+            assert got["finetune-k", name, "2shot", fold] == got["finetune", name, "2shot", fold]
+    for fold in ("0", "1"):
+        assert (tmp_path / f"runs/fold{fold}/train/finetune-k@1shot/checkpoint.pt").is_file()
+        one = json.loads(
+            (tmp_path / f"runs/fold{fold}/eval/finetune-k-other-1shot/report.json").read_text()
+        )
+        assert one["settings"]["learner"]["inner_lr"] == 0.1
+    page = write_results(plan, outcome, tmp_path / "docs", "fewseg bench").read_text()
+    assert "- `finetune-k`: {'learner': 'finetune', 'shot_models': {1: {'inner_lr': 0.1}}}" in page
+
+
+def test_shot_models_must_name_evaluated_shot_counts(tmp_path: Path) -> None:
+    path = tmp_path / "bench.yaml"
+    path.write_text(PLAN.replace("  finetune: {}", "  finetune: {shot_models: {5: {inner_lr: 1}}}"))
+    message = r"bench\.yaml: finetune: shot_models names shot counts \[5\] that are not evaluated"
+    with pytest.raises(FewSegError, match=message):
+        read_bench_plan(path)
+    path.write_text(PLAN.replace("  finetune: {}", "  finetune: {shot_models: [1]}"))
+    with pytest.raises(FewSegError, match="finetune: shot_models must map a shot count to options"):
+        read_bench_plan(path)

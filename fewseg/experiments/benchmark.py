@@ -52,6 +52,9 @@ class BenchPlan:
     dataset_name: str = ""
     source_file: str = "bench.yaml"
     settings: dict[str, Any] = field(default_factory=dict)
+    # entry → shot count → the options its model for that shot count overrides (PFENet-style
+    # models per shot count); a shot count not named here uses the entry's own model
+    shot_models: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def datasets(self) -> dict[str, str]:
@@ -72,12 +75,31 @@ class BenchPlan:
         fold's task, and stand for every fold (:func:`share_fold_free`)."""
         return not LEARNERS.get(self.learner_of(entry)).trainable
 
+    def model_entry(self, entry: str, shots: int) -> str:
+        """The entry whose model evaluates ``entry`` at ``shots`` shots: ``entry`` itself, or
+        its own model for that shot count (``shot_models``), trained under this name."""
+        return f"{entry}@{shots}shot" if shots in self.shot_models.get(entry, {}) else entry
+
+    def entry_settings(self, entry: str) -> dict[str, Any]:
+        """The entry's options as the plan gives them (with its ``shot_models``)."""
+        own = self.shot_models.get(entry)
+        return {**self.learners[entry], **({"shot_models": own} if own else {})}
+
     def fold_plan(self, fold: str) -> DemoPlan:
+        per_shots = {
+            self.model_entry(name, shots): {
+                "learner": self.learners[name].get("learner", name),
+                **self.learners[name],
+                **overrides,
+            }
+            for name, models in self.shot_models.items()
+            for shots, overrides in models.items()
+        }
         return DemoPlan(
             self.dataset,
             fold,
             self.train,
-            self.learners,
+            {**self.learners, **per_shots},
             self.shots,
             self.episodes,
             self.seeds[0],
@@ -94,6 +116,12 @@ def read_bench_plan(path: str | Path, quick: bool = False) -> BenchPlan:
         train = dict(values.get("train") or {})
         folds = [str(f) for f in values["folds"]]
         learners = {k: dict(v or {}) for k, v in values["learners"].items()}
+        shots = [int(k) for k in evaluation["shots"]]
+        shot_models = {
+            name: read_shot_models(name, entry.pop("shot_models"), shots)
+            for name, entry in learners.items()
+            if "shot_models" in entry
+        }
         if quick:
             overrides = dict(values.get("quick") or {})
             folds = [str(f) for f in overrides.pop("folds", folds)]
@@ -118,7 +146,7 @@ def read_bench_plan(path: str | Path, quick: bool = False) -> BenchPlan:
             cross_domain={str(k): str(v) for k, v in (values.get("cross_domain") or {}).items()},
             train=train,
             learners=learners,
-            shots=[int(k) for k in evaluation["shots"]],
+            shots=shots,
             episodes=int(evaluation["episodes"]),
             seeds=[int(s) for s in evaluation["seeds"]],
             min_class_images=int(evaluation.get("min_class_images", 0)),
@@ -132,6 +160,7 @@ def read_bench_plan(path: str | Path, quick: bool = False) -> BenchPlan:
             dataset_name=str(values.get("dataset_name", values["dataset"])),
             source_file=str(path),
             settings={**values, "quick": quick},  # the flag, not the YAML's `quick` overrides
+            shot_models=shot_models,
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise FewSegError(f"{path}: not a benchmark plan ({exc})") from None
@@ -139,6 +168,21 @@ def read_bench_plan(path: str | Path, quick: bool = False) -> BenchPlan:
         raise FewSegError(f"{path}: {exc}") from None
     check_plan_options(plan.fold_plan(plan.folds[0]))
     return plan
+
+
+def read_shot_models(entry: str, value: Any, shots: list[int]) -> dict[int, dict[str, Any]]:
+    """An entry's ``shot_models``: evaluated shot count → the options its model overrides."""
+    if not isinstance(value, Mapping) or not all(isinstance(v, Mapping) for v in value.values()):
+        raise FewSegError(
+            f"{entry}: shot_models must map a shot count to options, e.g. {{1: {{max_shots: 1}}}}"
+        )
+    models = {int(k): dict(v) for k, v in value.items()}
+    unknown = sorted(set(models) - set(shots))
+    if unknown:
+        raise FewSegError(
+            f"{entry}: shot_models names shot counts {unknown} that are not evaluated {shots}"
+        )
+    return models
 
 
 def summarize_folds(per_fold: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -231,9 +275,15 @@ def run_task(plan: BenchPlan, task: BenchTask, out: Path, progress: bool) -> dic
     """Train and evaluate one task; returns its per-dataset, per-shots fold entries."""
     start = time.perf_counter()
     fold_dir = out / f"fold{task.fold}"
-    learner, train_seconds = prepare_learner(
-        plan.fold_plan(task.fold), task.learner, fold_dir, progress
-    )
+    fold_plan = plan.fold_plan(task.fold)
+    models: dict[str, Learner] = {}  # model entry → its learner (trained once per task)
+    train_seconds: float | None = None
+    for shots in plan.shots:
+        name = plan.model_entry(task.learner, shots)
+        if name not in models:
+            models[name], seconds = prepare_learner(fold_plan, name, fold_dir, progress)
+            if seconds is not None:
+                train_seconds = (train_seconds or 0.0) + seconds
     entries: dict[str, dict[str, Any]] = {}
     overlays: dict[str, str] = {}
     work_seconds = train_seconds or 0.0
@@ -245,6 +295,7 @@ def run_task(plan: BenchPlan, task: BenchTask, out: Path, progress: bool) -> dic
         eval_fold = "all" if cross_domain else task.fold
         size = int(plan.train.get("size") or source.default_size)
         for shots in plan.shots:
+            learner = models[plan.model_entry(task.learner, shots)]
             settings = EvaluationSettings(
                 eval_fold,
                 shots,
@@ -266,7 +317,8 @@ def run_task(plan: BenchPlan, task: BenchTask, out: Path, progress: bool) -> dic
         if task.fold == plan.folds[0]:
             overlay = fold_dir / "overlays" / f"{task.learner}-{dataset}-{plan.shots[0]}shot.png"
             demo_plan = plan.fold_plan(eval_fold)
-            overlay_grid(learner, source, demo_plan, plan.shots[0], size, overlay)
+            first = models[plan.model_entry(task.learner, plan.shots[0])]
+            overlay_grid(first, source, demo_plan, plan.shots[0], size, overlay)
             overlays[dataset] = str(overlay)
     return {
         "task": task,

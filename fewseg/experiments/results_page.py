@@ -219,7 +219,7 @@ def write_results(plan: BenchPlan, outcome: dict[str, Any], docs: Path, command:
         "",
         f"- Training: {plan.dataset}, folds {', '.join(plan.folds)} (COCO-20i interleaved), "
         f"meta-train classes only; " + ", ".join(f"{k}={v}" for k, v in plan.train.items()),
-        *(f"- `{name}`: {opts or 'defaults'}" for name, opts in plan.learners.items()),
+        *(f"- `{name}`: {plan.entry_settings(name) or 'defaults'}" for name in plan.learners),
         f"- Time: {outcome['jobs']} task(s) at a time, each (fold, learner) training and "
         "evaluating in a process of its own; "
         f"{outcome['seconds'] // 60:.0f} min {outcome['seconds'] % 60:.0f} s of wall clock for "
