@@ -136,10 +136,25 @@ def test_tasks_start_longest_first_by_the_seconds_an_earlier_run_recorded(
     assert recorded_seconds(tmp_path / "absent.json") is None
 
 
-def test_a_bad_entry_is_an_error_when_the_plan_is_read(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (
+            "{inner_stesp: 3}",
+            r"bench\.yaml \(finetune\): unknown option\(s\) of finetune: inner_stesp$",
+        ),
+        (
+            "{shot_models: {5: {inner_lr: 1}}}",
+            r"bench\.yaml: finetune: shot_models names shot counts \[5\] that are not evaluated",
+        ),
+        ("{shot_models: [1]}", "finetune: shot_models must map a shot count to options"),
+    ],
+)
+def test_a_bad_entry_is_an_error_when_the_plan_is_read(
+    tmp_path: Path, entry: str, message: str
+) -> None:
     path = tmp_path / "bench.yaml"
-    path.write_text(PLAN.replace("  finetune: {}", "  finetune: {inner_stesp: 3}"))
-    message = r"bench\.yaml \(finetune\): unknown option\(s\) of finetune: inner_stesp$"
+    path.write_text(PLAN.replace("  finetune: {}", f"  finetune: {entry}"))
     with pytest.raises(FewSegError, match=message):
         read_bench_plan(path)
 
@@ -459,14 +474,3 @@ def test_an_entry_with_a_model_per_shot_count_scores_as_the_entries_it_combines(
         assert one["settings"]["learner"]["inner_lr"] == 0.1
     page = write_results(plan, outcome, tmp_path / "docs", "fewseg bench").read_text()
     assert "- `finetune-k`: {'learner': 'finetune', 'shot_models': {1: {'inner_lr': 0.1}}}" in page
-
-
-def test_shot_models_must_name_evaluated_shot_counts(tmp_path: Path) -> None:
-    path = tmp_path / "bench.yaml"
-    path.write_text(PLAN.replace("  finetune: {}", "  finetune: {shot_models: {5: {inner_lr: 1}}}"))
-    message = r"bench\.yaml: finetune: shot_models names shot counts \[5\] that are not evaluated"
-    with pytest.raises(FewSegError, match=message):
-        read_bench_plan(path)
-    path.write_text(PLAN.replace("  finetune: {}", "  finetune: {shot_models: [1]}"))
-    with pytest.raises(FewSegError, match="finetune: shot_models must map a shot count to options"):
-        read_bench_plan(path)
