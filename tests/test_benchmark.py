@@ -332,6 +332,13 @@ def test_targets_compare_the_best_entries_of_each_family_with_the_better_control
         "baseline       baseline  -            -      -      -       convnet   22.0    25.0",
         "probe          probe     -            -      -      -       convnet   10.0    28.5",
     ]
+    # a value that one decimal would round onto the goal is shown to two
+    results["protonet"]["coco"]["1shot"]["mean"] = 24.97
+    results["maml-corr"]["coco"]["1shot"]["mean"] = 24.9
+    results["maml-corr"]["coco"]["2shot"]["mean"] = 30.48  # margin 1.98 over the probe
+    lines = target_lines(plan, results)
+    assert lines[0].endswith("(stretch 30): MISSED (protonet: 24.97)")
+    assert lines[2].endswith("MISSED (maml-corr 30.5 vs probe 28.5: +1.98)")
 
 
 def test_a_report_from_before_an_option_that_changed_the_default_is_evaluated_again(

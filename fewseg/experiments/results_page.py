@@ -75,6 +75,13 @@ def best_entry(
     return best, results[best][dataset][key]["mean"]
 
 
+def against(value: float, goal: float, sign: str = "") -> str:
+    """``value`` to one decimal, or to two where one decimal would hide which side of
+    ``goal`` it is on (24.97 shows as 24.97 beside a goal of 25, not as 25.0)."""
+    one = f"{value:{sign}.1f}"
+    return one if (float(one) >= goal) == (value >= goal) else f"{value:{sign}.2f}"
+
+
 def target_lines(plan: BenchPlan, results: dict[str, Any]) -> list[str]:
     """Issue #17's targets: the best meta-learned entry's mean mIoU on the meta-training
     dataset, and the margin of the best MAML-family entry (on the meta-training dataset) or
@@ -90,7 +97,7 @@ def target_lines(plan: BenchPlan, results: dict[str, Any]) -> list[str]:
             verdict = "stretch met" if value >= stretch else "met" if value >= goal else "MISSED"
             lines.append(
                 f"- best meta-learned {shots}-shot mean mIoU ≥ {goal:.0f} (stretch "
-                f"{stretch:.0f}): {verdict} ({name}: {value:.1f})"
+                f"{stretch:.0f}): {verdict} ({name}: {against(value, goal)})"
             )
     for dataset in plan.datasets:
         contenders = MAML_FAMILY if dataset == plan.dataset_name else META_LEARNED
@@ -108,7 +115,7 @@ def target_lines(plan: BenchPlan, results: dict[str, Any]) -> list[str]:
             lines.append(
                 f"- {dataset} {shots}-shot, best {label} beats the controls by ≥ "
                 f"{CONTROL_MARGIN:.0f}: {verdict} ({name} {value:.1f} vs {control} "
-                f"{control_value:.1f}: {margin:+.1f})"
+                f"{control_value:.1f}: {against(margin, CONTROL_MARGIN, '+')})"
             )
     return lines
 
