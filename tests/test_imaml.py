@@ -194,18 +194,24 @@ def assert_plain_in_training_and_at_three_shots(
     )
 
 
-def test_a_transductive_fit_adds_the_query_own_confident_cells() -> None:
+@pytest.mark.parametrize("area_gain", [None, 0.5])
+def test_a_transductive_fit_adds_the_query_own_confident_cells(area_gain: float | None) -> None:
     """The second fit is the probe fitted, by hand here, on the support's examples and the
     query's cells whose first prediction is confident (probability > 0.7 foreground, < 0.3
     background), the query counting as one more shot (each class's query cells weigh one
     half at one shot); with more shots than the option, in meta-training, or without a
-    confident cell it predicts as plain ``imaml``."""
+    confident cell it predicts as plain ``imaml``. With ``area_prior`` both predictions
+    carry the support's offset (the square covers a quarter of the image: gain·log(1/3))."""
     support, query = support_and_query(1)
-    learner = build_learner("imaml", {"transductive": 1}).eval()
-    plain = build_learner("imaml").eval()
+    prior = {} if area_gain is None else {"area_prior": True}
+    learner = build_learner("imaml", {"transductive": 1, **prior}).eval()
+    plain = build_learner("imaml", prior).eval()
+    offset = 0.0 if area_gain is None else area_gain * math.log(1 / 3)
     with torch.no_grad():
         for model in (learner, plain):
             model.initial_weights.normal_(generator=torch.Generator().manual_seed(0))
+            if area_gain is not None:
+                model.area_gain.fill_(area_gain)
         first = plain.cell_predictor(support)(query.images)[0]
         cells = learner._scaled_cells(support.images)
         rows = learner._scaled_cells(query.images)[0].flatten(1).T
@@ -221,7 +227,7 @@ def test_a_transductive_fit_adds_the_query_own_confident_cells() -> None:
             float(learner.log_decay.exp()),
             centre=learner.initial_weights,
         )
-        expected = learner.calibrated(rows @ weights + bias).reshape(first.shape)
+        expected = learner.calibrated(rows @ weights + bias, offset).reshape(first.shape)
         refitted = learner.cell_predictor(support)(query.images)[0]
         torch.testing.assert_close(refitted, expected, atol=1e-4, rtol=0)
         assert (refitted - first).abs().max() > 0.1

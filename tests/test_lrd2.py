@@ -5,6 +5,8 @@ learner equal to ``probe``, and meta-gradients reaching every meta-parameter (al
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from test_correlation_model import shots
@@ -97,6 +99,8 @@ CALIBRATION = {"log_decay", "log_scale", "shift", "log_channel_scale"}
         ("lrd2", {}, 3, CALIBRATION),
         ("imaml", {}, 1, CALIBRATION | {"initial_weights"}),
         ("imaml", {"shot_decay": True}, 3, CALIBRATION | {"initial_weights", "decay_exponent"}),
+        ("lrd2", {"area_prior": True}, 3, CALIBRATION | {"area_gain"}),
+        ("imaml", {"area_prior": True}, 1, CALIBRATION | {"initial_weights", "area_gain"}),
     ],
 )
 def test_meta_gradients_reach_every_meta_parameter_and_lower_the_loss(
@@ -118,6 +122,26 @@ def test_meta_gradients_reach_every_meta_parameter_and_lower_the_loss(
             assert all(bool(p.grad.abs().sum() > 0) for p in learner.outer_parameters())
         optimizer.step()
     assert losses[-1] < losses[0]
+
+
+def test_an_area_prior_shifts_the_log_odds_by_its_gain_times_the_support_area() -> None:
+    """With the gain at zero it predicts as without; with a gain g every query cell's
+    log-odds move by g·logit(the support's foreground fraction of its valid pixels), here
+    by hand: the square covers a quarter of each image, the ignored left quarter none of it,
+    so the fraction is 1/3 and the shift g·log(1/2)."""
+    images = shots(4, 96)
+    ignore = torch.zeros_like(images.ignore)
+    ignore[..., :24] = True
+    support = LabelledImages(images.images[:3], images.masks[:3], ignore[:3])
+    query = images.images[3:]
+    with_prior = build_learner("lrd2", {"area_prior": True}).eval()
+    plain = build_learner("lrd2").eval()
+    assert float(with_prior.area_gain.detach()) == 0
+    assert torch.equal(with_prior.adapt(support)(query), plain.adapt(support)(query))
+    with torch.no_grad():
+        with_prior.area_gain.fill_(0.8)
+        shifted = with_prior.cell_predictor(support)(query) - plain.cell_predictor(support)(query)
+    torch.testing.assert_close(shifted, torch.full_like(shifted, 0.8 * math.log(0.5)))
 
 
 def test_a_bad_outer_lr_is_one_line_error() -> None:

@@ -205,12 +205,13 @@ class IMAML(LRD2):
         examples = self.support_examples(support)
         fitted = self.fitted_probe(*examples, shots)
         share = 1 / (shots + 1)
+        offset = self.support_offset(support)
 
         def predict(query_images: torch.Tensor) -> torch.Tensor:
             query_cells = self._scaled_cells(query_images)
-            first = self.calibrated(read_probe(query_cells, fitted))
+            first = self.calibrated(read_probe(query_cells, fitted), offset)
             refitted = [
-                self.query_refit(examples, shots, share, query, log_odds)
+                self.query_refit(examples, shots, share, query, log_odds, offset)
                 for query, log_odds in zip(query_cells, first, strict=True)
             ]
             return torch.stack(refitted)
@@ -224,12 +225,13 @@ class IMAML(LRD2):
         share: float,
         query_cells: torch.Tensor,
         first: torch.Tensor,
+        offset: torch.Tensor | float = 0.0,
     ) -> torch.Tensor:
         """One query's log-odds [h,w] from the probe fitted again on the ``shots``-image
         support's examples (:meth:`support_examples`) and the query's cells [C,h,w] whose
         ``first`` prediction is confident, each class's query cells weighing ``share`` and its
-        support cells the rest; ``first`` itself where the query has no confident cell of
-        either class."""
+        support cells the rest, calibrated with the support's ``offset``; ``first`` itself
+        where the query has no confident cell of either class."""
         cells, fg_weight, bg_weight = examples
         probability = first.detach().flatten().sigmoid()
         foreground = (probability > QUERY_CONFIDENCE).to(cells.dtype)
@@ -243,7 +245,7 @@ class IMAML(LRD2):
             torch.cat([(1 - share) * bg_weight, share * background / background.sum()]),
             shots,
         )
-        return self.calibrated(read_probe(query_cells[None], fitted)[0])
+        return self.calibrated(read_probe(query_cells[None], fitted)[0], offset)
 
     def fitted_probe(
         self, cells: torch.Tensor, fg_weight: torch.Tensor, bg_weight: torch.Tensor, shots: int
