@@ -6,10 +6,11 @@ class-balanced logistic regression on frozen backbone cells) and meta-learned th
 solution. What is meta-learned is small and class-agnostic: the L2 decay of the fit, a
 scale and a shift of the query log-odds, and a scale per feature channel, about 650
 numbers (with ``area_prior`` one more: a gain of the support's foreground fraction's
-log-odds added to the query's, the object size the class-balanced fit leaves out); the gradient reaches them through the fitted probe by the implicit function
-theorem (:func:`fewseg.models.probe.probe_optimum`), not by unrolling its solver. The outer
-loss is the soft IoU of each query's cells. Initialised, it predicts as ``probe`` does (to
-the solver's tolerance).
+log-odds added to the query's, the object size the class-balanced fit leaves out); the gradient
+reaches them through the fitted probe by the implicit function theorem
+(:func:`fewseg.models.probe.probe_optimum`), not by unrolling its solver. The outer loss is
+the soft IoU of each query's cells. Initialised, it predicts as ``probe`` does (to the
+solver's tolerance).
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from fewseg.models.probe import (
     read_probe,
 )
 from fewseg.options import option
-
 
 AREA_FLOOR = 1e-3  # a foreground fraction's log-odds are taken within [1e-3, 1 − 1e-3]
 
