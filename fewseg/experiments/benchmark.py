@@ -87,11 +87,7 @@ class BenchPlan:
 
     def fold_plan(self, fold: str) -> DemoPlan:
         per_shots = {
-            self.model_entry(name, shots): {
-                "learner": self.learners[name].get("learner", name),
-                **self.learners[name],
-                **overrides,
-            }
+            self.model_entry(name, shots): {"learner": name, **self.learners[name], **overrides}
             for name, models in self.shot_models.items()
             for shots, overrides in models.items()
         }
