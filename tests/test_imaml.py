@@ -61,6 +61,114 @@ def test_a_strong_decay_keeps_the_fit_at_its_centre() -> None:
     )
 
 
+def test_the_decay_along_the_centre_is_the_fraction_given() -> None:
+    """By hand, no cells: centre (3, 4), weights (1, 1), so the offset (−2, −3) has a
+    component −3.6 along the centre's direction (0.6, 0.8); with that component's decay a
+    quarter of the rest's, the penalty is λ·(13 − (1 − 1/4)·3.6²) = λ·3.28."""
+    centre = torch.tensor([3.0, 4.0], dtype=torch.float64)
+    weights, bias = torch.ones(2, dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    none = torch.zeros(0, 2, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
+    loss = probe_loss(weights, bias, none[0], none[1], none[1], 0.5, centre, 0.25)
+    torch.testing.assert_close(loss, torch.tensor(0.5 * 3.28, dtype=torch.float64))
+    same = probe_loss(weights, bias, none[0], none[1], none[1], 0.5, centre, 1.0)
+    torch.testing.assert_close(same, torch.tensor(0.5 * 13, dtype=torch.float64))
+
+
+def rescaled_centre_reference(
+    cells: torch.Tensor,
+    fg_weight: torch.Tensor,
+    bg_weight: torch.Tensor,
+    decay: float,
+    centre: torch.Tensor,
+    centre_decay: float,
+) -> torch.Tensor:
+    """(weights, bias) minimising the probe's losses + decay·|δ|² + decay·ρ·|c|²·(a − 1)²
+    over δ, a and the bias, the weights δ + a·c, ρ = f / (1 − f): the centre rescaled by
+    the fit, by Newton's method in float64 (the decay f·λ along c, :func:`probe_loss`,
+    is this objective minimised over a)."""
+    rho = centre_decay / (1 - centre_decay)
+    ones = torch.ones(len(cells), 1, dtype=torch.float64)
+    x = torch.cat([cells, (cells @ centre)[:, None], ones], dim=1)
+    fg, bg = 0.5 * fg_weight, 0.5 * bg_weight
+    penalty = torch.full((x.shape[1],), 2 * decay, dtype=torch.float64)
+    penalty[-2] *= rho * centre.square().sum()
+    penalty[-1] = 0
+    target = torch.zeros(x.shape[1], dtype=torch.float64)
+    target[-2] = 1
+    theta = torch.zeros(x.shape[1], dtype=torch.float64)
+    for _ in range(50):
+        p = torch.sigmoid(x @ theta)
+        gradient = x.T @ (bg * p - fg * (1 - p)) + penalty * (theta - target)
+        hessian = x.T @ (x * ((fg + bg) * p * (1 - p))[:, None]) + torch.diag(penalty)
+        theta = theta - torch.linalg.solve(hessian, gradient)
+    return torch.cat([theta[:-2] + theta[-2] * centre, theta[-1:]])
+
+
+def test_a_centre_the_fit_may_rescale_differentiates_as_the_exact_solution() -> None:
+    """:func:`probe_optimum` with ``centre_decay`` against the fit that rescales its centre
+    (:func:`rescaled_centre_reference`), and its gradients with respect to the centre and
+    ``centre_decay`` against that reference's finite differences."""
+    cells, fg_weight, bg_weight = separable_cells()
+    centre = torch.tensor([1.5, -0.5, 0.25, 2.0], dtype=torch.float64)
+    readout = torch.randn(5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    variable = centre.clone().requires_grad_(True)
+    fraction = torch.tensor(0.2, dtype=torch.float64, requires_grad=True)
+    weights, bias = probe_optimum(cells, fg_weight, bg_weight, 1e-2, variable, fraction)
+    expected = rescaled_centre_reference(cells, fg_weight, bg_weight, 1e-2, centre, 0.2)
+    torch.testing.assert_close(
+        torch.cat([weights, bias[None]]).detach(), expected, atol=1e-6, rtol=0
+    )
+    rigid = newton_reference(cells, fg_weight, bg_weight, 1e-2, centre)
+    assert (expected - rigid).abs().max() > 0.1  # not the fit that keeps the centre's scale
+    (torch.cat([weights, bias[None]]) @ readout).backward()
+    eps = 1e-6
+
+    def value(centre: torch.Tensor, fraction: float) -> torch.Tensor:
+        return (
+            rescaled_centre_reference(cells, fg_weight, bg_weight, 1e-2, centre, fraction) @ readout
+        )
+
+    # the derivatives are taken at L-BFGS's optimum, whose gradient is ~1e-5 from zero here
+    for j in range(4):
+        step = torch.zeros(4, dtype=torch.float64)
+        step[j] = eps
+        by_centre = (value(centre + step, 0.2) - value(centre - step, 0.2)) / (2 * eps)
+        torch.testing.assert_close(variable.grad[j], by_centre, atol=2e-5, rtol=1e-4)
+    by_fraction = (value(centre, 0.2 + eps) - value(centre, 0.2 - eps)) / (2 * eps)
+    torch.testing.assert_close(fraction.grad, by_fraction, atol=2e-5, rtol=1e-4)
+    assert abs(float(fraction.grad)) > 1e-2
+
+
+def test_centre_decay_applies_at_prediction_only_and_lets_a_support_weaken_the_prior() -> None:
+    """θ₀ set against the support's object: meta-training fits as plain ``imaml`` does;
+    predicting, the fit with ``centre_decay`` 0.1 keeps less of θ₀'s direction than the
+    plain fit, and its prediction differs."""
+    support, query = support_and_query(1)
+    rescaling = build_learner("imaml", {"centre_decay": 0.1})
+    plain = build_learner("imaml")
+    cells = plain._scaled_cells(support.images)
+    examples = probe_examples(cells, support.masks, support.ignore)
+    with torch.no_grad():
+        foreground = (examples[0] * examples[1][:, None]).sum(0)
+        background = (examples[0] * examples[2][:, None]).sum(0)
+        for learner in (rescaling, plain):
+            learner.initial_weights.copy_(-20 * (foreground - background))  # the wrong prior
+            learner.train()
+    torch.testing.assert_close(
+        rescaling.fitted_probe(*examples, 1)[0], plain.fitted_probe(*examples, 1)[0]
+    )
+    rescaling.eval()
+    plain.eval()
+    with torch.no_grad():
+        direction = F.normalize(plain.initial_weights, dim=0)
+        kept = float(rescaling.fitted_probe(*examples, 1)[0] @ direction)
+        rigid = float(plain.fitted_probe(*examples, 1)[0] @ direction)
+        assert kept < rigid - 1
+        assert not torch.equal(
+            rescaling.adapt(support)(query.images), plain.adapt(support)(query.images)
+        )
+
+
 def test_an_initialised_imaml_predicts_as_lrd2() -> None:
     support, query = shots(3, 64), torch.rand(2, 3, 64, 64)
     imaml, lrd2 = build_learner("imaml").eval(), build_learner("lrd2").eval()
@@ -110,6 +218,8 @@ def test_an_adapter_starts_as_the_identity_and_is_meta_learned_at_a_tenth_of_the
         ({"adapter": -1}, "imaml: adapter must be >= 0, got -1"),
         ({"transductive": -1}, "imaml: transductive must be >= 0, got -1"),
         ({"view_shots": -1}, "imaml: view_shots must be >= 0, got -1"),
+        ({"centre_decay": 0.0}, "imaml: centre_decay must be in (0, 1], got 0.0"),
+        ({"centre_decay": 1.5}, "imaml: centre_decay must be in (0, 1], got 1.5"),
         (
             {"support_views": "mirror,flip"},
             "imaml: support_views takes mirror or a scale in [0.25, 4] other than 1, got 'flip'",

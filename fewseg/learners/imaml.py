@@ -15,8 +15,9 @@ number of shots; with ``adapter`` a low-rank map of the cells; with ``prototype_
 gain of the support's prototype difference added to θ₀. With ``transductive`` a prediction
 for a small support set fits the probe a second time, on the query's own confident cells
 as well (not meta-learned); with ``support_views`` it also fits on other views of the
-support images (mirrored, rescaled). Initialised (θ₀ = 0, no ``transductive``), it predicts as
-``lrd2`` and ``probe`` do.
+support images (mirrored, rescaled); with ``centre_decay`` below 1 it lets the support set
+rescale θ₀ (a prior with more variance along θ₀'s direction). Initialised (θ₀ = 0, no
+``transductive``), it predicts as ``lrd2`` and ``probe`` do.
 """
 
 from __future__ import annotations
@@ -83,6 +84,12 @@ class IMAMLOptions(LRD2Options):
         "(meta-training reads the images as given)",
     )
     view_shots: int = option(1, "support_views apply to support sets of at most this many shots")
+    centre_decay: float = option(
+        1.0,
+        "at prediction, the decay of the fit's offset from θ₀ along θ₀'s own direction, as a "
+        "fraction of its decay elsewhere (1: the same): below 1 a support set may rescale the "
+        "prior, weaken it for a class unlike the meta-training classes (meta-training keeps 1)",
+    )
     learner: ClassVar[str] = "imaml"
 
     def __post_init__(self) -> None:
@@ -90,6 +97,10 @@ class IMAMLOptions(LRD2Options):
         support_views(self.support_views, self.learner)
         if self.view_shots < 0:
             raise FewSegError(f"{self.learner}: view_shots must be >= 0, got {self.view_shots}")
+        if not 0 < self.centre_decay <= 1:
+            raise FewSegError(
+                f"{self.learner}: centre_decay must be in (0, 1], got {self.centre_decay}"
+            )
         if self.transductive < 0:
             raise FewSegError(f"{self.learner}: transductive must be >= 0, got {self.transductive}")
         if self.adapter < 0:
@@ -257,4 +268,7 @@ class IMAML(LRD2):
         centre = self.initial_weights
         if self.options.prototype_centre:
             centre = centre + self.prototype_gain * (cells.T @ (fg_weight - bg_weight))
-        return probe_optimum(cells, fg_weight, bg_weight, log_decay.exp(), centre=centre)
+        centre_decay = 1.0 if self.training else self.options.centre_decay
+        return probe_optimum(
+            cells, fg_weight, bg_weight, log_decay.exp(), centre=centre, centre_decay=centre_decay
+        )

@@ -70,17 +70,37 @@ def probe_loss(
     cells: torch.Tensor,
     fg_weight: torch.Tensor,
     bg_weight: torch.Tensor,
-    decay: float = DECAY,
+    decay: float | torch.Tensor = DECAY,
     centre: torch.Tensor | None = None,
+    centre_decay: float | torch.Tensor = 1.0,
 ) -> torch.Tensor:
     """The objective the probe minimises: the mean of the two classes' weighted logistic
     losses of ``cells @ weights + bias`` plus ``decay`` × |weights − centre|² (``centre``
-    None: zero; the bias is not regularised)."""
+    None: zero; the bias is not regularised), the offset's component along the centre's own
+    direction decaying by ``centre_decay`` × ``decay`` instead: below 1, the fit may rescale
+    the centre (:func:`penalty_direction`)."""
     logits = cells @ weights + bias
     foreground = (fg_weight * F.softplus(-logits)).sum()
     background = (bg_weight * F.softplus(logits)).sum()
     offset = weights if centre is None else weights - centre
-    return 0.5 * (foreground + background) + decay * offset.square().sum()
+    penalty = offset.square().sum()
+    direction = penalty_direction(centre, centre_decay)
+    if direction is not None:
+        penalty = penalty - (1 - centre_decay) * (direction @ offset).square()
+    return 0.5 * (foreground + background) + decay * penalty
+
+
+def penalty_direction(
+    centre: torch.Tensor | None, centre_decay: float | torch.Tensor
+) -> torch.Tensor | None:
+    """The unit direction of ``centre`` along which the decay is ``centre_decay`` times the
+    rest's, or None where it is the same (no centre, ``centre_decay`` 1). A decay f·λ along
+    the centre is λ|w − centre|² minimised over a rescaled centre a·centre with a further
+    λ(1/f − 1)|centre|²(a − 1)²: a Gaussian prior centred there with more variance along
+    its own direction, so a support set can weaken, cancel or strengthen it."""
+    if centre is None or (isinstance(centre_decay, float) and centre_decay == 1.0):
+        return None
+    return F.normalize(centre, dim=0)
 
 
 def fit_probe(
@@ -90,6 +110,7 @@ def fit_probe(
     decay: float = DECAY,
     iterations: int = ITERATIONS,
     centre: torch.Tensor | None = None,
+    centre_decay: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(weights [C], bias []) minimising :func:`probe_loss` by L-BFGS from ``centre``
     (None: zero) and a zero bias; no gradient flows out (the fit itself is not unrolled)."""
@@ -108,7 +129,7 @@ def fit_probe(
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = probe_loss(weights, bias, cells, fg_weight, bg_weight, decay, centre)
+        loss = probe_loss(weights, bias, cells, fg_weight, bg_weight, decay, centre, centre_decay)
         loss.backward()
         return loss
 
@@ -123,19 +144,28 @@ def probe_optimum(
     bg_weight: torch.Tensor,
     decay: torch.Tensor | float = DECAY,
     centre: torch.Tensor | None = None,
+    centre_decay: torch.Tensor | float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`fit_probe`'s optimum (weights [C], bias []) with a gradient: its derivative
-    with respect to the cells, the decay and the ``centre`` the weights decay towards (iMAML's
-    initialisation: fewseg.learners.imaml) by the implicit function theorem. At the
-    optimum θ* the objective's gradient g vanishes, so θ* − H⁻¹·g(θ*), with the Hessian H
-    held constant, equals θ* and differentiates as θ* does (dθ*/dφ = −H⁻¹ ∂g/∂φ). This is
-    what lets the probe be meta-learned (fewseg.learners.lrd2) without unrolling L-BFGS.
-    Where no gradient can flow (grad mode off, or none of the cells, the decay and the centre
-    require one) the correction is skipped: it would change θ* only by the solver's tolerance."""
+    with respect to the cells, the decay, the ``centre`` the weights decay towards (iMAML's
+    initialisation: fewseg.learners.imaml) and ``centre_decay`` by the implicit function
+    theorem. At the optimum θ* the objective's gradient g vanishes, so θ* − H⁻¹·g(θ*), with
+    the Hessian H held constant, equals θ* and differentiates as θ* does (dθ*/dφ = −H⁻¹
+    ∂g/∂φ). This is what lets the probe be meta-learned (fewseg.learners.lrd2) without
+    unrolling L-BFGS. Where no gradient can flow (grad mode off, or none of the inputs
+    requires one) the correction is skipped: it would change θ* only by the solver's
+    tolerance."""
     decay = torch.as_tensor(decay, dtype=cells.dtype, device=cells.device)
-    weights, bias = fit_probe(cells, fg_weight, bg_weight, float(decay.detach()), centre=centre)
-    differentiable = cells.requires_grad or decay.requires_grad
-    differentiable = differentiable or (centre is not None and centre.requires_grad)
+    weights, bias = fit_probe(
+        cells,
+        fg_weight,
+        bg_weight,
+        float(decay.detach()),
+        centre=centre,
+        centre_decay=float(torch.as_tensor(centre_decay).detach()),
+    )
+    inputs = (cells, decay, centre, centre_decay)
+    differentiable = any(isinstance(t, torch.Tensor) and t.requires_grad for t in inputs)
     if len(cells) == 0 or not (torch.is_grad_enabled() and differentiable):
         return weights, bias
     ones = cells.new_ones(len(cells), 1)
@@ -146,11 +176,18 @@ def probe_optimum(
     probability = logits.sigmoid()
     residual = 0.5 * (fg_weight * (probability - 1) + bg_weight * probability)
     offset = optimum if centre is None else optimum - torch.cat([centre, centre.new_zeros(1)])
-    gradient = augmented.T @ residual + 2 * decay * regularised * offset
+    penalty_gradient = regularised * offset
     with torch.no_grad():
         curvature = 0.5 * (fg_weight + bg_weight) * probability * (1 - probability)
         hessian = (augmented.T * curvature) @ augmented
         hessian += torch.diag(2 * decay * regularised + 1e-8)
+    direction = penalty_direction(centre, centre_decay)
+    if direction is not None:
+        along = torch.cat([direction, direction.new_zeros(1)])
+        penalty_gradient = penalty_gradient - (1 - centre_decay) * along * (along @ offset)
+        with torch.no_grad():
+            hessian -= 2 * decay * (1 - centre_decay) * torch.outer(along, along)
+    gradient = augmented.T @ residual + 2 * decay * penalty_gradient
     step = torch.linalg.solve(hessian, gradient)
     theta = optimum - step
     return theta[:-1], theta[-1]
