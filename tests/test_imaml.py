@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from test_correlation_model import shots
 from test_lrd2 import separable_cells
-from test_probe import newton_reference
+from test_probe import newton_minimum, newton_reference
 
 from fewseg.episodes.tensors import EpisodeTensors, LabelledImages
 from fewseg.errors import FewSegError
@@ -89,18 +89,12 @@ def rescaled_centre_reference(
     rho = centre_decay / (1 - centre_decay)
     ones = torch.ones(len(cells), 1, dtype=torch.float64)
     x = torch.cat([cells, (cells @ centre)[:, None], ones], dim=1)
-    fg, bg = 0.5 * fg_weight, 0.5 * bg_weight
     penalty = torch.full((x.shape[1],), 2 * decay, dtype=torch.float64)
     penalty[-2] *= rho * centre.square().sum()
     penalty[-1] = 0
     target = torch.zeros(x.shape[1], dtype=torch.float64)
     target[-2] = 1
-    theta = torch.zeros(x.shape[1], dtype=torch.float64)
-    for _ in range(50):
-        p = torch.sigmoid(x @ theta)
-        gradient = x.T @ (bg * p - fg * (1 - p)) + penalty * (theta - target)
-        hessian = x.T @ (x * ((fg + bg) * p * (1 - p))[:, None]) + torch.diag(penalty)
-        theta = theta - torch.linalg.solve(hessian, gradient)
+    theta = newton_minimum(x, fg_weight, bg_weight, penalty, target)
     return torch.cat([theta[:-2] + theta[-2] * centre, theta[-1:]])
 
 

@@ -61,12 +61,24 @@ def newton_reference(
     """The probe's objective minimised by Newton's method in float64: (weights, bias); the
     weights decay towards ``centre`` (None: zero)."""
     x = torch.cat([cells.double(), torch.ones(len(cells), 1, dtype=torch.float64)], dim=1)
-    fg, bg = 0.5 * fg_weight.double(), 0.5 * bg_weight.double()
     penalty = torch.full((x.shape[1],), 2 * decay, dtype=torch.float64)
     penalty[-1] = 0
     target = torch.zeros(x.shape[1], dtype=torch.float64)
     if centre is not None:
         target[:-1] = centre.double()
+    return newton_minimum(x, fg_weight, bg_weight, penalty, target)
+
+
+def newton_minimum(
+    x: torch.Tensor,
+    fg_weight: torch.Tensor,
+    bg_weight: torch.Tensor,
+    penalty: torch.Tensor,
+    target: torch.Tensor,
+) -> torch.Tensor:
+    """θ minimising the two classes' weighted logistic losses of x·θ, halved, plus
+    Σ penalty/2·(θ − target)², by 50 Newton steps from zero in float64."""
+    fg, bg = 0.5 * fg_weight.double(), 0.5 * bg_weight.double()
     theta = torch.zeros(x.shape[1], dtype=torch.float64)
     for _ in range(50):
         p = torch.sigmoid(x @ theta)
