@@ -63,7 +63,8 @@ def load(
     """A training-free learner by name (``baseline``, ``probe``), or a trained one from a
     ``fewseg train`` run directory. ``device``: cpu, cuda or cuda:N (None: cuda when
     available); ``weights``: a local backbone weights file for a learner by name;
-    ``options``: a learner by name's options (e.g. ``{"enlarge": 1}`` for ``probe``);
+    ``options``: a learner by name's options (e.g. ``{"enlarge": 1}`` for ``probe``), or
+    a trained learner's prediction-only ones (e.g. ``{"centre_decay": 0.1}`` for ``imaml``);
     ``size``: the square size images are brought to (default: the training size, else
     400); ``precision``: fp32, or bf16/fp16 mixed precision (fp16 on CUDA only);
     ``inference``: edge-aware upsampling, test-time refinement, ``min_presence`` (default

@@ -167,13 +167,14 @@ def _load(args: argparse.Namespace, device: str | None) -> Any:
 
     precision = getattr(args, "precision", "fp32")  # a command without --precision: fp32
     if args.checkpoint is not None:
-        if args.learner_option:
+        if args.weights:
             raise FewSegError(
-                "--learner-option goes with --learner: a trained learner keeps the options it "
-                "was trained with"
+                "--weights goes with --learner: a trained learner's backbone weights are in "
+                "its checkpoint"
             )
         state = distributed.from_main(lambda: read_checkpoint(args.checkpoint))
-        return load_learner(args.checkpoint, device, state=state, precision=precision)
+        options = _learner_options(args) or None
+        return load_learner(args.checkpoint, device, options, state=state, precision=precision)
     from fewseg.learners import LEARNERS
 
     name = args.learner or "baseline"
@@ -450,7 +451,8 @@ def _add_learner_choice(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="--learner: one of its options, e.g. enlarge=1 for probe (repeatable)",
+        help="one of the learner's options, e.g. enlarge=1 for probe; with --checkpoint only a "
+        "prediction-only one, e.g. centre_decay=0.1 for imaml (repeatable)",
     )
 
 

@@ -24,11 +24,17 @@ T = TypeVar("T")
 _SAME = object()
 
 
-def option(default: Any, help: str, before: Any = _SAME) -> Any:
+def option(default: Any, help: str, before: Any = _SAME, prediction_only: bool = False) -> Any:
     """A dataclass field with a default and its one-line help text. ``before``: the value
     that a record written before the option existed stands for, when the option's default
-    changed the behaviour (else the default does: :func:`recorded_defaults`)."""
-    metadata = {"help": help} if before is _SAME else {"help": help, "before": before}
+    changed the behaviour (else the default does: :func:`recorded_defaults`).
+    ``prediction_only``: training neither reads it nor learns anything that depends on it,
+    so a trained learner may be loaded with another value (:func:`prediction_only_names`)."""
+    metadata: dict[str, Any] = {"help": help}
+    if before is not _SAME:
+        metadata["before"] = before
+    if prediction_only:
+        metadata["prediction_only"] = True
     return field(default=default, metadata=metadata)
 
 
@@ -51,6 +57,11 @@ def value_type(cls: type, name: str) -> type:
 
 def field_names(cls: type) -> set[str]:
     return {f.name for f in fields(cls)}
+
+
+def prediction_only_names(cls: type) -> list[str]:
+    """The options of ``cls`` declared ``prediction_only``, in declaration order."""
+    return [f.name for f in fields(cls) if f.metadata.get("prediction_only")]
 
 
 def coerce(cls: type, name: str, value: Any, source: str) -> Any:
@@ -123,7 +134,12 @@ def add_flags(
         if declared.name in skip:
             continue
         kind = value_type(cls, declared.name)
-        help_text = f"{option_help(declared)} (default {declared.default})"
+        note = (
+            "; prediction only: set it on a trained learner by --learner-option"
+            if declared.metadata.get("prediction_only")
+            else ""
+        )
+        help_text = f"{option_help(declared)} (default {declared.default}{note})"
         if kind is bool:
             group.add_argument(
                 flag_name(declared.name),

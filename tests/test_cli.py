@@ -201,14 +201,6 @@ def test_bad_learner_options_are_one_line_errors(
     assert_one_line_error(*run_cli(capsys, *evaluate_args(tmp_path / "ev", *extra)), message)
 
 
-def test_learner_options_with_a_checkpoint_are_a_one_line_error(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    argv = evaluate_args(tmp_path / "ev", "--learner-option", "enlarge=1")
-    argv[argv.index("--learner") : argv.index("--learner") + 2] = ["--checkpoint", str(tmp_path)]
-    assert_one_line_error(*run_cli(capsys, *argv), "--learner-option goes with --learner")
-
-
 def test_bad_fold_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run_cli(capsys, "datasets", "synthetic", "--fold", "7")
     assert_one_line_error(code, out, err, "unknown fold '7'")

@@ -14,6 +14,7 @@ from fewseg.options import (
     defaults,
     option,
     options_from,
+    prediction_only_names,
     recorded_defaults,
 )
 
@@ -46,6 +47,23 @@ def test_flags_are_absent_unless_given() -> None:
     given = vars(parser.parse_args(["--steps", "4", "--no-on", "--size", "9"]))
     assert given == {"steps": 4, "rate": None, "name": None, "size": 9, "on": False}
     assert "how fast (default 0.5)" in parser.format_help()
+
+
+@dataclass
+class Predicting:
+    steps: int = option(3, "how many")
+    threshold: float = option(0.5, "where to cut", prediction_only=True)
+
+
+def test_prediction_only_options_are_named_and_marked_in_the_help() -> None:
+    assert prediction_only_names(Predicting) == ["threshold"]
+    assert prediction_only_names(Example) == []
+    parser = argparse.ArgumentParser()
+    add_flags(parser.add_argument_group("example"), Predicting)
+    text = " ".join(parser.format_help().split())
+    assert "how many (default 3) --threshold" in text
+    marked = "where to cut (default 0.5; prediction only: set it on a trained learner by "
+    assert marked + "--learner-option)" in text
 
 
 def test_changed_options_count_a_missing_one_as_its_default() -> None:

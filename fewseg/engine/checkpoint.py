@@ -18,7 +18,13 @@ from fewseg.engine.config import TrainConfig
 from fewseg.errors import FewSegError
 from fewseg.fileio import atomic_write
 from fewseg.learners.base import LEARNERS, Learner
-from fewseg.options import as_dict, field_names, options_from, recorded_defaults
+from fewseg.options import (
+    as_dict,
+    field_names,
+    options_from,
+    prediction_only_names,
+    recorded_defaults,
+)
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = "fewseg-checkpoint-2"
@@ -120,11 +126,30 @@ def saved_options(state: dict[str, Any]) -> dict[str, Any]:
     return {**recorded_defaults(options_class), **state["learner_options"]}
 
 
-def restore_learner(state: dict[str, Any], path: str | Path, device: str = "cpu") -> Learner:
-    """Rebuild the learner a checkpoint was written for and load its weights."""
+def restore_learner(
+    state: dict[str, Any],
+    path: str | Path,
+    device: str = "cpu",
+    prediction_options: dict[str, Any] | None = None,
+) -> Learner:
+    """Rebuild the learner a checkpoint was written for and load its weights;
+    ``prediction_options`` replace the saved values of options declared prediction-only
+    (any other option is an error: the weights were learned with it)."""
     learner_class = LEARNERS.get(state["learner_name"])
+    changed = dict(prediction_options or {})
+    allowed = prediction_only_names(learner_class.Options)
+    fixed = sorted(set(changed) - set(allowed))
+    if fixed:
+        choice = f"only {', '.join(allowed)} may" if allowed else "none may"
+        raise FewSegError(
+            f"{checkpoint_path(path)}: option(s) {', '.join(fixed)} of {learner_class.name} "
+            f"stay as trained ({choice} change at prediction)"
+        )
     options = options_from(
-        learner_class.Options, saved_options(state), str(checkpoint_path(path)), learner_class.name
+        learner_class.Options,
+        {**saved_options(state), **changed},
+        str(checkpoint_path(path)),
+        learner_class.name,
     )
     learner = learner_class(options)
     load_learner_state(learner, state, path)

@@ -41,7 +41,8 @@ def load_learner(
 ) -> LoadedLearner:
     """A registered learner's name (it must be training-free; ``options`` are its options,
     e.g. ``weights_path``) or a run directory / checkpoint file of ``fewseg train``
-    (``state``: its content, when read already). ``precision``: fp32, bf16 or fp16 (CUDA),
+    (``state``: its content, when read already; ``options``: values of its prediction-only
+    options, the others stay as trained). ``precision``: fp32, bf16 or fp16 (CUDA),
     the autocast it is to run under."""
     device = resolve_device(device)
     check_precision(precision, device)
@@ -61,13 +62,12 @@ def load_learner(
         raise FewSegError(
             f"{text}: neither a training-free learner ({known}) nor a `fewseg train` run directory"
         )
-    if options:
-        raise FewSegError(f"{text}: a trained learner keeps the options it was trained with")
     state = state if state is not None else read_checkpoint(path)
-    learner = restore_learner(state, path, device).eval()
+    learner = restore_learner(state, path, device, options).eval()
     trained = {
         "checkpoint": str(path),
         "step": state["step"],
         "train_config": state["train_config"],
+        **({"prediction_options": dict(options)} if options else {}),
     }
     return LoadedLearner(learner, state["extra"].get("size"), trained, device, precision)

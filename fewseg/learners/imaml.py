@@ -75,6 +75,7 @@ class IMAMLOptions(LRD2Options):
         f"prediction's probability above {QUERY_CONFIDENCE}: foreground, below "
         f"{1 - QUERY_CONFIDENCE:.1f}: background), the query counting as one more shot "
         "(each class's query cells weigh 1/(K+1)); meta-training predicts without it",
+        prediction_only=True,
     )
     support_views: str = option(
         "",
@@ -82,13 +83,17 @@ class IMAMLOptions(LRD2Options):
         "support image, comma-separated: mirror (flipped left-right) or a scale such as 0.7 "
         "(the image resized by it); each view weighs as much as the images as given "
         "(meta-training reads the images as given)",
+        prediction_only=True,
     )
-    view_shots: int = option(1, "support_views apply to support sets of at most this many shots")
+    view_shots: int = option(
+        1, "support_views apply to support sets of at most this many shots", prediction_only=True
+    )
     centre_decay: float = option(
         1.0,
         "at prediction, the decay of the fit's offset from θ₀ along θ₀'s own direction, as a "
         "fraction of its decay elsewhere (1: the same): below 1 a support set may rescale the "
         "prior, weaken it for a class unlike the meta-training classes (meta-training keeps 1)",
+        prediction_only=True,
     )
     learner: ClassVar[str] = "imaml"
 
