@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -16,6 +20,7 @@ from fewseg.experiments.benchmark import (
     BenchPlan,
     BenchTask,
     bench_tasks,
+    collect_results,
     read_bench_plan,
     recorded_seconds,
     run_benchmark,
@@ -481,3 +486,18 @@ def test_an_entry_with_a_model_per_shot_count_scores_as_the_entries_it_combines(
         assert one["settings"]["learner"]["inner_lr"] == 0.1
     page = write_results(plan, outcome, tmp_path / "docs", "fewseg bench").read_text()
     assert "- `finetune-k`: {'learner': 'finetune', 'shot_models': {1: {'inner_lr': 0.1}}}" in page
+
+
+def test_a_task_process_that_ends_abruptly_is_a_one_line_error() -> None:
+    """A worker killed (as the kernel does for want of memory) breaks the pool: the
+    benchmark stops with one line that says how far it got and that a rerun goes on."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=context) as pool:
+        futures = [pool.submit(os._exit, 1), pool.submit(time.sleep, 0)]
+        with pytest.raises(FewSegError) as error:
+            collect_results(futures, 2)
+    message = str(error.value)
+    assert "\n" not in message
+    assert "a task's process ended abruptly" in message
+    assert "after 0 of 2 tasks finished" in message
+    assert "the same command goes on from there" in message

@@ -13,7 +13,8 @@ import statistics
 import threading
 import time
 from collections.abc import Mapping
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -432,7 +433,6 @@ def _run_tasks(
             share_frozen_features(None)
     threads = max(1, torch.get_num_threads() // jobs)
     context = multiprocessing.get_context("spawn")
-    done: dict[BenchTask, dict[str, Any]] = {}
     # One process per task: what a task decoded and cached is freed with it (holding the
     # samples and features of several tasks' datasets ran this 24 GiB machine out of memory).
     with ProcessPoolExecutor(
@@ -443,15 +443,30 @@ def _run_tasks(
         max_tasks_per_child=1,
     ) as pool:
         futures = [pool.submit(run_task, plan, t, out, False) for t in tasks]
-        try:
-            for future in as_completed(futures):
-                result = future.result()  # a task's error stops the benchmark here
-                done[result["task"]] = _announce(result, len(done), len(tasks))
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+        done = collect_results(futures, len(tasks))
     return [done[t] for t in tasks]
+
+
+def collect_results(futures: list[Future], total: int) -> dict[BenchTask, dict[str, Any]]:
+    """Each task's result as it finishes (announced); a task's error stops the benchmark,
+    the others cancelled, and a worker process that ended abruptly is a one-line error."""
+    done: dict[BenchTask, dict[str, Any]] = {}
+    try:
+        for future in as_completed(futures):
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                raise FewSegError(
+                    f"bench: a task's process ended abruptly (killed, perhaps for want of "
+                    f"memory) after {len(done)} of {total} tasks finished; what finished is "
+                    "kept: the same command goes on from there (--jobs 1 needs less memory)"
+                ) from None
+            done[result["task"]] = _announce(result, len(done), total)
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        raise
+    return done
 
 
 def _announce(result: dict[str, Any], index: int, total: int) -> dict[str, Any]:
