@@ -19,7 +19,13 @@ from fewseg.episodes.tensors import EpisodeTensors, load_resized_episode
 from fewseg.errors import FewSegError
 from fewseg.learners import LEARNERS, Learner, build_learner
 from fewseg.models.encoder import Encoder
-from fewseg.options import as_dict, field_names, option_help, options_from
+from fewseg.options import (
+    as_dict,
+    field_names,
+    option_help,
+    options_from,
+    prediction_only_names,
+)
 
 NAMES = [entry.name for entry in LEARNERS]
 TRAINABLE = [entry.name for entry in LEARNERS if entry.factory.trainable]
@@ -105,6 +111,45 @@ def test_the_encoder_is_support_independent(name: str, episodes: list) -> None:
     assert isinstance(store, FeatureStore) and len(store) > 0
     for a, b in zip(plain, stored, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+# a value other than the default of every prediction-only option in the registry
+PREDICTION_VALUES = {
+    "transductive": 1,
+    "support_views": "mirror",
+    "view_shots": 5,
+    "centre_decay": 0.25,
+}
+PREDICTING = [n for n in TRAINABLE if prediction_only_names(LEARNERS.get(n).Options)]
+
+
+def test_every_prediction_only_option_has_a_value_to_test() -> None:
+    declared = {o for n in NAMES for o in prediction_only_names(LEARNERS.get(n).Options)}
+    assert declared == set(PREDICTION_VALUES)
+
+
+@pytest.mark.parametrize("name", PREDICTING)
+def test_training_reads_no_prediction_only_option(
+    name: str, training_episodes: list, episodes: list
+) -> None:
+    """Meta-gradients are the same whatever the prediction-only options' values (so a
+    trained learner may take others); predictions are not. The outer parameters are moved
+    off their initial values first (imaml's θ₀ = 0 leaves centre_decay nothing to act on)."""
+    changed = {k: PREDICTION_VALUES[k] for k in prediction_only_names(LEARNERS.get(name).Options)}
+    gradients, predicted = [], []
+    for overrides in ({}, changed):
+        learner = tiny(name, **overrides)
+        generator = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for parameter in learner.outer_parameters():
+                parameter.add_(torch.randn(parameter.shape, generator=generator))
+        learner.train().zero_grad(set_to_none=True)
+        learner.meta_gradients(training_episodes)
+        gradients.append([p.grad for p in learner.outer_parameters()])
+        predicted.append(predictions(learner, episodes[0]))
+    for plain, other in zip(*gradients, strict=True):
+        assert (plain is None and other is None) or torch.equal(plain, other)
+    assert not torch.equal(*predicted)
 
 
 @pytest.mark.parametrize("name", TRAINABLE_VARIANTS)
